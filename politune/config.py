@@ -1,0 +1,288 @@
+"""One YAML file describes a whole run; pydantic validates it.
+
+A file may start from a shipped preset (`base: local`) and override any field. Errors name the
+file, the field path, the bad value and what was expected, so a user can fix them without reading
+this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PRESETS = ("local", "llama3-8b", "mistral-7b")
+
+# Model references: "tiny" is the embedded model the project builds itself (see tiny_model.py);
+# anything else is a Hugging Face model id or a local directory, loaded by the same from_pretrained.
+TINY_MODEL = "tiny"
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RayConfig(Section):
+    address: str | None = Field(
+        None, description="Ray cluster to join (e.g. ray://head:10001); RAY_ADDRESS wins when set."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; all cores when unset.")
+    dashboard: bool = Field(False, description="Start the dashboard with a local Ray (127.0.0.1:8265).")
+
+
+class TinyModelConfig(Section):
+    out: str = Field(".politune/models/tiny", description="Where the embedded tiny model is built.")
+    seed: int = 0
+    vocab_size: int = Field(1024, ge=300, le=65536)
+    hidden_size: int = Field(64, ge=32)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(128, ge=8)
+    max_position_embeddings: int = Field(1024, ge=64)
+
+    @model_validator(mode="after")
+    def _head_dim_fits_vllm_cpu(self) -> TinyModelConfig:
+        head_dim, rest = divmod(self.hidden_size, self.num_heads)
+        if rest or head_dim not in VLLM_CPU_HEAD_DIMS:
+            raise ValueError(
+                f"hidden_size / num_heads must be one of {sorted(VLLM_CPU_HEAD_DIMS)} so vLLM's CPU "
+                f"kernels accept the model; got {self.hidden_size} / {self.num_heads}"
+            )
+        return self
+
+
+VLLM_CPU_HEAD_DIMS = {32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512}
+
+
+class CorpusConfig(Section):
+    """A sample corpus generated from the project's own templates before ingest (embedded default)."""
+
+    n: int = Field(4000, ge=1, description="Posts to generate, over both sources.")
+    seed: int = 0
+    format: Literal["jsonl", "jsonl.gz", "parquet"] = "jsonl"
+    out: str = Field(".politune/corpus", description="Folder the generated files are written to.")
+    rows_per_file: int = Field(250_000, ge=1)
+
+
+SourceShape = Literal["truthsocial", "politosphere", "politune", "generic"]
+SourceFormat = Literal["auto", "jsonl", "jsonl.gz", "parquet", "csv"]
+
+
+class FieldMap(Section):
+    """Where a generic source keeps each Document field (column names in the native records)."""
+
+    text: str = "text"
+    id: str | None = "id"
+    created_at: str | None = "created_at"
+    author: str | None = "author"
+    label: str | None = "label"
+
+
+class SourceConfig(Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Short name; part of every doc_id.")
+    paths: list[str] = Field(..., min_length=1, description="Files or folders, local or s3://.")
+    shape: SourceShape = "generic"
+    format: SourceFormat = "auto"
+    fields: FieldMap = Field(default_factory=FieldMap, description="Column names, for shape: generic.")
+
+
+class IngestConfig(Section):
+    max_text_chars: int = Field(10_000, ge=1, description="Longer posts are quarantined.")
+    dedup: bool = Field(True, description="Drop exact duplicates of normalised text.")
+    dedup_bucket_mb: int = Field(
+        32, ge=1, description="Input MiB per dedup bucket; bounds the memory of one dedup task."
+    )
+    read_batch_rows: int = Field(20_000, ge=1, description="Rows per block while reading a file.")
+
+
+class AnnotateConfig(Section):
+    """Annotation stage (scores every post). Validated now; the stage itself is built in issue 3."""
+
+    engine: Literal["hf", "vllm", "openai"] = "hf"
+    model: str = TINY_MODEL
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class SelectConfig(Section):
+    """Selection of each side's posts. Validated now; the stage is built in issue 3."""
+
+    max_per_side: int | None = Field(None, ge=1)
+
+
+class SynthesizeConfig(Section):
+    """Preference-pair synthesis. Validated now; the stage is built in issue 4."""
+
+    engine: Literal["hf", "vllm", "openai"] = "hf"
+    model: str = TINY_MODEL
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class TrainConfig(Section):
+    """LoRA-DPO training. Validated now; the stage is built in issue 5."""
+
+    base_model: str = TINY_MODEL
+    use_gpu: bool = False
+    num_workers: int = Field(1, ge=1)
+
+
+class ServeConfig(Section):
+    """Serving base + adapters. Validated now; the stage is built in a later issue."""
+
+    base_model: str = TINY_MODEL
+
+
+class EvaluateConfig(Section):
+    """Political Compass and probes. Validated now; the stage is built in a later issue."""
+
+    judge_model: str = TINY_MODEL
+
+
+class RunConfig(Section):
+    run_id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    storage_root: str = Field("runs", description="Local folder or s3://bucket/prefix for artifacts.")
+    work_dir: str = Field(".politune", description="Local scratch: Ray temp files, logs.")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    corpus: CorpusConfig | None = None
+    sources: list[SourceConfig] = Field(..., min_length=1)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_source_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in sources]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(repeated)}")
+        return sources
+
+    @property
+    def run_uri(self) -> str:
+        return f"{self.storage_root.rstrip('/')}/{self.run_id}"
+
+    def hash(self) -> str:
+        """Stable hash of the resolved config (recorded in the manifest beside every artifact)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def section_hash(self, *names: str) -> str:
+        """Hash of only the sections an artifact depends on, so unrelated edits keep it valid."""
+        dump = self.model_dump(mode="json")
+        blob = json.dumps({n: dump[n] for n in names}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says where and what to change."""
+
+
+def load_preset_dict(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; expected one of: {', '.join(PRESETS)}")
+    text = resources.files("politune.presets").joinpath(f"{name}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge override into base: mappings merge key by key, everything else (lists too) replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`ingest.max_text_chars=500` style overrides, values parsed as YAML scalars."""
+    result: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected FIELD.PATH=VALUE")
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return result
+
+
+def _format_validation_error(origin: str, err: ValidationError, data: dict[str, Any]) -> str:
+    lines = [f"{origin}: {err.error_count()} problem(s) in the config"]
+    for item in err.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown field (check the spelling; `politune config show local` "
+                         "lists every field)")
+            continue
+        if item["type"] == "missing":
+            lines.append(f"  {path}: required field is missing")
+            continue
+        value = json.dumps(item.get("input"), default=str)
+        if len(value) > 80:
+            value = value[:77] + "..."
+        msg = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: got {value}; expected: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(data: dict[str, Any], origin: str = "<config>") -> RunConfig:
+    """Resolve `base:` presets and validate. `origin` names the file in error messages."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    base = data.get("base")
+    if base is not None:
+        data = deep_merge(load_preset_dict(base), {k: v for k, v in data.items() if k != "base"})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(origin, err, data)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty")
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+    return build_config(data, origin=str(path))
+
+
+def load_preset(name: str, overrides: list[str] | None = None) -> RunConfig:
+    data = load_preset_dict(name)
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+    return build_config(data, origin=f"preset {name}")
+
+
+def resolve_config(config: str | None, preset: str | None, overrides: list[str] | None = None) -> RunConfig:
+    """What every CLI command and job does: a file, or a preset (default `local`)."""
+    if config and preset:
+        raise ConfigError("give either --config FILE or --preset NAME, not both")
+    if config:
+        return load_config(config, overrides)
+    return load_preset(preset or "local", overrides)

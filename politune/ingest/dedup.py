@@ -1,0 +1,82 @@
+"""Exact-duplicate removal, one hash bucket at a time.
+
+The read pass routed every document to a bucket by the hash of its normalised text, so all copies
+of a text share a bucket and a bucket fits in one task's memory whatever the corpus size. Within a
+bucket the copy kept is the first by (source, file, row): the same one on every rerun.
+
+Ray Data has no exact, deterministic "drop duplicates by key" that keeps one named row per key, so
+this pass is plain Ray tasks over the bucket folders of the staging write.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
+from politune.ingest.schema import DOCUMENT_COLUMNS, DOCUMENT_SCHEMA, QUARANTINE_COLUMNS, QUARANTINE_SCHEMA
+
+_ORDER = [("text_hash", "ascending"), ("source", "ascending"), ("file", "ascending"), ("row", "ascending")]
+
+
+def first_of_each_text(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(kept, dropped): one row per text_hash, the first by (source, file, row)."""
+    table = table.sort_by(_ORDER)
+    hashes = table["text_hash"].to_numpy(zero_copy_only=False)
+    keep = np.ones(len(hashes), dtype=bool)
+    keep[1:] = hashes[1:] != hashes[:-1]
+    mask = pa.array(keep)
+    return table.filter(mask), table.filter(pc.invert(mask))
+
+
+@ray.remote(num_cpus=1)
+def dedup_bucket(fs: pafs.FileSystem, bucket_dir: str, out_path: str, dedup: bool) -> dict[str, Any]:
+    """Write one bucket's surviving documents to out_path (sorted by doc_id); return counts by source."""
+    table = pq.read_table(bucket_dir, filesystem=fs, columns=["text_hash", "file", "row", *DOCUMENT_COLUMNS])
+    staged = Counter(table["source"].to_pylist())
+    if dedup:
+        kept, dropped = first_of_each_text(table)
+    else:
+        kept, dropped = table, table.slice(0, 0)
+    kept = kept.select(DOCUMENT_COLUMNS).cast(DOCUMENT_SCHEMA).sort_by("doc_id")
+    pq.write_table(kept, out_path, filesystem=fs)
+    return {
+        "staged": dict(staged),
+        "kept": dict(Counter(kept["source"].to_pylist())),
+        "duplicates": dict(Counter(dropped["source"].to_pylist())),
+    }
+
+
+@ray.remote(num_cpus=1)
+def collect_quarantine(fs: pafs.FileSystem, part_dir: str | None, out_path: str) -> dict[str, Any]:
+    """Write the quarantined rows, sorted by (source, file, row); return counts by source and reason.
+    Always writes a file (an empty one when nothing was quarantined), so readers find the artifact."""
+    if part_dir is None:
+        table = QUARANTINE_SCHEMA.empty_table()
+    else:
+        table = pq.read_table(part_dir, filesystem=fs, columns=QUARANTINE_COLUMNS).cast(QUARANTINE_SCHEMA)
+        table = table.sort_by([("source", "ascending"), ("file", "ascending"), ("row", "ascending")])
+    pq.write_table(table, out_path, filesystem=fs)
+    by_reason: dict[str, Counter] = {}
+    for source, field, reason in zip(table["source"].to_pylist(), table["field"].to_pylist(),
+                                     table["reason"].to_pylist()):
+        # Reasons that quote a number (a length, a field count) are grouped by their general kind.
+        kind = f"{field}: {_reason_kind(reason)}"
+        by_reason.setdefault(source, Counter())[kind] += 1
+    return {source: dict(counts) for source, counts in by_reason.items()}
+
+
+def _reason_kind(reason: str) -> str:
+    if "over the limit" in reason:
+        return "over max_text_chars"
+    if reason.startswith("expected ") and " fields, got " in reason:
+        return "wrong number of CSV fields"
+    if reason.startswith("not valid JSON"):
+        return "not valid JSON"
+    return reason

@@ -1,0 +1,129 @@
+"""The ingest stage: corpus files in, `documents/` and `quarantine/` Parquet out, counts in the manifest.
+
+Two passes, both streaming:
+1. Ray Data reads every source (readers.py), maps each record to a Document or a quarantined row,
+   and writes them to a staging folder partitioned by dedup bucket.
+2. One Ray task a bucket drops exact duplicates (dedup.py) and writes `documents/part-NNNNN.parquet`;
+   one task gathers the quarantined rows into `quarantine/`.
+
+For every source: rows read = documents kept + duplicates dropped + rows quarantined, exactly.
+A rerun replaces the previous output instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+import ray.data
+from ray.data._internal.savemode import SaveMode
+
+from politune.config import RunConfig
+from politune.ingest.dedup import collect_quarantine, dedup_bucket
+from politune.ingest.readers import CorpusDatasource, CorpusFile, list_source_files
+from politune.ingest.schema import DOCUMENT_SCHEMA, QUARANTINE_PART
+from politune.ray_runtime import init_ray
+from politune.storage import Manifest, delete_dir, join, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestResult:
+    documents_uri: str
+    quarantine_uri: str
+    counts: dict[str, dict[str, Any]]  # per source: read, kept, duplicates, quarantined, reasons
+    num_buckets: int
+
+    @property
+    def totals(self) -> dict[str, int]:
+        keys = ("read", "kept", "duplicates", "quarantined")
+        return {k: sum(c[k] for c in self.counts.values()) for k in keys}
+
+
+def ingest_corpus(cfg: RunConfig) -> IngestResult:
+    init_ray(cfg)
+    listings = {s.name: list_source_files(s) for s in cfg.sources}
+    total_bytes = sum(f.size for _, files in listings.values() for f in files)
+    num_buckets = max(1, math.ceil(total_bytes / (cfg.ingest.dedup_bucket_mb * 2**20)))
+
+    run = cfg.run_uri
+    staging_uri, documents_uri, quarantine_uri = (join(run, p) for p in ("_staging/ingest", "documents", "quarantine"))
+    for uri in (staging_uri, documents_uri, quarantine_uri):
+        delete_dir(uri)
+
+    datasets = [
+        ray.data.read_datasource(CorpusDatasource(
+            source, files, fs, cfg.ingest.max_text_chars, num_buckets, cfg.ingest.read_batch_rows))
+        for source in cfg.sources
+        for fs, files in [listings[source.name]]
+    ]
+    staged = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    out_fs, staging_path = resolve(staging_uri)
+    staged.write_parquet(staging_path, filesystem=out_fs, partition_cols=["part"], mode=SaveMode.OVERWRITE)
+
+    counts = _dedup_and_collect(out_fs, staging_path, documents_uri, quarantine_uri, cfg)
+    delete_dir(join(run, "_staging"))
+
+    inputs = {name: _fingerprint(files) for name, (_, files) in listings.items()}
+    manifest = Manifest(run)
+    summary = {"per_source": counts, "num_buckets": num_buckets}
+    manifest.record("documents", path=documents_uri, config_hash=cfg.section_hash("sources", "ingest"),
+                    inputs=inputs, counts=summary)
+    manifest.record("quarantine", path=quarantine_uri, config_hash=cfg.section_hash("sources", "ingest"),
+                    inputs=inputs, counts={s: {"quarantined": c["quarantined"], "reasons": c["reasons"]}
+                                           for s, c in counts.items()})
+    return IngestResult(documents_uri, quarantine_uri, counts, num_buckets)
+
+
+def _dedup_and_collect(fs: pafs.FileSystem, staging_path: str, documents_uri: str, quarantine_uri: str,
+                       cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    _, documents_path = resolve(documents_uri)
+    _, quarantine_path = resolve(quarantine_uri)
+    fs.create_dir(documents_path, recursive=True)
+    fs.create_dir(quarantine_path, recursive=True)
+
+    parts = {}
+    for info in fs.get_file_info(pafs.FileSelector(staging_path, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("part="):
+            parts[info.base_name.removeprefix("part=")] = info.path
+    buckets = sorted(p for p in parts if p != QUARANTINE_PART)
+
+    dedup_tasks = [
+        dedup_bucket.remote(fs, parts[b], f"{documents_path}/part-{int(b[1:]):05d}.parquet", cfg.ingest.dedup)
+        for b in buckets
+    ]
+    quarantine_task = collect_quarantine.remote(fs, parts.get(QUARANTINE_PART), f"{quarantine_path}/part-00000.parquet")
+    if not buckets:  # every row was quarantined: still leave a readable, empty documents artifact
+        pq.write_table(DOCUMENT_SCHEMA.empty_table(), f"{documents_path}/part-00000.parquet", filesystem=fs)
+    bucket_counts = ray.get(dedup_tasks)
+    reasons = ray.get(quarantine_task)
+
+    counts: dict[str, dict[str, Any]] = {}
+    for source in cfg.sources:
+        name = source.name
+        staged = sum(c["staged"].get(name, 0) for c in bucket_counts)
+        kept = sum(c["kept"].get(name, 0) for c in bucket_counts)
+        duplicates = sum(c["duplicates"].get(name, 0) for c in bucket_counts)
+        quarantined = sum(reasons.get(name, {}).values())
+        if staged != kept + duplicates:
+            raise RuntimeError(f"ingest lost rows of source {name!r}: {staged} staged, {kept} kept, "
+                               f"{duplicates} duplicates")
+        counts[name] = {
+            "read": staged + quarantined, "kept": kept, "duplicates": duplicates,
+            "quarantined": quarantined, "reasons": dict(Counter(reasons.get(name, {})).most_common()),
+        }
+    return counts
+
+
+def _fingerprint(files: list[CorpusFile]) -> str:
+    """Hash of the input files' paths and sizes: changes when the corpus does."""
+    blob = "\n".join(f"{f.path}\t{f.size}" for f in sorted(files, key=lambda f: f.path))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

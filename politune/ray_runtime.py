@@ -1,0 +1,69 @@
+"""The one place that connects to Ray: a cluster when RAY_ADDRESS (or ray.address) is set, else a
+local Ray on 127.0.0.1 whose files live under the run directory."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import ray
+
+from politune.config import RunConfig
+from politune.storage import is_s3
+
+log = logging.getLogger(__name__)
+
+# Ray puts unix sockets under its temp dir; their paths must stay under ~107 bytes.
+_MAX_TEMP_DIR_CHARS = 40
+_FORWARDED_ENV = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+    "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HF_TOKEN", "HF_HOME",
+)
+
+
+def ray_temp_dir(cfg: RunConfig) -> Path:
+    """Local folder for Ray's session files: `<run>/_ray`, or `<work_dir>/<run_id>/_ray` when the
+    run lives on S3. A path too long for Ray's sockets is replaced by a short one under the system
+    temp dir, linked from the intended place so it is still found beside the run."""
+    base = Path(cfg.work_dir) / cfg.run_id if is_s3(cfg.storage_root) else Path(cfg.run_uri)
+    wanted = (base / "_ray").absolute()
+    if len(str(wanted)) <= _MAX_TEMP_DIR_CHARS:
+        wanted.mkdir(parents=True, exist_ok=True)
+        return wanted
+    short = Path(tempfile.gettempdir()) / f"politune-ray-{hashlib.sha1(str(wanted).encode()).hexdigest()[:8]}"
+    short.mkdir(parents=True, exist_ok=True)
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    if not wanted.is_symlink():
+        if wanted.exists():
+            wanted.rmdir()
+        wanted.symlink_to(short, target_is_directory=True)
+    return short
+
+
+def init_ray(cfg: RunConfig) -> str:
+    """Connect to Ray once per process; return the address joined or 'local'."""
+    if ray.is_initialized():
+        return "already-initialized"
+    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return address
+    # A laptop run stays on loopback and needs no token (nothing listens beyond 127.0.0.1).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    temp_dir = ray_temp_dir(cfg)
+    ray.init(
+        num_cpus=cfg.ray.num_cpus,
+        include_dashboard=cfg.ray.dashboard,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        _temp_dir=str(temp_dir),
+        runtime_env=runtime_env,
+    )
+    log.info("started a local Ray on 127.0.0.1 (files in %s)", temp_dir)
+    return "local"
