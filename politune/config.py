@@ -96,8 +96,8 @@ class SourceConfig(Section):
 class IngestConfig(Section):
     max_text_chars: int = Field(10_000, ge=1, description="Longer posts are quarantined.")
     dedup: bool = Field(True, description="Drop exact duplicates of normalised text.")
-    dedup_bucket_mb: int = Field(
-        32, ge=1, description="Input MiB per dedup bucket; bounds the memory of one dedup task."
+    dedup_bucket_mb: float = Field(
+        32, gt=0, description="Input MiB per dedup bucket; bounds the memory of one dedup task."
     )
     read_batch_rows: int = Field(20_000, ge=1, description="Rows per block while reading a file.")
 

@@ -152,11 +152,12 @@ def truthsocial_record(factory: PostFactory, label: str) -> dict[str, Any]:
     when = factory.tick()
     text = "" if factory.rng.random() < EMPTY_RATE else factory.text(label)
     user = factory.username()
+    account_id = str(107_000_000 + zlib.crc32(user.encode()) % 1_000_000)
     return {
         "id": str(108_000_000_000_000_000 + factory.count),
         "created_at": when.isoformat().replace("+00:00", "Z"),
         "content": f"<p>{_html_escape(text)}</p>" if text else "",
-        "account": {"id": str(107_000_000 + zlib.crc32(user.encode()) % 1_000_000), "username": user, "display_name": user},
+        "account": {"id": account_id, "username": user, "display_name": user},
         "replies_count": factory.rng.randrange(50),
         "reblogs_count": factory.rng.randrange(200),
         "favourites_count": factory.rng.randrange(1000),

@@ -65,7 +65,7 @@ def collect_quarantine(fs: pafs.FileSystem, part_dir: str | None, out_path: str)
     pq.write_table(table, out_path, filesystem=fs)
     by_reason: dict[str, Counter] = {}
     for source, field, reason in zip(table["source"].to_pylist(), table["field"].to_pylist(),
-                                     table["reason"].to_pylist()):
+                                     table["reason"].to_pylist(), strict=True):
         # Reasons that quote a number (a length, a field count) are grouped by their general kind.
         kind = f"{field}: {_reason_kind(reason)}"
         by_reason.setdefault(source, Counter())[kind] += 1

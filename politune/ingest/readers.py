@@ -120,7 +120,7 @@ def iter_csv(f: Any) -> Iterator[tuple[int, dict[str, Any] | None, str, BadRow |
         if len(fields) != len(header):
             yield row, None, raw, BadRow("(row)", f"expected {len(header)} fields, got {len(fields)}")
             continue
-        yield row, dict(zip(header, fields)), raw, None
+        yield row, dict(zip(header, fields, strict=True)), raw, None
 
 
 def iter_parquet(f: Any, batch_rows: int) -> Iterator[tuple[int, dict[str, Any] | None, str, BadRow | None]]:

@@ -1,0 +1,116 @@
+"""`politune`: the command line. Each command calls the same builder as the job in jobs/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+import yaml
+
+from politune.config import PRESETS, ConfigError, RunConfig, load_config, resolve_config
+
+app = typer.Typer(help="Measure and steer the political leaning of LLMs, on Ray.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Show presets and validate run configs.", no_args_is_help=True)
+model_app = typer.Typer(help="Build the embedded tiny model.", no_args_is_help=True)
+corpus_app = typer.Typer(help="Generate a sample corpus of posts.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(model_app, name="model")
+app.add_typer(corpus_app, name="corpus")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Run config YAML file.")
+PresetOpt = typer.Option(None, "--preset", "-p", help=f"Shipped preset: {', '.join(PRESETS)} (default local).")
+SetOpt = typer.Option([], "--set", "-s", help="Override a field: FIELD.PATH=VALUE (repeatable).")
+
+
+def _config(config: str | None, preset: str | None, overrides: list[str]) -> RunConfig:
+    try:
+        return resolve_config(config, preset, overrides)
+    except ConfigError as err:
+        typer.secho(str(err), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+    """Run the whole pipeline (today: tiny model, sample corpus, ingest) and print a summary."""
+    from politune.console import print_pipeline
+    from politune.pipeline import run_pipeline
+
+    cfg = _config(config, preset, set_)
+    try:
+        print_pipeline(run_pipeline(cfg))
+    except (FileNotFoundError, ValueError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def ingest(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+    """Read the configured sources into documents/ and quarantine/ under the run directory."""
+    from politune.console import print_ingest
+    from politune.ingest import ingest_corpus
+
+    cfg = _config(config, preset, set_)
+    try:
+        print_ingest(ingest_corpus(cfg))
+    except (FileNotFoundError, ValueError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@config_app.command("show")
+def config_show(preset: str = typer.Argument("local", help=f"One of: {', '.join(PRESETS)}."),
+                set_: list[str] = SetOpt) -> None:
+    """Print a preset's fully resolved config as YAML."""
+    cfg = _config(None, preset, set_)
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+@config_app.command("check")
+def config_check(file: Path = typer.Argument(..., help="Run config YAML to validate.")) -> None:
+    """Validate a run config; print what is wrong, field by field."""
+    try:
+        cfg = load_config(file)
+    except ConfigError as err:
+        typer.secho(str(err), fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.secho(f"{file}: valid (run {cfg.run_id} -> {cfg.run_uri}, config hash {cfg.hash()})", fg="green")
+
+
+@model_app.command("build-tiny")
+def model_build_tiny(out: Path = typer.Option(..., help="Folder to write the model to."),
+                     seed: int = typer.Option(0, help="Same seed, byte-identical model.")) -> None:
+    """Build the tiny Llama-architecture model and its tokenizer (no download)."""
+    from politune.config import TinyModelConfig
+    from politune.models.tiny import build_tiny_model, folder_digest
+
+    folder = build_tiny_model(TinyModelConfig(out=str(out), seed=seed))
+    info = json.loads((folder / "politune_tiny.json").read_text())
+    typer.echo(f"built {folder} ({info['parameters']:,} parameters, digest {folder_digest(folder)[:12]})")
+
+
+@corpus_app.command("generate")
+def corpus_generate(
+    n: int = typer.Option(..., "--n", min=1, help="Number of posts."),
+    out: Path = typer.Option(..., help="Folder; files go to OUT/truthsocial and OUT/politosphere."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl, jsonl.gz or parquet."),
+    seed: int = typer.Option(0, help="Same seed, same corpus."),
+    rows_per_file: int = typer.Option(250_000, min=1, help="Rows per output file."),
+) -> None:
+    """Write labelled sample posts in Truth Social and Politosphere record shapes."""
+    from politune.corpus.generate import generate_corpus
+
+    try:
+        summary = generate_corpus(n, out, seed=seed, fmt=fmt, rows_per_file=rows_per_file)
+    except ValueError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    for source, labels in summary["labels"].items():
+        typer.echo(f"{source}: {sum(labels.values()):,} posts {labels} in {len(summary['files'][source])} file(s)")
+    typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app()

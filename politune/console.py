@@ -1,0 +1,49 @@
+"""What commands and jobs print: argument parsing for jobs, and run summaries."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from politune.ingest import IngestResult
+from politune.pipeline import PipelineResult
+
+console = Console()
+
+
+def job_arguments(description: str) -> argparse.Namespace:
+    """The arguments every job in jobs/ takes (the same as the CLI's)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="run config YAML (default: the `local` preset)")
+    parser.add_argument("--preset", help="a shipped preset: local, llama3-8b, mistral-7b")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD.PATH=VALUE",
+                        help="override one config field (repeatable)")
+    return parser.parse_args()
+
+
+def print_ingest(result: IngestResult) -> None:
+    table = Table(title="ingest: rows read = kept + duplicates + quarantined")
+    for column in ("source", "read", "kept", "duplicates", "quarantined"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for source, c in result.counts.items():
+        table.add_row(source, *(f"{c[k]:,}" for k in ("read", "kept", "duplicates", "quarantined")))
+    t = result.totals
+    table.add_row("all", *(f"{t[k]:,}" for k in ("read", "kept", "duplicates", "quarantined")), style="bold")
+    console.print(table)
+    for source, c in result.counts.items():
+        for reason, n in c["reasons"].items():
+            console.print(f"  quarantined from {source}: {n:,} × {escape(reason)}")
+    console.print(f"documents:  {result.documents_uri}")
+    console.print(f"quarantine: {result.quarantine_uri}")
+
+
+def print_pipeline(result: PipelineResult) -> None:
+    if result.tiny_model:
+        console.print(f"tiny model: {result.tiny_model}  (random weights: its text is noise)")
+    if result.corpus:
+        console.print(f"corpus:     {result.corpus['n']:,} generated posts in {result.corpus['out']}")
+    print_ingest(result.ingest)
+    console.print(f"run:        {result.run_uri}  (manifest.json lists every artifact and its counts)")

@@ -1,0 +1,101 @@
+"""The embedded default model: a tiny Llama and its byte-level BPE tokenizer, built here from nothing.
+
+It has the Llama architecture and a Llama-3-style chat template, so every stage exercises the same
+code paths (from_pretrained, chat templates, LoRA on q_proj/v_proj, vLLM's CPU kernels with
+head_dim 32) as with Llama3-8B. Its weights are random: the text it writes is noise.
+The same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from politune.config import TinyModelConfig
+from politune.corpus.generate import sample_texts
+
+BOS, EOS_TEXT, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
+HEADER_START, HEADER_END, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
+SPECIAL_TOKENS = [BOS, EOS_TEXT, HEADER_START, HEADER_END, EOT, PAD]
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+# Beside the generated posts, the tokenizer sees the words its prompts will use.
+PROMPT_WORDS = [
+    "system user assistant", "You are a helpful assistant.", "Rate the political ideology of this post",
+    "from 0 (far left) to 10 (far right). Answer with JSON.", '{"ideology": 5, "relevance": 7, "quality": 6}',
+    "Strongly disagree. Disagree. Agree. Strongly agree.", "0 1 2 3 4 5 6 7 8 9 10",
+]
+TOKENIZER_SAMPLES = 3000
+
+
+def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(PROMPT_WORDS + sample_texts(TOKENIZER_SAMPLES, seed), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOT, pad_token=PAD,
+        chat_template=CHAT_TEMPLATE, model_max_length=1024,
+    )
+
+
+def build_tiny_model(cfg: TinyModelConfig, out: str | Path | None = None) -> Path:
+    """Build, save with save_pretrained, and return the folder."""
+    out = Path(out or cfg.out)
+    tokenizer = build_tokenizer(cfg.vocab_size, cfg.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        head_dim=cfg.hidden_size // cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "politune_tiny.json").write_text(json.dumps(
+        {"built_by": "politune model build-tiny", "config": cfg.model_dump(),
+         "parameters": sum(p.numel() for p in model.parameters())}, indent=2, sort_keys=True))
+    return out
+
+
+def tiny_model_is_current(cfg: TinyModelConfig, out: str | Path | None = None) -> bool:
+    marker = Path(out or cfg.out) / "politune_tiny.json"
+    return marker.is_file() and json.loads(marker.read_text()).get("config") == cfg.model_dump()
+
+
+def folder_digest(folder: str | Path) -> str:
+    """SHA-256 over every file's name and bytes: equal digests mean byte-identical builds."""
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()

@@ -1,0 +1,51 @@
+"""The main job: every stage that exists, in order, on one config.
+
+Today that is: build the embedded tiny model (when the config uses it), generate the sample corpus
+(when the config asks for one), and ingest. Later stages join this same function.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from politune.config import TINY_MODEL, RunConfig
+from politune.corpus.generate import corpus_is_current, generate_corpus
+from politune.ingest import IngestResult, ingest_corpus
+from politune.models.tiny import build_tiny_model, tiny_model_is_current
+
+
+@dataclass
+class PipelineResult:
+    run_uri: str
+    tiny_model: str | None
+    corpus: dict[str, Any] | None
+    ingest: IngestResult
+
+
+def uses_tiny_model(cfg: RunConfig) -> bool:
+    refs = (cfg.annotate.model, cfg.synthesize.model, cfg.train.base_model, cfg.serve.base_model,
+            cfg.evaluate.judge_model)
+    return TINY_MODEL in refs
+
+
+def ensure_tiny_model(cfg: RunConfig) -> str:
+    if not tiny_model_is_current(cfg.tiny_model):
+        build_tiny_model(cfg.tiny_model)
+    return str(Path(cfg.tiny_model.out).absolute())
+
+
+def ensure_corpus(cfg: RunConfig) -> dict[str, Any]:
+    c = cfg.corpus
+    assert c is not None
+    if not corpus_is_current(c.out, c.n, c.seed, c.format):
+        return generate_corpus(c.n, c.out, seed=c.seed, fmt=c.format, rows_per_file=c.rows_per_file)
+    return json.loads((Path(c.out) / "corpus.json").read_text())
+
+
+def run_pipeline(cfg: RunConfig) -> PipelineResult:
+    tiny = ensure_tiny_model(cfg) if uses_tiny_model(cfg) else None
+    corpus = ensure_corpus(cfg) if cfg.corpus is not None else None
+    return PipelineResult(cfg.run_uri, tiny, corpus, ingest_corpus(cfg))

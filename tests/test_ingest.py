@@ -1,0 +1,211 @@
+"""Ingest on a real local Ray, from local files and from a real S3 endpoint (moto on 127.0.0.1).
+
+Expected counts are worked out here independently of the ingest code: by reading the files with
+plain json / csv / pyarrow and applying the rules the README states.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import boto3
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from politune.config import build_config
+from politune.corpus.generate import generate_corpus
+from politune.ingest import ingest_corpus
+from politune.storage import read_json, resolve
+
+pytestmark = pytest.mark.integration
+
+MAX_CHARS = 1000
+
+# The file of bad rows: (line, expected field, expected reason fragment); None marks a kept row.
+BAD_LINES: list[tuple[bytes, tuple[str, str] | None]] = [
+    (b'{"id": 1, "text": "Good one"}', None),
+    (b"", ("(line)", "blank line")),
+    (b"not json", ("(line)", "not valid JSON")),
+    (b"[1, 2]", ("(line)", "expected a JSON object, got list")),
+    (b'{"id": 2}', ("text", "missing")),
+    (b'{"id": 3, "text": 5}', ("text", "expected a string, got int")),
+    (b'{"id": 4, "text": "   "}', ("text", "empty or only whitespace")),
+    (b'{"id": 5, "text": "' + b"x" * 1500 + b'"}', ("text", "1,500 characters, over the limit of 1,000")),
+    (b'{"id": 6, "text": "  good   ONE "}', None),  # an exact duplicate of line 1 once normalised
+    (b'{"id": 9, "text": "caf\xe9"}', ("(line)", "not valid UTF-8")),
+    (b'{"id": 7, "text": "fine", "created_at": "not a date"}', ("created_at", "not an ISO 8601 time")),
+    (b'{"id": 8, "text": "unique two", "created_at": 1700000000}', None),
+    (b'{"id": 10, "text": null}', ("text", "is null")),
+]
+
+
+def norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    """Files of every format, and the counts ingest must arrive at."""
+    root = tmp_path_factory.mktemp("corpus")
+    jsonl = generate_corpus(500, root / "jsonl", seed=11, fmt="jsonl", rows_per_file=100)
+    gz = generate_corpus(500, root / "gz", seed=12, fmt="jsonl.gz", rows_per_file=1000)
+    parquet = generate_corpus(500, root / "parquet", seed=13, fmt="parquet", rows_per_file=150)
+    (root / "bad").mkdir()
+    (root / "bad" / "rows.jsonl").write_bytes(b"\n".join(line for line, _ in BAD_LINES) + b"\n")
+    (root / "csv").mkdir()
+    with open(root / "csv" / "posts.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["uid", "message", "when"])
+        writer.writerow(["c1", "A post, with a comma", "1700000000"])
+        writer.writerow(["c2", "too", "many", "fields"])
+        writer.writerow(["c3", "", "1700000000"])
+        writer.writerow(["c4", "Another post\nover two lines", "2023-11-14T22:13:20Z"])
+
+    sources = [
+        {"name": "ts_jsonl", "paths": [str(root / "jsonl" / "truthsocial")], "shape": "truthsocial"},
+        {"name": "rd_gz", "paths": [str(root / "gz" / "politosphere")], "shape": "politosphere"},
+        {"name": "ts_parquet", "paths": [str(root / "parquet" / "truthsocial")], "shape": "truthsocial"},
+        {"name": "bad", "paths": [str(root / "bad" / "rows.jsonl")], "shape": "generic"},
+        {"name": "csv", "paths": [str(root / "csv")], "shape": "generic",
+         "fields": {"text": "message", "id": "uid", "created_at": "when", "author": None, "label": None}},
+    ]
+
+    # Independent expectations.
+    texts: list[str] = []  # every valid text over all sources, to count distinct ones
+    expected = {}
+
+    def generated(name: str, records: list[dict], text_key: str) -> None:
+        bad = 0
+        for r in records:
+            t = r[text_key]
+            if text_key == "content":
+                t = t.removeprefix("<p>").removesuffix("</p>")
+            if not t.strip() or t == "[deleted]":
+                bad += 1
+            else:
+                texts.append(t)
+        expected[name] = {"read": len(records), "quarantined": bad}
+
+    generated("ts_jsonl", [json.loads(line) for f in jsonl["files"]["truthsocial"] for line in open(f)], "content")
+    generated("rd_gz", [json.loads(line) for f in gz["files"]["politosphere"] for line in gzip.open(f, "rt")],
+              "body")
+    generated("ts_parquet", [r for f in parquet["files"]["truthsocial"] for r in pq.read_table(f).to_pylist()],
+              "content")
+    expected["bad"] = {"read": len(BAD_LINES), "quarantined": sum(1 for _, e in BAD_LINES if e)}
+    texts += [json.loads(line)["text"] for line, e in BAD_LINES if e is None]
+    expected["csv"] = {"read": 4, "quarantined": 2}
+    texts += ["A post, with a comma", "Another post\nover two lines"]
+    return {"root": root, "sources": sources, "expected": expected, "distinct": len({norm(t) for t in texts}),
+            "valid": len(texts)}
+
+
+def make_config(sources: list[dict], storage_root: str, **ingest) -> object:
+    return build_config({
+        "run_id": "t", "storage_root": storage_root, "sources": sources,
+        "ingest": {"max_text_chars": MAX_CHARS, "dedup_bucket_mb": 0.05, **ingest},
+    })
+
+
+def read_documents(uri: str):
+    fs, path = resolve(uri)
+    return pq.read_table(path, filesystem=fs).sort_by("doc_id")
+
+
+def check_counts(result, corpus: dict) -> None:
+    for name, exp in corpus["expected"].items():
+        got = result.counts[name]
+        assert got["read"] == exp["read"], name
+        assert got["quarantined"] == exp["quarantined"], name
+        assert got["read"] == got["kept"] + got["duplicates"] + got["quarantined"], name
+    totals = result.totals
+    assert totals["kept"] == corpus["distinct"]
+    assert totals["duplicates"] == corpus["valid"] - corpus["distinct"]
+
+
+def test_every_format_from_local_paths(ray_local, corpus, tmp_path: Path) -> None:
+    cfg = make_config(corpus["sources"], str(tmp_path / "runs"))
+    result = ingest_corpus(cfg)
+    assert result.num_buckets > 1  # dedup ran over several buckets, and still found every copy
+    check_counts(result, corpus)
+
+    docs = read_documents(result.documents_uri)
+    assert docs.column_names == ["doc_id", "source", "text", "created_at", "author", "meta", "label"]
+    assert len(docs) == corpus["distinct"]
+    assert len(set(docs["doc_id"].to_pylist())) == len(docs)
+    assert len({norm(t) for t in docs["text"].to_pylist()}) == len(docs)
+    # of two copies, the first by (source, file, row) is kept: line 1, not line 9
+    bad_docs = {r["text"]: r for r in docs.to_pylist() if r["source"] == "bad"}
+    assert set(bad_docs) == {"Good one", "unique two"}
+    assert bad_docs["unique two"]["created_at"] == "2023-11-14T22:13:20Z"
+    assert {r["text"] for r in docs.to_pylist() if r["source"] == "csv"} == {
+        "A post, with a comma", "Another post\nover two lines"}
+    assert {r["label"] for r in docs.to_pylist() if r["source"] == "ts_jsonl"} <= {
+        "left", "right", "neutral", "off_topic"}
+
+    manifest = read_json(f"{cfg.run_uri}/manifest.json")
+    assert manifest["artifacts"]["documents"]["counts"]["per_source"] == result.counts
+    assert set(manifest["artifacts"]["documents"]["inputs"]) == {s["name"] for s in corpus["sources"]}
+
+
+def test_bad_rows_are_quarantined_with_file_row_field_and_reason(ray_local, corpus, tmp_path: Path) -> None:
+    cfg = make_config([s for s in corpus["sources"] if s["name"] in ("bad", "csv")], str(tmp_path / "runs"))
+    result = ingest_corpus(cfg)
+    fs, path = resolve(result.quarantine_uri)
+    rows = pq.read_table(path, filesystem=fs).to_pylist()
+    bad = [(r["row"], r["field"], r["reason"], r["file"]) for r in rows if r["source"] == "bad"]
+    expected = [(i, e[0], e[1]) for i, (_, e) in enumerate(BAD_LINES, start=1) if e]
+    assert [(row, field) for row, field, _, _ in bad] == [(row, field) for row, field, _ in expected]
+    for (_, _, reason, file), (_, _, fragment) in zip(bad, expected, strict=True):
+        assert fragment in reason and file.endswith("rows.jsonl")
+    assert next(r for r in rows if r["source"] == "bad" and r["row"] == 3)["raw"] == "not json"
+    csv_rows = [(r["row"], r["field"], r["reason"]) for r in rows if r["source"] == "csv"]
+    assert csv_rows == [(2, "(row)", "expected 3 fields, got 4"), (3, "message", "empty or only whitespace")]
+
+
+def test_rerun_writes_the_same_output_not_twice_as_much(ray_local, corpus, tmp_path: Path) -> None:
+    cfg = make_config(corpus["sources"][:3], str(tmp_path / "runs"))
+    first = ingest_corpus(cfg)
+    files_first = sorted(p.name for p in Path(first.documents_uri).iterdir())
+    docs_first = read_documents(first.documents_uri)
+    second = ingest_corpus(cfg)
+    assert second.counts == first.counts
+    assert sorted(p.name for p in Path(second.documents_uri).iterdir()) == files_first
+    assert read_documents(second.documents_uri).equals(docs_first)
+    assert not (Path(cfg.run_uri) / "_staging").exists()
+
+
+def test_every_format_from_s3(ray_local, corpus, s3_bucket: str, tmp_path: Path) -> None:
+    s3 = boto3.client("s3")
+    root: Path = corpus["root"]
+    for path in root.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), s3_bucket, f"corpus/{path.relative_to(root)}")
+    sources = json.loads(json.dumps(corpus["sources"]).replace(str(root), f"s3://{s3_bucket}/corpus"))
+    cfg = make_config(sources, f"s3://{s3_bucket}/runs")
+    result = ingest_corpus(cfg)
+    check_counts(result, corpus)
+    assert result.documents_uri.startswith("s3://")
+
+    local = ingest_corpus(make_config(corpus["sources"], str(tmp_path / "runs")))
+    assert read_documents(result.documents_uri)["doc_id"].equals(read_documents(local.documents_uri)["doc_id"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="runs/t/")["Contents"]]
+    assert "runs/t/manifest.json" in keys and any(k.startswith("runs/t/quarantine/") for k in keys)
+    assert not any("_staging" in k for k in keys)
+    fs, _ = resolve(result.documents_uri)
+    assert isinstance(fs, pafs.S3FileSystem)
+
+
+def test_missing_path_names_the_source(ray_local, tmp_path: Path) -> None:
+    cfg = make_config([{"name": "gone", "paths": [str(tmp_path / "nothing")]}], str(tmp_path / "runs"))
+    with pytest.raises(FileNotFoundError, match=r"source 'gone': .*nothing does not exist"):
+        ingest_corpus(cfg)
+
+
+def test_dedup_off_keeps_every_copy(ray_local, corpus, tmp_path: Path) -> None:
+    cfg = make_config([s for s in corpus["sources"] if s["name"] == "bad"], str(tmp_path / "runs"), dedup=False)
+    result = ingest_corpus(cfg)
+    assert result.counts["bad"]["kept"] == 3 and result.counts["bad"]["duplicates"] == 0

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+
+from politune.config import FieldMap, SourceConfig
+from politune.ingest.shapes import BadRow, RecordMapper, dedup_key, make_doc_id, strip_html
+
+
+def mapper(shape: str, name: str = "src", max_chars: int = 100, **fields) -> RecordMapper:
+    return RecordMapper(SourceConfig(name=name, paths=["x"], shape=shape, fields=FieldMap(**fields)), max_chars)
+
+
+def test_truthsocial_api_record() -> None:
+    doc = mapper("truthsocial").to_document({
+        "id": "1081", "created_at": "2022-03-01T10:00:00.000Z", "content": "<p>Back the blue &amp; vote</p>",
+        "account": {"username": "eagle1"}, "reblogs_count": 3, "label": "right"})
+    assert doc["text"] == "Back the blue & vote"
+    assert doc["author"] == "eagle1"
+    assert doc["created_at"] == "2022-03-01T10:00:00Z"
+    assert doc["label"] == "right"
+    assert json.loads(doc["meta"]) == {"account": {"username": "eagle1"}, "reblogs_count": 3}
+    assert doc["doc_id"] == make_doc_id("src", "1081", "ignored when an id exists")
+
+
+def test_politosphere_comment() -> None:
+    doc = mapper("politosphere").to_document({
+        "id": "k2x", "body": "  Tax the rich  ", "author": "maple", "created_utc": 1645401654, "subreddit": "politics"})
+    assert doc["text"] == "Tax the rich"
+    assert doc["created_at"] == "2022-02-21T00:00:54Z"
+    assert json.loads(doc["meta"]) == {"subreddit": "politics"}
+    assert doc["label"] is None
+
+
+def test_generic_field_map() -> None:
+    doc = mapper("generic", text="message", id="uid", created_at=None, author=None, label="side").to_document(
+        {"message": "hello", "uid": 7, "side": "left", "extra": 1})
+    assert (doc["text"], doc["label"], doc["created_at"]) == ("hello", "left", None)
+    assert json.loads(doc["meta"]) == {"extra": 1}
+
+
+def test_politune_shape_keeps_doc_id_and_meta() -> None:
+    doc = mapper("politune").to_document({"doc_id": "abc", "source": "old", "text": "t", "meta": '{"a": 1}'})
+    assert doc["doc_id"] == "abc"
+    assert json.loads(doc["meta"]) == {"a": 1}
+
+
+@pytest.mark.parametrize("record, field, reason", [
+    ({"id": "1", "body": "[removed]"}, "body", "deleted or removed"),
+    ({"id": "1", "body": "   "}, "body", "empty or only whitespace"),
+    ({"id": "1", "body": None}, "body", "is null"),
+    ({"id": "1", "body": 42}, "body", "expected a string, got int"),
+    ({"id": "1"}, "body", "missing"),
+    ({"id": "1", "body": "x" * 101}, "body", "101 characters, over the limit of 100"),
+    ({"id": [1], "body": "ok"}, "id", "expected a string or integer id, got list"),
+    ({"id": "1", "body": "ok", "created_utc": "yesterday"}, "created_utc", "not an ISO 8601 time"),
+    ({"id": "1", "body": "ok", "author": 5}, "author", "expected a string, got int"),
+])
+def test_bad_rows_name_field_and_reason(record, field, reason) -> None:
+    with pytest.raises(BadRow) as err:
+        mapper("politosphere").to_document(record)
+    assert err.value.field == field
+    assert reason in err.value.reason
+
+
+def test_doc_id_is_stable_and_source_scoped() -> None:
+    assert make_doc_id("a", "1", "x") == make_doc_id("a", "1", "y")
+    assert make_doc_id("a", "1", "x") != make_doc_id("b", "1", "x")
+    assert make_doc_id("a", None, "Hello  World") == make_doc_id("a", None, "hello world")
+
+
+def test_dedup_key_and_html() -> None:
+    assert dedup_key("  Tax\tthe RICH ") == dedup_key("tax the rich")
+    assert strip_html("<p>a<br/>b</p><p>c &lt;3</p>") == "a\nb\nc <3"
+
+
+def test_epoch_milliseconds_and_naive_iso() -> None:
+    m = mapper("generic")
+    assert m.to_document({"text": "t", "created_at": 1645401654000})["created_at"] == "2022-02-21T00:00:54Z"
+    assert m.to_document({"text": "t", "created_at": "2022-02-21 00:00:54"})["created_at"] == "2022-02-21T00:00:54Z"
