@@ -7,6 +7,7 @@ this module.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from importlib import resources
@@ -97,9 +98,10 @@ class IngestConfig(Section):
     max_text_chars: int = Field(10_000, ge=1, description="Longer posts are quarantined.")
     dedup: bool = Field(True, description="Drop exact duplicates of normalised text.")
     dedup_bucket_mb: float = Field(
-        32, gt=0, description="Input MiB per dedup bucket; bounds the memory of one dedup task."
+        8, gt=0, description="Input MiB per dedup bucket; bounds the memory of one dedup task."
     )
-    read_batch_rows: int = Field(20_000, ge=1, description="Rows per block while reading a file.")
+    read_batch_rows: int = Field(5_000, ge=1, description="Rows mapped at a time while reading a file.")
+    block_mb: float = Field(16, gt=0, description="Target size of a Ray Data block while reading.")
 
 
 class AnnotateConfig(Section):
@@ -207,19 +209,39 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """`ingest.max_text_chars=500` style overrides, values parsed as YAML scalars."""
-    result: dict[str, Any] = {}
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `ingest.max_text_chars=500` style overrides (values parsed as YAML; a number in the
+    path indexes a list, as in `sources.0.paths=[s3://b/x]`). Returns a new mapping."""
+    data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected FIELD.PATH=VALUE")
-        node = result
+        node: Any = data
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return result
+            if isinstance(node, list):
+                node = _list_item(node, part, item)
+            else:
+                node = node.setdefault(part, {})
+                if node is None or not isinstance(node, (dict, list)):
+                    raise ConfigError(f"override {item!r}: {part} is not a section")
+        value = yaml.safe_load(raw)
+        if isinstance(node, list):
+            node[_list_index(node, leaf, item)] = value
+        else:
+            node[leaf] = value
+    return data
+
+
+def _list_index(node: list, part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {item!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _list_item(node: list, part: str, item: str) -> Any:
+    return node[_list_index(node, part, item)]
 
 
 def _format_validation_error(origin: str, err: ValidationError, data: dict[str, Any]) -> str:
@@ -268,14 +290,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if data is None:
         raise ConfigError(f"{path}: the file is empty")
     if overrides:
-        data = deep_merge(data, parse_overrides(overrides))
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+        data = apply_overrides(data, overrides)
     return build_config(data, origin=str(path))
 
 
 def load_preset(name: str, overrides: list[str] | None = None) -> RunConfig:
-    data = load_preset_dict(name)
-    if overrides:
-        data = deep_merge(data, parse_overrides(overrides))
+    data = apply_overrides(load_preset_dict(name), overrides or [])
     return build_config(data, origin=f"preset {name}")
 
 

@@ -7,11 +7,11 @@ from politune.config import (
     PRESETS,
     ConfigError,
     RunConfig,
+    apply_overrides,
     build_config,
     load_config,
     load_preset,
     load_preset_dict,
-    parse_overrides,
     resolve_config,
 )
 
@@ -111,12 +111,17 @@ def test_base_preset_merges_and_lists_replace(tmp_path: Path) -> None:
 
 
 def test_overrides() -> None:
-    assert parse_overrides(["ingest.max_text_chars=500", "ray.dashboard=true"]) == {
-        "ingest": {"max_text_chars": 500}, "ray": {"dashboard": True}}
-    cfg = resolve_config(None, None, ["ingest.max_text_chars=500"])
-    assert cfg.ingest.max_text_chars == 500
+    data = {"ingest": {"dedup": True}, "sources": [{"name": "a", "paths": ["x"]}]}
+    out = apply_overrides(data, ["ingest.max_text_chars=500", "ray.dashboard=true", "sources.0.paths=[s3://b/y]"])
+    assert out == {"ingest": {"dedup": True, "max_text_chars": 500}, "ray": {"dashboard": True},
+                   "sources": [{"name": "a", "paths": ["s3://b/y"]}]}
+    assert data["sources"][0]["paths"] == ["x"]  # the input is not changed
+    cfg = resolve_config(None, None, ["ingest.max_text_chars=500", "corpus=null"])
+    assert cfg.ingest.max_text_chars == 500 and cfg.corpus is None
     with pytest.raises(ConfigError, match="expected FIELD.PATH=VALUE"):
-        parse_overrides(["nonsense"])
+        apply_overrides({}, ["nonsense"])
+    with pytest.raises(ConfigError, match="'5' is not an index of a list of 1"):
+        apply_overrides(data, ["sources.5.name=b"])
     with pytest.raises(ConfigError, match="not both"):
         resolve_config("a.yaml", "local")
 

@@ -25,31 +25,35 @@ from politune.ingest.schema import DOCUMENT_COLUMNS, DOCUMENT_SCHEMA, QUARANTINE
 _ORDER = [("text_hash", "ascending"), ("source", "ascending"), ("file", "ascending"), ("row", "ascending")]
 
 
-def first_of_each_text(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(kept, dropped): one row per text_hash, the first by (source, file, row)."""
-    table = table.sort_by(_ORDER)
-    hashes = table["text_hash"].to_numpy(zero_copy_only=False)
-    keep = np.ones(len(hashes), dtype=bool)
-    keep[1:] = hashes[1:] != hashes[:-1]
-    mask = pa.array(keep)
-    return table.filter(mask), table.filter(pc.invert(mask))
+def first_of_each_text(table: pa.Table) -> np.ndarray:
+    """Indices of the rows to keep: one row per text_hash, the first by (source, file, row).
+    Sorts only the key columns, so the full table is never copied here."""
+    keys = table.select(["text_hash", "source", "file", "row"])
+    order = pc.sort_indices(keys, sort_keys=_ORDER).to_numpy()
+    hashes = keys["text_hash"].take(order).to_numpy(zero_copy_only=False)
+    first = np.ones(len(hashes), dtype=bool)
+    first[1:] = hashes[1:] != hashes[:-1]
+    return order[first]
 
 
 @ray.remote(num_cpus=1)
 def dedup_bucket(fs: pafs.FileSystem, bucket_dir: str, out_path: str, dedup: bool) -> dict[str, Any]:
     """Write one bucket's surviving documents to out_path (sorted by doc_id); return counts by source."""
     table = pq.read_table(bucket_dir, filesystem=fs, columns=["text_hash", "file", "row", *DOCUMENT_COLUMNS])
-    staged = Counter(table["source"].to_pylist())
-    if dedup:
-        kept, dropped = first_of_each_text(table)
-    else:
-        kept, dropped = table, table.slice(0, 0)
-    kept = kept.select(DOCUMENT_COLUMNS).cast(DOCUMENT_SCHEMA).sort_by("doc_id")
+    sources = table["source"]
+    keep = first_of_each_text(table) if dedup else np.arange(len(table))
+    keep = keep[pc.sort_indices(table["doc_id"].take(keep)).to_numpy()]  # output sorted by doc_id
+    kept = table.select(DOCUMENT_COLUMNS).take(keep).cast(DOCUMENT_SCHEMA)
+    del table
     pq.write_table(kept, out_path, filesystem=fs)
+    staged = Counter(sources.to_pylist())
+    kept_by_source = Counter(kept["source"].to_pylist())
+    del kept, sources
+    pa.default_memory_pool().release_unused()  # this worker lives on: give the bucket's memory back
     return {
         "staged": dict(staged),
-        "kept": dict(Counter(kept["source"].to_pylist())),
-        "duplicates": dict(Counter(dropped["source"].to_pylist())),
+        "kept": dict(kept_by_source),
+        "duplicates": {s: staged[s] - kept_by_source.get(s, 0) for s in staged if staged[s] > kept_by_source.get(s, 0)},
     }
 
 

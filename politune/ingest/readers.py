@@ -37,6 +37,7 @@ class CorpusFile:
     path: str  # inside its filesystem (no scheme)
     size: int
     format: str  # jsonl | csv | parquet (gzip is detected from the name when the file is opened)
+    source: str  # the config's source name
 
 
 def file_format(path: str, declared: str) -> str | None:
@@ -70,7 +71,7 @@ def list_source_files(source: SourceConfig) -> tuple[pafs.FileSystem, list[Corpu
                 raise ValueError(f"source {source.name!r}: cannot tell the format of {uri}; set "
                                  f"sources[].format to one of jsonl, jsonl.gz, csv, parquet")
             if fmt is not None:
-                files.append(CorpusFile(i.path, i.size or 0, fmt))
+                files.append(CorpusFile(i.path, i.size or 0, fmt, source.name))
         if not files:
             raise FileNotFoundError(f"source {source.name!r}: no jsonl, jsonl.gz, csv or parquet files under {uri}")
     if len(filesystems) > 1:
@@ -132,40 +133,43 @@ def iter_parquet(f: Any, batch_rows: int) -> Iterator[tuple[int, dict[str, Any] 
 
 
 class CorpusDatasource(FileBasedDatasource):
-    """Ray Data source for one corpus source: its files in, staging rows out."""
+    """Ray Data source over the files of one or more corpus sources on one filesystem: files in,
+    staging rows out. One datasource for all of them (rather than a union of one per source) lets
+    Ray Data fuse each file's read with its write, so a read task never waits on a full queue."""
 
-    def __init__(self, source: SourceConfig, files: list[CorpusFile], filesystem: pafs.FileSystem,
+    def __init__(self, sources: list[SourceConfig], files: list[CorpusFile], filesystem: pafs.FileSystem,
                  max_text_chars: int, num_buckets: int, batch_rows: int) -> None:
         super().__init__([f.path for f in files], filesystem=filesystem)
-        self.formats = {f.path: f.format for f in files}
-        self.mapper = RecordMapper(source, max_text_chars)
+        self.files = {f.path: f for f in files}
+        self.mappers = {s.name: RecordMapper(s, max_text_chars) for s in sources}
         self.num_buckets = num_buckets
         self.batch_rows = batch_rows
 
     def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> pa.NativeFile:
-        if self.formats.get(path) == "parquet":  # Parquet needs random access, not a stream
+        if self.files[path].format == "parquet":  # Parquet needs random access, not a stream
             return filesystem.open_input_file(path)
         return super()._open_input_source(filesystem, path, **open_args)
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
-        fmt = self.formats[path]
+        fmt = self.files[path].format
+        mapper = self.mappers[self.files[path].source]
         records = (iter_parquet(f, self.batch_rows) if fmt == "parquet"
                    else iter_csv(f) if fmt == "csv" else iter_jsonl(f))
         batch: list[dict[str, Any]] = []
         for row, record, raw, error in records:
-            batch.append(self.stage(path, row, record, raw, error))
+            batch.append(self.stage(mapper, path, row, record, raw, error))
             if len(batch) >= self.batch_rows:
                 yield pa.Table.from_pylist(batch, schema=STAGING_SCHEMA)
                 batch = []
         if batch:
             yield pa.Table.from_pylist(batch, schema=STAGING_SCHEMA)
 
-    def stage(self, path: str, row: int, record: dict[str, Any] | None, raw: str,
+    def stage(self, mapper: RecordMapper, path: str, row: int, record: dict[str, Any] | None, raw: str,
               error: BadRow | None) -> dict[str, Any]:
-        source = self.mapper.source.name
+        source = mapper.source.name
         if error is None:
             try:
-                doc = self.mapper.to_document(record)
+                doc = mapper.to_document(record)
             except BadRow as bad:
                 error = bad
         if error is not None:

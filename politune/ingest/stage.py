@@ -16,6 +16,8 @@ import hashlib
 import logging
 import math
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,15 +61,19 @@ def ingest_corpus(cfg: RunConfig) -> IngestResult:
     for uri in (staging_uri, documents_uri, quarantine_uri):
         delete_dir(uri)
 
-    datasets = [
-        ray.data.read_datasource(CorpusDatasource(
-            source, files, fs, cfg.ingest.max_text_chars, num_buckets, cfg.ingest.read_batch_rows))
-        for source in cfg.sources
-        for fs, files in [listings[source.name]]
-    ]
-    staged = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    # One datasource a filesystem (usually one in all), each written as it is read.
+    by_filesystem: dict[str, tuple[pafs.FileSystem, list]] = {}
+    for source in cfg.sources:
+        fs, files = listings[source.name]
+        by_filesystem.setdefault(fs.type_name, (fs, []))[1].extend(files)
+    _check_no_file_twice(listings)
     out_fs, staging_path = resolve(staging_uri)
-    staged.write_parquet(staging_path, filesystem=out_fs, partition_cols=["part"], mode=SaveMode.OVERWRITE)
+    with _block_size(cfg.ingest.block_mb * 2**20):
+        for fs, files in by_filesystem.values():
+            datasource = CorpusDatasource(cfg.sources, files, fs, cfg.ingest.max_text_chars, num_buckets,
+                                          cfg.ingest.read_batch_rows)
+            ray.data.read_datasource(datasource, override_num_blocks=len(files)).write_parquet(
+                staging_path, filesystem=out_fs, partition_cols=["part"], mode=SaveMode.APPEND)
 
     counts = _dedup_and_collect(out_fs, staging_path, documents_uri, quarantine_uri, cfg)
     delete_dir(join(run, "_staging"))
@@ -121,6 +127,29 @@ def _dedup_and_collect(fs: pafs.FileSystem, staging_path: str, documents_uri: st
             "quarantined": quarantined, "reasons": dict(Counter(reasons.get(name, {})).most_common()),
         }
     return counts
+
+
+@contextmanager
+def _block_size(max_bytes: int) -> Iterator[None]:
+    """Ray Data gathers a read task's output into blocks of up to 128 MiB by default; with many
+    small rows that buffering, not the data, sets a read worker's memory. Smaller blocks for ingest."""
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.target_max_block_size
+    ctx.target_max_block_size = max_bytes
+    try:
+        yield
+    finally:
+        ctx.target_max_block_size = before
+
+
+def _check_no_file_twice(listings: dict[str, tuple[pafs.FileSystem, list[CorpusFile]]]) -> None:
+    owner: dict[str, str] = {}
+    for name, (_, files) in listings.items():
+        for f in files:
+            if f.path in owner:
+                raise ValueError(f"{f.path} is listed by two sources ({owner[f.path]!r} and {name!r}); "
+                                 "a file belongs to one source")
+            owner[f.path] = name
 
 
 def _fingerprint(files: list[CorpusFile]) -> str:
