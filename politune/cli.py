@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 import yaml
@@ -32,18 +34,24 @@ def _config(config: str | None, preset: str | None, overrides: list[str]) -> Run
         raise typer.Exit(2) from None
 
 
+def _run_stage(build: Callable[[RunConfig], Any], show: Callable[[Any], None], config: str | None,
+               preset: str | None, overrides: list[str]) -> None:
+    """Resolve the config, run a stage's builder, print its summary; input problems exit 1 with the message."""
+    cfg = _config(config, preset, overrides)
+    try:
+        show(build(cfg))
+    except (FileNotFoundError, ValueError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
     """Run the whole pipeline (today: tiny model, sample corpus, ingest) and print a summary."""
     from politune.console import print_pipeline
     from politune.pipeline import run_pipeline
 
-    cfg = _config(config, preset, set_)
-    try:
-        print_pipeline(run_pipeline(cfg))
-    except (FileNotFoundError, ValueError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(1) from None
+    _run_stage(run_pipeline, print_pipeline, config, preset, set_)
 
 
 @app.command()
@@ -52,12 +60,7 @@ def ingest(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = S
     from politune.console import print_ingest
     from politune.ingest import ingest_corpus
 
-    cfg = _config(config, preset, set_)
-    try:
-        print_ingest(ingest_corpus(cfg))
-    except (FileNotFoundError, ValueError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(1) from None
+    _run_stage(ingest_corpus, print_ingest, config, preset, set_)
 
 
 @config_app.command("show")

@@ -46,6 +46,13 @@ def test_config_check_reports_the_problem(tmp_path: Path) -> None:
     assert "ingest.dedup" in result.output and '"maybe"' in result.output
 
 
+def test_a_missing_source_path_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", "--set", f"storage_root={tmp_path}", "--set",
+                                 f"sources.0.paths=[{tmp_path / 'nowhere'}]"])
+    assert result.exit_code == 1
+    assert "source 'truthsocial'" in result.output and "nowhere does not exist" in result.output
+
+
 def test_main_command_runs_the_pipeline_on_the_embedded_default(tmp_path: Path) -> None:
     """What the README's first command runs, in a fresh folder, as a separate process."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

@@ -51,8 +51,9 @@ class IngestResult:
 
 
 def ingest_corpus(cfg: RunConfig) -> IngestResult:
+    listings = {s.name: list_source_files(s) for s in cfg.sources}  # bad paths fail before Ray starts
+    _check_no_file_twice(listings)
     init_ray(cfg)
-    listings = {s.name: list_source_files(s) for s in cfg.sources}
     total_bytes = sum(f.size for _, files in listings.values() for f in files)
     num_buckets = max(1, math.ceil(total_bytes / (cfg.ingest.dedup_bucket_mb * 2**20)))
 
@@ -66,7 +67,6 @@ def ingest_corpus(cfg: RunConfig) -> IngestResult:
     for source in cfg.sources:
         fs, files = listings[source.name]
         by_filesystem.setdefault(fs.type_name, (fs, []))[1].extend(files)
-    _check_no_file_twice(listings)
     out_fs, staging_path = resolve(staging_uri)
     with _block_size(cfg.ingest.block_mb * 2**20):
         for fs, files in by_filesystem.values():
