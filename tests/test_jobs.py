@@ -33,7 +33,9 @@ def ray_head(tmp_path: Path):
     """A Ray head on 127.0.0.1 in the foreground (--block): terminating it stops only this cluster."""
     temp_dir = Path("/tmp") / f"pt-head-{os.getpid()}"  # short: Ray's socket paths have a length limit
     dashboard = free_port()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           # a job's `python` is looked up on the head's PATH: make it this environment's, as in a cluster image
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
