@@ -244,7 +244,7 @@ def _list_item(node: list, part: str, item: str) -> Any:
     return node[_list_index(node, part, item)]
 
 
-def _format_validation_error(origin: str, err: ValidationError, data: dict[str, Any]) -> str:
+def _format_validation_error(origin: str, err: ValidationError) -> str:
     lines = [f"{origin}: {err.error_count()} problem(s) in the config"]
     for item in err.errors():
         path = ".".join(str(p) for p in item["loc"]) or "(top level)"
@@ -273,7 +273,7 @@ def build_config(data: dict[str, Any], origin: str = "<config>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(origin, err, data)) from None
+        raise ConfigError(_format_validation_error(origin, err)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
