@@ -105,11 +105,24 @@ class IngestConfig(Section):
 
 
 class AnnotateConfig(Section):
-    """Annotation stage (scores every post). Validated now; the stage itself is built in issue 3."""
+    """Annotation: an LLM scores every post for ideology, political relevance and quality (0..10)."""
 
-    engine: Literal["hf", "vllm", "openai"] = "hf"
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers actor pool; vllm: ray.data.llm.")
     model: str = TINY_MODEL
-    tensor_parallel_size: int = Field(1, ge=1)
+    mode: Literal["generate", "logprob"] = Field(
+        "logprob", description="generate: the model writes JSON; logprob: probabilities of the answers 0..10.")
+    batch_size: int = Field(16, ge=1, description="Posts an engine call.")
+    concurrency: int = Field(1, ge=1, description="Engine actors (hf) or vLLM replicas.")
+    num_cpus_per_actor: float = Field(1, gt=0)
+    num_gpus_per_actor: float = Field(0, ge=0, description="hf engine only; vLLM takes tensor x pipeline GPUs.")
+    max_new_tokens: int = Field(48, ge=1, description="generate mode: answer length.")
+    max_prompt_tokens: int = Field(1024, ge=16, description="Longer prompts lose the start of the post.")
+    max_retries: int = Field(2, ge=0, description="Retries of a failed engine batch before engine_error.")
+    rows_per_file: int = Field(2000, ge=1, description="Posts an output file: the unit of resume.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs a replica splits each layer over.")
+    pipeline_parallel_size: int = Field(1, ge=1, description="vllm: GPUs a replica splits the layers over.")
+    max_model_len: int = Field(4096, ge=64, description="vllm: context length.")
+    enable_prefix_caching: bool = Field(True, description="vllm: share the common prompt prefix's KV cache.")
 
 
 class SelectConfig(Section):

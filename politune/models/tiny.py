@@ -38,6 +38,7 @@ PROMPT_WORDS = [
     "Strongly disagree. Disagree. Agree. Strongly agree.", "0 1 2 3 4 5 6 7 8 9 10",
 ]
 TOKENIZER_SAMPLES = 3000
+BUILD_VERSION = 2  # bump when the builder changes what it writes, so old builds are rebuilt
 
 
 def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
@@ -50,6 +51,9 @@ def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tokenizer.train_from_iterator(PROMPT_WORDS + sample_texts(TOKENIZER_SAMPLES, seed), trainer=trainer)
+    # Every answer on a 0..10 scale is one token (as in Llama3's vocabulary), so the annotator's
+    # logprob mode reads all eleven from a single next-token distribution.
+    tokenizer.add_tokens(["10"])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOT, pad_token=PAD,
         chat_template=CHAT_TEMPLATE, model_max_length=1024,
@@ -82,14 +86,17 @@ def build_tiny_model(cfg: TinyModelConfig, out: str | Path | None = None) -> Pat
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "politune_tiny.json").write_text(json.dumps(
-        {"built_by": "politune model build-tiny", "config": cfg.model_dump(),
+        {"built_by": "politune model build-tiny", "build_version": BUILD_VERSION, "config": cfg.model_dump(),
          "parameters": sum(p.numel() for p in model.parameters())}, indent=2, sort_keys=True))
     return out
 
 
 def tiny_model_is_current(cfg: TinyModelConfig, out: str | Path | None = None) -> bool:
     marker = Path(out or cfg.out) / "politune_tiny.json"
-    return marker.is_file() and json.loads(marker.read_text()).get("config") == cfg.model_dump()
+    if not marker.is_file():
+        return False
+    info = json.loads(marker.read_text())
+    return info.get("build_version") == BUILD_VERSION and info.get("config") == cfg.model_dump()
 
 
 def folder_digest(folder: str | Path) -> str:
