@@ -125,10 +125,41 @@ class AnnotateConfig(Section):
     enable_prefix_caching: bool = Field(True, description="vllm: share the common prompt prefix's KV cache.")
 
 
-class SelectConfig(Section):
-    """Selection of each side's posts. Validated now; the stage is built in issue 3."""
+class SideThresholds(Section):
+    """Bounds a post's scores must meet to be a side's training post (0..10 scales)."""
 
+    ideology_min: float = Field(0, ge=0, le=10)
+    ideology_max: float = Field(10, ge=0, le=10)
+    relevance_min: float = Field(0, ge=0, le=10)
+    quality_min: float = Field(0, ge=0, le=10)
+
+
+class SelectConfig(Section):
+    """Selection of each side's training posts from the annotations."""
+
+    method: Literal["thresholds", "quantile", "source"] = Field(
+        "thresholds", description="thresholds: fixed score bounds; quantile: each side's share of posts by "
+        "ideology rank (for models whose scores have no absolute meaning); source: the source names the side.")
+    left: SideThresholds = Field(default_factory=lambda: SideThresholds(ideology_max=3, relevance_min=6,
+                                                                        quality_min=5))
+    right: SideThresholds = Field(default_factory=lambda: SideThresholds(ideology_min=7, relevance_min=6,
+                                                                         quality_min=5))
+    side_share: float = Field(0.3, gt=0, lt=0.5, description="quantile: the lowest / highest share by ideology.")
+    min_relevance_quantile: float = Field(0, ge=0, lt=1, description="quantile: drop posts below this rank.")
+    min_quality_quantile: float = Field(0, ge=0, lt=1, description="quantile: drop posts below this rank.")
+    source_sides: dict[str, Literal["left", "right"]] = Field(
+        default_factory=dict, description="source: source name -> side, e.g. {politosphere: left}.")
+    near_duplicate_threshold: float | None = Field(
+        0.8, gt=0, le=1, description="Drop a post whose estimated word-shingle Jaccard similarity to a kept "
+        "post of its side reaches this (MinHash); null keeps them.")
     max_per_side: int | None = Field(None, ge=1)
+    balance: bool = Field(True, description="Keep as many posts on each side (the smaller count).")
+
+    @model_validator(mode="after")
+    def _source_method_needs_sides(self) -> SelectConfig:
+        if self.method == "source" and not self.source_sides:
+            raise ValueError("method: source needs source_sides, e.g. {politosphere: left, truthsocial: right}")
+        return self
 
 
 class SynthesizeConfig(Section):

@@ -1,0 +1,145 @@
+"""The select stage: annotations + documents in, each side's training posts out (`selected/`).
+
+Rules, applied in order; a post dropped by one is counted under that one reason only:
+1. the side: by score thresholds, by ideology quantile, or by the post's source (config `method`);
+2. relevance and quality bounds of that side (thresholds or quantiles);
+3. near-duplicates within a side (MinHash), keeping the post furthest toward the side;
+4. `max_per_side`, then `balance` (as many posts on each side).
+Every annotated document ends as selected or under exactly one reason; the counts go to the manifest.
+The selection itself runs in the driver on Arrow columns: it reads a few numbers a post, and only
+the selected posts' text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from politune.config import RunConfig, SelectConfig
+from politune.select.near_duplicates import near_duplicate_mask
+from politune.storage import Manifest, delete_dir, exists, join, resolve
+
+SIDES = ("left", "right")
+SELECTED_SCHEMA = pa.schema([
+    ("doc_id", pa.string()), ("side", pa.string()), ("source", pa.string()), ("text", pa.string()),
+    ("ideology", pa.float64()), ("relevance", pa.float64()), ("quality", pa.float64()), ("label", pa.string()),
+])
+
+
+@dataclass
+class SelectResult:
+    selected_uri: str
+    kept: dict[str, int]      # per side
+    dropped: dict[str, int]   # per reason
+    documents: int
+    thresholds: dict[str, Any]
+
+
+def select_posts(cfg: RunConfig) -> SelectResult:
+    run = cfg.run_uri
+    annotations_uri, documents_uri, selected_uri = (join(run, p) for p in ("annotations", "documents", "selected"))
+    if not exists(annotations_uri):
+        raise FileNotFoundError(f"{annotations_uri} does not exist: run `politune annotate` first")
+    posts = _read_posts(annotations_uri, documents_uri)
+    side, reason, thresholds = assign_sides(posts, cfg.select)
+    posts = posts.assign(side=side, reason=reason)
+    texts = _texts(documents_uri, posts.loc[posts["side"].notna(), "doc_id"])
+    posts = _drop_near_duplicates_and_cap(posts, cfg.select, texts)
+
+    chosen = posts[posts["reason"].isna()]
+    out = chosen.assign(text=chosen["doc_id"].map(texts)).sort_values(["side", "rank"])
+    table = pa.Table.from_pandas(out[SELECTED_SCHEMA.names], schema=SELECTED_SCHEMA, preserve_index=False)
+    delete_dir(selected_uri)
+    fs, path = resolve(selected_uri)
+    fs.create_dir(path, recursive=True)
+    pq.write_table(table, f"{path}/part-00000.parquet", filesystem=fs)
+
+    kept = {s: int((out["side"] == s).sum()) for s in SIDES}
+    dropped = dict(Counter(posts["reason"].dropna()).most_common())
+    if sum(kept.values()) + sum(dropped.values()) != len(posts):
+        raise RuntimeError("select lost posts: kept and dropped do not add up to the annotated documents")
+    result = SelectResult(selected_uri, kept, dropped, len(posts), thresholds)
+    Manifest(run).record("selected", path=selected_uri, config_hash=cfg.section_hash("select"),
+                         inputs={"annotations": (Manifest(run).artifact("annotations") or {}).get("config_hash", "")},
+                         counts={"documents": len(posts), "kept": kept, "dropped": dropped,
+                                 "thresholds": thresholds})
+    return result
+
+
+def assign_sides(posts: pd.DataFrame, sel: SelectConfig) -> tuple[pd.Series, pd.Series, dict[str, Any]]:
+    """(side, reason) for every post: a side where rules 1-2 pass, else the reason it failed."""
+    side = pd.Series(None, index=posts.index, dtype=object)
+    reason = pd.Series(None, index=posts.index, dtype=object)
+    if sel.method == "source":
+        side = posts["source"].map(sel.source_sides)
+        reason[side.isna()] = "source has no side in select.source_sides"
+        return side, reason, {"source_sides": sel.source_sides}
+
+    ok = posts["status"] == "ok"
+    reason[~ok] = "annotation status " + posts.loc[~ok, "status"]
+    scored = posts[ok]
+    if sel.method == "quantile":
+        q = scored[["ideology", "relevance", "quality"]].quantile(
+            [sel.side_share, 1 - sel.side_share, sel.min_relevance_quantile, sel.min_quality_quantile])
+        bounds = {
+            "left": {"ideology_max": q["ideology"].iloc[0], "relevance_min": q["relevance"].iloc[2],
+                     "quality_min": q["quality"].iloc[3]},
+            "right": {"ideology_min": q["ideology"].iloc[1], "relevance_min": q["relevance"].iloc[2],
+                      "quality_min": q["quality"].iloc[3]},
+        }
+    else:
+        bounds = {s: getattr(sel, s).model_dump() for s in SIDES}
+    for s in ("left", "right"):  # left first: with quantile ties, a post cannot take both sides
+        b = {"ideology_min": 0.0, "ideology_max": 10.0, "relevance_min": 0.0, "quality_min": 0.0, **bounds[s]}
+        on_side = ok & side.isna() & posts["ideology"].between(b["ideology_min"], b["ideology_max"])
+        side[on_side] = s
+        reason[on_side & (posts["relevance"] < b["relevance_min"])] = f"{s}: relevance below {b['relevance_min']:.3g}"
+        reason[on_side & reason.isna() & (posts["quality"] < b["quality_min"])] = (
+            f"{s}: quality below {b['quality_min']:.3g}")
+    reason[ok & side.isna()] = "ideology on neither side"
+    return side.where(reason.isna()), reason, {s: {k: float(v) for k, v in b.items()} for s, b in bounds.items()}
+
+
+def _drop_near_duplicates_and_cap(posts: pd.DataFrame, sel: SelectConfig, texts: dict[str, str]) -> pd.DataFrame:
+    # Rank within a side: furthest toward the side first, then quality, then doc_id (deterministic).
+    toward = np.where(posts["side"] == "left", posts["ideology"], -posts["ideology"].fillna(0))
+    posts = posts.assign(toward=toward, neg_quality=-posts["quality"].fillna(0))
+    posts = posts.sort_values(["toward", "neg_quality", "doc_id"], na_position="last")
+    posts["rank"] = posts.groupby("side").cumcount()
+    if sel.near_duplicate_threshold is not None:
+        for s in SIDES:
+            candidates = posts[(posts["side"] == s) & posts["reason"].isna()]
+            dup = near_duplicate_mask([texts[d] for d in candidates["doc_id"]], sel.near_duplicate_threshold)
+            posts.loc[candidates.index[dup], "reason"] = f"{s}: near duplicate"
+    kept = {s: posts[(posts["side"] == s) & posts["reason"].isna()] for s in SIDES}
+    limit = min(len(k) for k in kept.values()) if sel.balance else None
+    for s, k in kept.items():
+        if sel.max_per_side is not None and len(k) > sel.max_per_side:
+            posts.loc[k.index[sel.max_per_side:], "reason"] = f"{s}: over max_per_side"
+            k = k.iloc[:sel.max_per_side]
+        if limit is not None and len(k) > limit:
+            posts.loc[k.index[limit:], "reason"] = f"{s}: balanced to the smaller side"
+    return posts
+
+
+def _read_posts(annotations_uri: str, documents_uri: str) -> pd.DataFrame:
+    a_fs, a_path = resolve(annotations_uri)
+    d_fs, d_path = resolve(documents_uri)
+    annotations = pq.read_table(a_path, filesystem=a_fs,
+                                columns=["doc_id", "ideology", "relevance", "quality", "status"])
+    documents = pq.read_table(d_path, filesystem=d_fs, columns=["doc_id", "source", "label"])
+    return annotations.join(documents, "doc_id").to_pandas()
+
+
+def _texts(documents_uri: str, doc_ids: pd.Series) -> dict[str, str]:
+    fs, path = resolve(documents_uri)
+    table = pq.read_table(path, filesystem=fs, columns=["doc_id", "text"],
+                          filters=[("doc_id", "in", list(doc_ids))] if len(doc_ids) else None)
+    return dict(zip(table["doc_id"].to_pylist(), table["text"].to_pylist(), strict=True))
+
