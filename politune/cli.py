@@ -47,7 +47,7 @@ def _run_stage(build: Callable[[RunConfig], Any], show: Callable[[Any], None], c
 
 @app.command()
 def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
-    """Run the whole pipeline (today: tiny model, sample corpus, ingest) and print a summary."""
+    """Run the whole pipeline (today: tiny model, sample corpus, ingest, annotate, select) and print a summary."""
     from politune.console import print_pipeline
     from politune.pipeline import run_pipeline
 
@@ -61,6 +61,24 @@ def ingest(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = S
     from politune.ingest import ingest_corpus
 
     _run_stage(ingest_corpus, print_ingest, config, preset, set_)
+
+
+@app.command()
+def annotate(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+    """Score every document for ideology, relevance and quality with the configured LLM (resumable)."""
+    from politune.annotate import annotate_documents
+    from politune.console import print_annotate
+
+    _run_stage(annotate_documents, print_annotate, config, preset, set_)
+
+
+@app.command("select")
+def select_(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+    """Choose each side's training posts from the annotations (thresholds, quantiles or source)."""
+    from politune.console import print_select
+    from politune.select import select_posts
+
+    _run_stage(select_posts, print_select, config, preset, set_)
 
 
 @config_app.command("show")

@@ -8,8 +8,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from politune.annotate import AnnotateResult
 from politune.ingest import IngestResult
 from politune.pipeline import PipelineResult
+from politune.select import SelectResult
 
 console = Console()
 
@@ -40,10 +42,27 @@ def print_ingest(result: IngestResult) -> None:
     console.print(f"quarantine: {result.quarantine_uri}")
 
 
+def print_annotate(result: AnnotateResult) -> None:
+    statuses = ", ".join(f"{n:,} {s}" for s, n in result.statuses.items())
+    console.print(f"annotate:   {result.documents:,} documents, one row each ({statuses}); "
+                  f"{result.annotated_now:,} scored now, {result.resumed_from:,} kept from an earlier run")
+    console.print(f"annotations: {result.annotations_uri}")
+
+
+def print_select(result: SelectResult) -> None:
+    console.print(f"select:     {result.kept['left']:,} left and {result.kept['right']:,} right posts of "
+                  f"{result.documents:,}")
+    for reason, n in result.dropped.items():
+        console.print(f"  dropped: {n:,} × {escape(reason)}")
+    console.print(f"selected:   {result.selected_uri}")
+
+
 def print_pipeline(result: PipelineResult) -> None:
     if result.tiny_model:
         console.print(f"tiny model: {result.tiny_model}  (random weights: its text is noise)")
     if result.corpus:
         console.print(f"corpus:     {result.corpus['n']:,} generated posts in {result.corpus['out']}")
     print_ingest(result.ingest)
+    print_annotate(result.annotate)
+    print_select(result.select)
     console.print(f"run:        {result.run_uri}  (manifest.json lists every artifact and its counts)")

@@ -1,7 +1,7 @@
 """The main job: every stage that exists, in order, on one config.
 
 Today that is: build the embedded tiny model (when the config uses it), generate the sample corpus
-(when the config asks for one), and ingest. Later stages join this same function.
+(when the config asks for one), ingest, annotate, select. Later stages join this same function.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from politune.annotate import AnnotateResult, annotate_documents
 from politune.config import TINY_MODEL, RunConfig
 from politune.corpus.generate import corpus_is_current, generate_corpus
 from politune.ingest import IngestResult, ingest_corpus
 from politune.models.tiny import build_tiny_model, tiny_model_is_current
+from politune.select import SelectResult, select_posts
 
 
 @dataclass
@@ -23,6 +25,8 @@ class PipelineResult:
     tiny_model: str | None
     corpus: dict[str, Any] | None
     ingest: IngestResult
+    annotate: AnnotateResult
+    select: SelectResult
 
 
 def uses_tiny_model(cfg: RunConfig) -> bool:
@@ -48,4 +52,6 @@ def ensure_corpus(cfg: RunConfig) -> dict[str, Any]:
 def run_pipeline(cfg: RunConfig) -> PipelineResult:
     tiny = ensure_tiny_model(cfg) if uses_tiny_model(cfg) else None
     corpus = ensure_corpus(cfg) if cfg.corpus is not None else None
-    return PipelineResult(cfg.run_uri, tiny, corpus, ingest_corpus(cfg))
+    ingested = ingest_corpus(cfg)
+    annotated = annotate_documents(cfg)
+    return PipelineResult(cfg.run_uri, tiny, corpus, ingested, annotated, select_posts(cfg))

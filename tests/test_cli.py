@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from politune.cli import app
 
 runner = CliRunner()
-COMMANDS = [[], ["run"], ["ingest"], ["config"], ["config", "show"], ["config", "check"], ["model"],
-            ["model", "build-tiny"], ["corpus"], ["corpus", "generate"]]
+COMMANDS = [[], ["run"], ["ingest"], ["annotate"], ["select"], ["config"], ["config", "show"], ["config", "check"],
+            ["model"], ["model", "build-tiny"], ["corpus"], ["corpus", "generate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "politune")
@@ -68,3 +68,8 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(tmp_path: Path) 
     assert sum(c["read"] for c in counts.values()) == 800
     assert (tmp_path / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
     assert list((tmp_path / "runs" / "local" / "documents").glob("*.parquet"))
+    artifacts = manifest["artifacts"]
+    assert artifacts["annotations"]["counts"]["documents"] == sum(c["kept"] for c in counts.values())
+    kept = artifacts["selected"]["counts"]["kept"]
+    assert kept["left"] == kept["right"] > 0  # the quantile rule carries posts through the tiny model
+    assert "select:" in done.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -43,3 +44,9 @@ def test_rayjob_entrypoint_runs_a_real_job_with_a_real_preset() -> None:
     script = re.search(r"python \S*/(jobs/\w+\.py)", entrypoint).group(1)
     assert (REPO / script).is_file()
     assert re.search(r"--preset (\S+)", entrypoint).group(1) in PRESETS
+
+
+def test_no_job_file_shadows_a_standard_module() -> None:
+    """`python jobs/x.py` puts jobs/ first on sys.path: jobs/select.py once broke every job's `import select`."""
+    names = {p.stem for p in (REPO / "jobs").glob("*.py")}
+    assert not names & set(sys.stdlib_module_names)

@@ -34,7 +34,8 @@ def test_round_trip_through_from_pretrained(tiny: Path) -> None:
     assert cfg.head_dim == 32  # vLLM's CPU attention kernels accept 32, not 16
     params = sum(p.numel() for p in model.parameters())
     assert 100_000 < params < 5_000_000
-    assert len(tokenizer) == 1024
+    assert len(tokenizer) == 1025  # 1,024 learned + "10", so every answer on a 0..10 scale is one token
+    assert all(len(tokenizer.encode(str(i), add_special_tokens=False)) == 1 for i in range(11))
     first = generate_text(model, tokenizer, "Secure the border", max_new_tokens=6)
     again = generate_text(model, tokenizer, "Secure the border", max_new_tokens=6)
     assert first == again and first.strip()

@@ -103,9 +103,8 @@ class _HFAnnotatorTable(HFAnnotator):
 def _engine(cfg: RunConfig) -> Any:
     if cfg.annotate.engine == "hf":
         return HFEngine(cfg)
-    from politune.annotate.vllm_engine import VLLMEngine
-
-    return VLLMEngine(cfg)
+    raise ValueError("annotate.engine: vllm (ray.data.llm) is not built yet; use engine: hf, which runs the "
+                     "same prompts through transformers on CPU or GPU")
 
 
 def _identity(cfg: RunConfig) -> dict[str, Any]:
