@@ -19,11 +19,11 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
+from memory import MemorySampler
 
 MB = 2**20
 
@@ -36,33 +36,6 @@ def generate(n: int, out: Path) -> tuple[float, float]:
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, str(n), str(out)], capture_output=True, text=True, check=True)
     return time.perf_counter() - start, int(done.stdout.strip().splitlines()[-1]) / 1024
-
-
-class MemorySampler(threading.Thread):
-    def __init__(self, root_pid: int, interval: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        self.root = psutil.Process(root_pid)
-        self.interval = interval
-        self.baseline_used = psutil.virtual_memory().used
-        self.peak_used = 0
-        self.peak_uss = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.peak_used = max(self.peak_used, psutil.virtual_memory().used - self.baseline_used)
-            total = 0
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                break
-            for proc in procs:
-                try:
-                    total += proc.memory_full_info().uss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.peak_uss = max(self.peak_uss, total)
-            self.stop.wait(self.interval)
 
 
 def ingest(corpus: Path, workdir: Path) -> dict:

@@ -69,6 +69,25 @@ def test_logprob_mode_scores_every_document_once(ray_local, tiny_model: Path, tm
     assert again.annotated_now == 0 and len(read_annotations(cfg)) == len(rows)
 
 
+def test_metrics_reach_the_ray_metrics_endpoint(ray_local, tiny_model: Path, tmp_path: Path) -> None:
+    import urllib.request
+
+    cfg = run_config(tmp_path, tiny_model, 40, mode="logprob")
+    ingest_corpus(cfg)
+    annotate_documents(cfg)
+    port = ray_local.nodes()[0]["MetricsExportPort"]
+    deadline, text = time.time() + 90, ""
+    while time.time() < deadline:  # Ray exports custom metrics every few seconds
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        if "politune_annotate_posts" in text and "politune_annotate_batch_seconds" in text:
+            break
+        time.sleep(3)
+    lines = [line for line in text.splitlines() if line.startswith("ray_politune_annotate_posts")
+             or line.startswith("politune_annotate_posts")]
+    assert any('status="ok"' in line and 'model="tiny"' in line for line in lines), lines[:5]
+    assert "politune_annotate_tokens_in" in text
+
+
 def test_generate_mode_records_malformed_answers(ray_local, tiny_model: Path, tmp_path: Path) -> None:
     cfg = run_config(tmp_path, tiny_model, 60, mode="generate", max_new_tokens=12)
     ingest_corpus(cfg)
