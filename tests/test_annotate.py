@@ -110,6 +110,16 @@ def test_a_changed_annotator_starts_over(ray_local, tiny_model: Path, tmp_path: 
     assert {r["prompt_version"] for r in read_annotations(other)} == {"annotate-v1/generate"}
 
 
+def test_a_reingested_corpus_starts_over(ray_local, tiny_model: Path, tmp_path: Path) -> None:
+    cfg = run_config(tmp_path, tiny_model, 60, mode="logprob")
+    ingest_corpus(cfg)
+    annotate_documents(cfg)
+    smaller = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"max_text_chars": 60})})
+    ingest_corpus(smaller)  # other documents in the same run
+    result = annotate_documents(smaller)
+    assert result.resumed_from == 0 and result.annotated_now == result.documents
+
+
 def test_kill_and_resume_gives_each_doc_id_exactly_once(ray_local, tiny_model: Path, tmp_path: Path) -> None:
     cfg = run_config(tmp_path, tiny_model, 1500, mode="logprob", batch_size=4, rows_per_file=32)
     ingest_corpus(cfg)

@@ -108,10 +108,13 @@ def _engine(cfg: RunConfig) -> Any:
 
 
 def _identity(cfg: RunConfig) -> dict[str, Any]:
-    """What makes two annotation runs the same: resume only continues a run with this identity."""
+    """What makes two annotation runs the same: resume only continues a run with this identity
+    (same annotator, same prompts, and the same documents: a re-ingested corpus starts over)."""
     a = cfg.annotate
+    documents = Manifest(cfg.run_uri).artifact("documents") or {}
     return {"model": a.model, "engine": a.engine, "mode": a.mode, "prompt_version": prompt_version(a.mode),
-            "max_prompt_tokens": a.max_prompt_tokens, "max_new_tokens": a.max_new_tokens}
+            "max_prompt_tokens": a.max_prompt_tokens, "max_new_tokens": a.max_new_tokens,
+            "documents": {"inputs": documents.get("inputs"), "config_hash": documents.get("config_hash")}}
 
 
 def _start_or_resume(annotations_uri: str, identity: dict[str, Any]) -> None:
