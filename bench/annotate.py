@@ -17,8 +17,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-from memory import MemorySampler
+from memory import run_measured
 
 from politune.config import TinyModelConfig, build_config
 from politune.corpus.generate import sample_texts
@@ -85,20 +83,7 @@ def memory_run(cfg_dict: dict, workdir: Path) -> dict:
             "cfg = build_config(json.loads(sys.argv[1])); init_ray(cfg); "
             "t = time.perf_counter(); r = annotate_documents(cfg); "
             "print(json.dumps({'seconds': time.perf_counter() - t, 'documents': r.documents}))")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with open(workdir / "annotate.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg_dict)], stdout=subprocess.PIPE,
-                                stderr=log, text=True, env=env)
-        sampler = MemorySampler(proc.pid)
-        sampler.start()
-        out, _ = proc.communicate()
-        sampler.stop.set()
-        sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"annotate failed:\n{(workdir / 'annotate.log').read_text()[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result.update(peak_used_mb=sampler.peak_used / MB, peak_uss_mb=sampler.peak_uss / MB)
-    return result
+    return run_measured(code, [json.dumps(cfg_dict)], workdir / "annotate.log")
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ Goal: the largest run's peaks within 30% of the smallest run's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 import psutil
-from memory import MemorySampler
+from memory import run_measured
 
 MB = 2**20
 
@@ -50,22 +49,7 @@ def ingest(corpus: Path, workdir: Path) -> dict:
             "cfg = load_preset('local', sys.argv[1:]); init_ray(cfg); "
             "t = time.perf_counter(); r = ingest_corpus(cfg); "
             "print(json.dumps({'seconds': time.perf_counter() - t, 'totals': r.totals, 'buckets': r.num_buckets}))")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    log = open(workdir / "ingest.log", "w")  # Ray's progress output, kept out of the report
-    proc = subprocess.Popen([sys.executable, "-c", code, *overrides], stdout=subprocess.PIPE,
-                            stderr=log, text=True, env=env)
-    sampler = MemorySampler(proc.pid)
-    sampler.start()
-    out, _ = proc.communicate()
-    sampler.stop.set()
-    sampler.join()
-    log.close()
-    if proc.returncode != 0:
-        tail = (workdir / "ingest.log").read_text()[-3000:]
-        raise SystemExit(f"ingest failed with exit code {proc.returncode}:\n{tail}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result.update(peak_used_mb=sampler.peak_used / MB, peak_uss_mb=sampler.peak_uss / MB)
-    return result
+    return run_measured(code, overrides, workdir / "ingest.log")
 
 
 def main() -> None:

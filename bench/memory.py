@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
+from typing import Any
 
 import psutil
+
+MB = 2**20
 
 
 class MemorySampler(threading.Thread):
@@ -32,3 +40,22 @@ class MemorySampler(threading.Thread):
                     pass
             self.peak_uss = max(self.peak_uss, total)
             self.stop.wait(self.interval)
+
+
+def run_measured(code: str, args: list[str], log_path: Path) -> dict[str, Any]:
+    """Run `python -c code args` in a fresh process (its own local Ray) while sampling its memory.
+    The child prints one JSON line last; that dict comes back with peak_used_mb and peak_uss_mb."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(log_path, "w") as log:  # Ray's progress output, kept out of the report
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=log,
+                                text=True, env=env)
+        sampler = MemorySampler(proc.pid)
+        sampler.start()
+        out, _ = proc.communicate()
+        sampler.stop.set()
+        sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"the measured run failed with exit code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(peak_used_mb=sampler.peak_used / MB, peak_uss_mb=sampler.peak_uss / MB)
+    return result
