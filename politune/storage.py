@@ -119,3 +119,7 @@ class Manifest:
 
     def artifact(self, name: str) -> dict[str, Any] | None:
         return self.data["artifacts"].get(name)
+
+    def config_hash(self, name: str) -> str:
+        """The config hash an artifact was made with ("" when it is not recorded): an input's identity."""
+        return (self.artifact(name) or {}).get("config_hash", "")

@@ -51,7 +51,8 @@ def annotate_documents(cfg: RunConfig) -> AnnotateResult:
         raise FileNotFoundError(f"{documents_uri} does not exist: run `politune ingest` first")
     docs_fs, docs_path = resolve(documents_uri)
     out_fs, out_path = resolve(annotations_uri)
-    _start_or_resume(annotations_uri, _identity(cfg))
+    manifest = Manifest(cfg.run_uri)
+    _start_or_resume(annotations_uri, _identity(cfg, manifest))
     done = _done_doc_ids(out_fs, out_path)
 
     documents = ray.data.read_parquet(docs_path, filesystem=docs_fs, columns=["doc_id", "text"])
@@ -63,9 +64,9 @@ def annotate_documents(cfg: RunConfig) -> AnnotateResult:
     annotated.write_parquet(out_path, filesystem=out_fs, mode=SaveMode.APPEND)
 
     result = _account(docs_fs, docs_path, out_fs, out_path, annotations_uri, resumed_from=len(done))
-    Manifest(cfg.run_uri).record(
+    manifest.record(
         "annotations", path=annotations_uri, config_hash=cfg.section_hash("annotate"),
-        inputs={"documents": _artifact_hash(cfg, "documents")}, models=[cfg.annotate.model],
+        inputs={"documents": manifest.config_hash("documents")}, models=[cfg.annotate.model],
         counts={"documents": result.documents, "statuses": result.statuses,
                 "annotated_now": result.annotated_now, "resumed_from": result.resumed_from,
                 "prompt_version": prompt_version(cfg.annotate.mode)})
@@ -107,11 +108,11 @@ def _engine(cfg: RunConfig) -> Any:
                      "same prompts through transformers on CPU or GPU")
 
 
-def _identity(cfg: RunConfig) -> dict[str, Any]:
+def _identity(cfg: RunConfig, manifest: Manifest) -> dict[str, Any]:
     """What makes two annotation runs the same: resume only continues a run with this identity
     (same annotator, same prompts, and the same documents: a re-ingested corpus starts over)."""
     a = cfg.annotate
-    documents = Manifest(cfg.run_uri).artifact("documents") or {}
+    documents = manifest.artifact("documents") or {}
     return {"model": a.model, "engine": a.engine, "mode": a.mode, "prompt_version": prompt_version(a.mode),
             "max_prompt_tokens": a.max_prompt_tokens, "max_new_tokens": a.max_new_tokens,
             "documents": {"inputs": documents.get("inputs"), "config_hash": documents.get("config_hash")}}
@@ -169,7 +170,3 @@ def _account(docs_fs: pafs.FileSystem, docs_path: str, out_fs: pafs.FileSystem, 
     return AnnotateResult(annotations_uri, len(doc_ids), len(annotated) - resumed_from, resumed_from,
                           {s: statuses.get(s, 0) for s in STATUSES})
 
-
-def _artifact_hash(cfg: RunConfig, name: str) -> str:
-    entry = Manifest(cfg.run_uri).artifact(name)
-    return entry["config_hash"] if entry else ""

@@ -65,10 +65,10 @@ def select_posts(cfg: RunConfig) -> SelectResult:
     if sum(kept.values()) + sum(dropped.values()) != len(posts):
         raise RuntimeError("select lost posts: kept and dropped do not add up to the annotated documents")
     result = SelectResult(selected_uri, kept, dropped, len(posts), thresholds)
-    Manifest(run).record("selected", path=selected_uri, config_hash=cfg.section_hash("select"),
-                         inputs={"annotations": (Manifest(run).artifact("annotations") or {}).get("config_hash", "")},
-                         counts={"documents": len(posts), "kept": kept, "dropped": dropped,
-                                 "thresholds": thresholds})
+    manifest = Manifest(run)
+    manifest.record("selected", path=selected_uri, config_hash=cfg.section_hash("select"),
+                    inputs={"annotations": manifest.config_hash("annotations")},
+                    counts={"documents": len(posts), "kept": kept, "dropped": dropped, "thresholds": thresholds})
     return result
 
 
