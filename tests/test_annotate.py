@@ -148,13 +148,6 @@ def test_kill_and_resume_gives_each_doc_id_exactly_once(ray_local, tiny_model: P
     assert len(ids) == len(set(ids)) == result.documents
 
 
-def test_vllm_engine_refuses_clearly_until_built(ray_local, tiny_model: Path, tmp_path: Path) -> None:
-    cfg = run_config(tmp_path, tiny_model, 30, engine="vllm")
-    ingest_corpus(cfg)
-    with pytest.raises(ValueError, match="vllm .* is not built yet; use engine: hf"):
-        annotate_documents(cfg)
-
-
 class FlakyAnnotator(HFAnnotator):
     """A real tiny-model annotator whose engine call fails the first `failures` times (a test double
     for a crashed engine, which cannot be provoked on demand)."""

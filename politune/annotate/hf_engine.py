@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from politune.annotate.parse import ParseError, parse_scores
-from politune.annotate.prompts import ANSWERS, SCALES, generate_messages, prompt_version, scale_messages
-from politune.annotate.schema import RAW_OUTPUT_MAX_CHARS
+from politune.annotate.parse import ParseError, expected_and_argmax, parse_scores
+from politune.annotate.prompts import SCALES, answer_token_ids, generate_messages, prompt_version, scale_messages
+from politune.annotate.schema import annotation_row
 from politune.models import load_causal_lm
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,15 @@ class AnnotationMetrics:
         self.latency = Histogram("politune_annotate_batch_seconds", "Seconds an engine batch takes.",
                                  boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120], tag_keys=keys)
 
-    def record(self, statuses: list[str], tokens_in: int, tokens_out: int, seconds: float) -> None:
+    def record(self, statuses: list[str], tokens_in: int, tokens_out: int, seconds: float | None = None) -> None:
         for status in set(statuses):
             self.posts.inc(statuses.count(status), tags={**self.tags, "status": status})
         if tokens_in:  # Ray's counters refuse an increment of 0
             self.tokens_in.inc(tokens_in, tags=self.tags)
         if tokens_out:
             self.tokens_out.inc(tokens_out, tags=self.tags)
-        self.latency.observe(seconds, tags=self.tags)
+        if seconds is not None:
+            self.latency.observe(seconds, tags=self.tags)
 
 
 class HFAnnotator:
@@ -68,7 +69,7 @@ class HFAnnotator:
         self.max_retries = max_retries
         self.metrics = AnnotationMetrics(run_id, model_name)
         if mode == "logprob":
-            self.answer_ids = self._single_token_answers()
+            self.answer_ids = answer_token_ids(self.tokenizer, model_name)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         doc_ids, texts = list(batch["doc_id"]), list(batch["text"])
@@ -115,15 +116,12 @@ class HFAnnotator:
         expected: dict[str, np.ndarray] = {}
         argmax: dict[str, np.ndarray] = {}
         tokens_in = 0
-        values = np.arange(len(ANSWERS), dtype=np.float64)
         for scale in SCALES:
             inputs = self._encode([scale_messages(t, scale) for t in texts])
             tokens_in += int(inputs["attention_mask"].sum())
             with torch.no_grad():
                 logits = self.model(**inputs).logits[:, -1, :]
-            probs = torch.softmax(logits[:, self.answer_ids].double(), dim=-1).cpu().numpy()
-            expected[scale] = probs @ values
-            argmax[scale] = probs.argmax(axis=1)
+            expected[scale], argmax[scale] = expected_and_argmax(logits[:, self.answer_ids].double().cpu().numpy())
         rows = [
             self._row("ok", "", {s: float(expected[s][i]) for s in SCALES}, {s: int(argmax[s][i]) for s in SCALES})
             for i in range(len(texts))
@@ -139,20 +137,6 @@ class HFAnnotator:
         return self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
                               max_length=self.max_prompt_tokens, add_special_tokens=False).to(self.model.device)
 
-    def _single_token_answers(self) -> list[int]:
-        ids = []
-        for answer in ANSWERS:
-            tokens = self.tokenizer.encode(answer, add_special_tokens=False)
-            if len(tokens) != 1:
-                raise ValueError(f"logprob mode needs every answer to be one token; {self.model_name!r} splits "
-                                 f"{answer!r} into {len(tokens)} tokens (use mode: generate for this model)")
-            ids.append(tokens[0])
-        return ids
-
     def _row(self, status: str, raw: str, scores: dict[str, float] | None = None,
              argmax: dict[str, int] | None = None) -> dict[str, Any]:
-        row: dict[str, Any] = {s: (scores or {}).get(s) for s in SCALES}
-        row.update({f"{s}_argmax": (argmax or {}).get(s) for s in SCALES})
-        row.update(status=status, raw_output=raw[:RAW_OUTPUT_MAX_CHARS], annotator=self.model_name,
-                   prompt_version=self.version)
-        return row
+        return annotation_row(status, raw, self.model_name, self.version, scores, argmax)

@@ -1,9 +1,11 @@
-"""Reading a model's written answer (the `generate` mode): JSON with three scores, validated."""
+"""Reading a model's answer: written JSON (the `generate` mode) or answer log-probabilities (`logprob`)."""
 
 from __future__ import annotations
 
 import json
 import re
+
+import numpy as np
 
 from politune.annotate.prompts import SCALE_MAX, SCALE_MIN, SCALES
 
@@ -32,3 +34,12 @@ def parse_scores(output: str) -> dict[str, float]:
             raise ParseError(f"{scale}: {value} is outside {SCALE_MIN}..{SCALE_MAX}")
         scores[scale] = float(value)
     return scores
+
+
+def expected_and_argmax(answer_logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From log-probabilities (or logits) of the answers 0..10, shape (..., 11): the expected answer
+    and the most likely one, after renormalising over the eleven answers."""
+    logps = np.asarray(answer_logprobs, dtype=np.float64)
+    probs = np.exp(logps - logps.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return probs @ np.arange(probs.shape[-1], dtype=np.float64), probs.argmax(axis=-1)

@@ -5,6 +5,8 @@ Bump PROMPT_VERSION whenever a word below changes; resume treats a new version a
 
 from __future__ import annotations
 
+from typing import Any
+
 PROMPT_VERSION = "annotate-v1"
 SCALES = ("ideology", "relevance", "quality")
 SCALE_MIN, SCALE_MAX = 0, 10
@@ -52,3 +54,15 @@ def scale_messages(text: str, scale: str) -> list[dict[str, str]]:
 
 def prompt_version(mode: str) -> str:
     return f"{PROMPT_VERSION}/{mode}"
+
+
+def answer_token_ids(tokenizer: Any, model_name: str) -> list[int]:
+    """Token ids of the answers "0".."10" (the `logprob` reading mode); each must be one token."""
+    ids = []
+    for answer in ANSWERS:
+        tokens = tokenizer.encode(answer, add_special_tokens=False)
+        if len(tokens) != 1:
+            raise ValueError(f"logprob mode needs every answer to be one token; {model_name!r} splits "
+                             f"{answer!r} into {len(tokens)} tokens (use mode: generate for this model)")
+        ids.append(tokens[0])
+    return ids

@@ -1,5 +1,7 @@
 """Arrow schema of an Annotation row (the design's contract, plus the logprob mode's argmax)."""
 
+from typing import Any
+
 import pyarrow as pa
 
 from politune.annotate.prompts import SCALES
@@ -15,3 +17,12 @@ ANNOTATION_SCHEMA = pa.schema(
 )
 STATUSES = ("ok", "parse_error", "engine_error")
 RAW_OUTPUT_MAX_CHARS = 2000
+
+
+def annotation_row(status: str, raw: str, annotator: str, version: str, scores: dict[str, float] | None = None,
+                   argmax: dict[str, int] | None = None) -> dict[str, Any]:
+    """One Annotation row without its doc_id; scales missing from `scores` are null."""
+    row: dict[str, Any] = {s: (scores or {}).get(s) for s in SCALES}
+    row.update({f"{s}_argmax": (argmax or {}).get(s) for s in SCALES})
+    row.update(status=status, raw_output=raw[:RAW_OUTPUT_MAX_CHARS], annotator=annotator, prompt_version=version)
+    return row

@@ -5,6 +5,9 @@ each block lands as one Parquet file as soon as it is scored. Resume is sound be
 file is readable only once its footer is written: the doc_ids in readable files are done, an
 unreadable (half-written) file is removed, and a rerun scores only the rest. Every document ends
 in exactly one row, which is checked at the end.
+
+Engines: `hf` (transformers actor pool, hf_engine.py) or `vllm` (ray.data.llm, vllm_engine.py). vLLM's
+logprob mode sends a post's three questions as three requests and merges them (scale_rows.py).
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ import ray.data
 from ray.data._internal.savemode import SaveMode
 
 from politune.annotate.hf_engine import HFAnnotator
-from politune.annotate.prompts import prompt_version
+from politune.annotate.prompts import answer_token_ids, prompt_version
+from politune.annotate.readable import doc_ids, drop_done, readable_keys
+from politune.annotate.scale_rows import annotate_by_scale
 from politune.annotate.schema import ANNOTATION_SCHEMA, STATUSES
+from politune.annotate.vllm_engine import VLLMEngine
 from politune.config import RunConfig
 from politune.models import resolve_model
 from politune.ray_runtime import init_ray
@@ -53,15 +59,19 @@ def annotate_documents(cfg: RunConfig) -> AnnotateResult:
     out_fs, out_path = resolve(annotations_uri)
     manifest = Manifest(cfg.run_uri)
     _start_or_resume(annotations_uri, _identity(cfg, manifest))
-    done = _done_doc_ids(out_fs, out_path)
+    done = readable_keys(out_fs, out_path, ["doc_id"], doc_ids)
 
     documents = ray.data.read_parquet(docs_path, filesystem=docs_fs, columns=["doc_id", "text"])
-    pending = documents
-    if len(done):
-        pending = pending.map_batches(_drop_done, fn_args=(ray.put(done),), batch_format="pyarrow")
-    pending = pending.repartition(target_num_rows_per_block=cfg.annotate.rows_per_file)
-    annotated = _engine(cfg).annotate(pending)
-    annotated.write_parquet(out_path, filesystem=out_fs, mode=SaveMode.APPEND)
+    if cfg.annotate.engine == "vllm" and cfg.annotate.mode == "logprob":
+        engine = VLLMEngine(cfg, answer_ids=_answer_ids(cfg))
+        annotate_by_scale(cfg, engine, documents, done, annotations_uri, documents_uri)
+    else:
+        pending = documents
+        if len(done):
+            pending = pending.map_batches(drop_done, fn_args=(ray.put(done),), batch_format="pyarrow")
+        pending = pending.repartition(target_num_rows_per_block=cfg.annotate.rows_per_file)
+        engine = HFEngine(cfg) if cfg.annotate.engine == "hf" else VLLMEngine(cfg)
+        engine.annotate(pending).write_parquet(out_path, filesystem=out_fs, mode=SaveMode.APPEND)
 
     result = _account(docs_fs, docs_path, out_fs, out_path, annotations_uri, resumed_from=len(done))
     manifest.record(
@@ -101,11 +111,11 @@ class _HFAnnotatorTable(HFAnnotator):
         return pa.Table.from_pydict(super().__call__(batch), schema=ANNOTATION_SCHEMA)
 
 
-def _engine(cfg: RunConfig) -> Any:
-    if cfg.annotate.engine == "hf":
-        return HFEngine(cfg)
-    raise ValueError("annotate.engine: vllm (ray.data.llm) is not built yet; use engine: hf, which runs the "
-                     "same prompts through transformers on CPU or GPU")
+def _answer_ids(cfg: RunConfig) -> list[int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.annotate.model, cfg))
+    return answer_token_ids(tokenizer, cfg.annotate.model)
 
 
 def _identity(cfg: RunConfig, manifest: Manifest) -> dict[str, Any]:
@@ -126,29 +136,6 @@ def _start_or_resume(annotations_uri: str, identity: dict[str, Any]) -> None:
         fs, path = resolve(annotations_uri)
         fs.delete_dir(path)
     write_json(marker, identity)
-
-
-def _done_doc_ids(fs: pafs.FileSystem, path: str) -> np.ndarray:
-    """Sorted doc_ids of every readable annotation file; half-written files are removed."""
-    ids = []
-    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
-            continue
-        try:
-            ids.append(pq.read_table(info.path, filesystem=fs, columns=["doc_id"])["doc_id"])
-        except (pa.ArrowInvalid, OSError) as err:
-            log.warning("removing %s, left half-written by an interrupted run (%s)", info.path, err)
-            fs.delete_file(info.path)
-    if not ids:
-        return np.array([], dtype=str)
-    return np.sort(pa.chunked_array(ids).to_numpy(zero_copy_only=False).astype(str))
-
-
-def _drop_done(batch: pa.Table, done: Any) -> pa.Table:
-    done = ray.get(done) if isinstance(done, ray.ObjectRef) else done
-    ids = batch["doc_id"].to_numpy(zero_copy_only=False).astype(str)
-    pos = np.searchsorted(done, ids).clip(max=len(done) - 1)
-    return batch.filter(pa.array(done[pos] != ids))
 
 
 def _account(docs_fs: pafs.FileSystem, docs_path: str, out_fs: pafs.FileSystem, out_path: str,
