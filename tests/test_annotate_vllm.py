@@ -142,6 +142,16 @@ def test_expected_and_argmax_renormalise_over_the_answers() -> None:
     assert math.isclose(expected[0], 0.5) and argmax[0] == 0
 
 
+def vllm_run(root: Path, source: str, posts: int, mode: str):
+    """A run over one generated source, annotated by the vllm engine in files of 8 posts."""
+    generate_corpus(posts, root / "corpus", seed=3)
+    return build_config({
+        "run_id": "v", "storage_root": str(root / "runs"),
+        "sources": [{"name": source, "paths": [str(root / "corpus" / source)], "shape": source}],
+        "annotate": {"engine": "vllm", "mode": mode, "rows_per_file": 8},
+    })
+
+
 class StandInEngine:
     """Answers like vLLM's logprob mode, without vLLM (which needs its own venv: see test_vllm_cpu.py).
     Its log-probabilities come from the doc_id, so a rerun answers the same."""
@@ -158,13 +168,7 @@ class StandInEngine:
 
 
 def test_logprob_staging_resumes_and_merges_one_row_a_post_fake_engine(ray_local, tmp_path: Path) -> None:
-    generate_corpus(40, tmp_path / "corpus", seed=3)
-    cfg = build_config({
-        "run_id": "v", "storage_root": str(tmp_path / "runs"),
-        "sources": [{"name": "truthsocial", "paths": [str(tmp_path / "corpus" / "truthsocial")],
-                     "shape": "truthsocial"}],
-        "annotate": {"engine": "vllm", "mode": "logprob", "rows_per_file": 8},
-    })
+    cfg = vllm_run(tmp_path, "truthsocial", 40, mode="logprob")
     documents = ingest_corpus(cfg).totals["kept"]
     docs_uri, out_uri = f"{cfg.run_uri}/documents", f"{cfg.run_uri}/annotations"
     staging = Path(out_uri) / STAGING
@@ -193,13 +197,7 @@ def test_logprob_staging_resumes_and_merges_one_row_a_post_fake_engine(ray_local
 def test_annotate_stage_takes_the_vllm_engine_for_generate_mode_fake_engine(ray_local, tmp_path: Path,
                                                                             monkeypatch) -> None:
     """The stage's generate path hands documents to VLLMEngine.annotate and accounts for every row."""
-    generate_corpus(30, tmp_path / "corpus", seed=5)
-    cfg = build_config({
-        "run_id": "g", "storage_root": str(tmp_path / "runs"),
-        "sources": [{"name": "politosphere", "paths": [str(tmp_path / "corpus" / "politosphere")],
-                     "shape": "politosphere"}],
-        "annotate": {"engine": "vllm", "mode": "generate", "rows_per_file": 8},
-    })
+    cfg = vllm_run(tmp_path, "politosphere", 30, mode="generate")
     ingest_corpus(cfg)
 
     def annotate(self, docs: ray.data.Dataset) -> ray.data.Dataset:
@@ -213,3 +211,17 @@ def test_annotate_stage_takes_the_vllm_engine_for_generate_mode_fake_engine(ray_
     monkeypatch.setattr(vllm_engine.VLLMEngine, "annotate", annotate)
     result = annotate_documents(cfg)
     assert result.statuses["ok"] == result.documents > 0
+
+
+def test_the_readmes_70b_config_builds_four_tensor_parallel_replicas(tmp_path: Path) -> None:
+    import re
+
+    from politune.config import load_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"```yaml\n(# annotate-70b\.yaml.*?)```", readme, re.S).group(1)
+    (tmp_path / "annotate-70b.yaml").write_text(example)
+    config = processor_config(load_config(tmp_path / "annotate-70b.yaml"))
+    assert config.model_source == "meta-llama/Meta-Llama-3-70B-Instruct" and config.concurrency == (4, 4)
+    assert len(config.placement_group_config["bundles"]) == 8
+    assert config.engine_kwargs["gpu_memory_utilization"] == 0.9
