@@ -81,6 +81,15 @@ def select_(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = 
     _run_stage(select_posts, print_select, config, preset, set_)
 
 
+@app.command()
+def synthesize(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+    """Each side's preference pairs, cleaned and split into train and eval (today: imported from files)."""
+    from politune.console import print_synthesize
+    from politune.synthesize import synthesize_preferences
+
+    _run_stage(synthesize_preferences, print_synthesize, config, preset, set_)
+
+
 @config_app.command("show")
 def config_show(preset: str = typer.Argument("local", help=f"One of: {', '.join(PRESETS)}."),
                 set_: list[str] = SetOpt) -> None:

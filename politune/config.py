@@ -171,11 +171,27 @@ class SelectConfig(Section):
 
 
 class SynthesizeConfig(Section):
-    """Preference-pair synthesis. Validated now; the stage is built in issue 4."""
+    """Preference pairs for each side: generated from the selected posts, or imported from files such as
+    the released PoliTune sets (then annotation and synthesis are skipped)."""
 
+    source: Literal["generate", "released"] = Field(
+        "generate", description="generate: the synthesizer writes pairs from `selected/` (not built yet); "
+        "released: import the files in `released`.")
+    released: dict[Literal["left", "right"], list[str]] = Field(
+        default_factory=dict, description="source: released: side -> preference files (jsonl or CSV with "
+        "prompt/chosen/rejected, or TRL's chat shape), local or s3://.")
+    clean: bool = Field(True, description="Repair chat preambles and quoting; drop refusals, leaked records, "
+                        "cut-off answers, identical answers and repeated instructions, each counted.")
+    eval_share: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for evaluation, by pair_id.")
     engine: Literal["hf", "vllm", "openai"] = "hf"
     model: str = TINY_MODEL
     tensor_parallel_size: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _released_needs_files(self) -> SynthesizeConfig:
+        if self.source == "released" and not self.released:
+            raise ValueError("source: released needs files, e.g. released: {left: [left.jsonl], right: [right.jsonl]}")
+        return self
 
 
 class TrainConfig(Section):
@@ -205,7 +221,9 @@ class RunConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
     corpus: CorpusConfig | None = None
-    sources: list[SourceConfig] = Field(..., min_length=1)
+    sources: list[SourceConfig] = Field(
+        default_factory=list, description="The corpus. Needed by ingest; a run that imports its preference "
+        "pairs (synthesize.source: released) can leave it out.")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)

@@ -12,6 +12,7 @@ from politune.annotate import AnnotateResult
 from politune.ingest import IngestResult
 from politune.pipeline import PipelineResult
 from politune.select import SelectResult
+from politune.synthesize import SynthesizeResult
 
 console = Console()
 
@@ -55,6 +56,19 @@ def print_select(result: SelectResult) -> None:
     for reason, n in result.dropped.items():
         console.print(f"  dropped: {n:,} × {escape(reason)}")
     console.print(f"selected:   {result.selected_uri}")
+
+
+def print_synthesize(result: SynthesizeResult) -> None:
+    for side, c in result.sides.items():
+        dropped = sum(c.dropped.values())
+        console.print(f"{side + ':':<6} {c.read:,} pairs: {c.train + c.eval:,} kept ({c.train:,} train, "
+                      f"{c.eval:,} eval), {dropped:,} dropped, {c.unreadable:,} unreadable")
+        for reason, n in c.dropped.items():
+            if n:
+                console.print(f"  dropped: {n:,} × {escape(reason)}")
+        for repair, n in c.repaired.items():
+            console.print(f"  repaired: {n:,} × {escape(repair)}")
+    console.print(f"preferences: {result.preferences_uri}")
 
 
 def print_pipeline(result: PipelineResult) -> None:

@@ -66,8 +66,15 @@ def test_bad_enum_lists_what_is_allowed(tmp_path: Path) -> None:
 
 
 def test_missing_required_field(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="sources: required field is missing"):
-        load_config(_write(tmp_path, {"run_id": "x"}))
+    with pytest.raises(ConfigError, match="sources.0.name: required field is missing"):
+        load_config(_write(tmp_path, {"run_id": "x", "sources": [{"paths": ["corpus"]}]}))
+
+
+def test_ingest_without_sources_says_so(tmp_path: Path) -> None:
+    from politune.ingest import ingest_corpus
+
+    with pytest.raises(ValueError, match="ingest needs sources"):
+        ingest_corpus(load_config(_write(tmp_path, {"run_id": "x", "storage_root": str(tmp_path)})))
 
 
 def test_yaml_syntax_error_gives_line(tmp_path: Path) -> None:

@@ -51,6 +51,8 @@ class IngestResult:
 
 
 def ingest_corpus(cfg: RunConfig) -> IngestResult:
+    if not cfg.sources:
+        raise ValueError("ingest needs sources: the config lists none (sources: [{name, paths, shape}])")
     listings = {s.name: list_source_files(s) for s in cfg.sources}  # bad paths fail before Ray starts
     _check_no_file_twice(listings)
     init_ray(cfg)
