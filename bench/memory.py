@@ -56,6 +56,10 @@ def run_measured(code: str, args: list[str], log_path: Path) -> dict[str, Any]:
         sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"the measured run failed with exit code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
+    # the child's last JSON line: libraries may print after it (Ray at shutdown, progress bars)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"the measured run printed no result line; its stdout ended with:\n{out[-2000:]}")
+    result = json.loads(lines[-1])
     result.update(peak_used_mb=sampler.peak_used / MB, peak_uss_mb=sampler.peak_uss / MB)
     return result

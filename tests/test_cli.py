@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from politune.cli import app
 
 runner = CliRunner()
-COMMANDS = [[], ["run"], ["ingest"], ["annotate"], ["select"], ["config"], ["config", "show"], ["config", "check"],
-            ["model"], ["model", "build-tiny"], ["corpus"], ["corpus", "generate"]]
+COMMANDS = [[], ["run"], ["ingest"], ["annotate"], ["select"], ["synthesize"], ["config"], ["config", "show"],
+            ["config", "check"], ["model"], ["model", "build-tiny"], ["corpus"], ["corpus", "generate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "politune")

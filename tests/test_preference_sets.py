@@ -198,3 +198,22 @@ def test_generating_pairs_refuses_clearly(tmp_path: Path) -> None:
     cfg = build_config({"run_id": "g", "storage_root": str(tmp_path)})
     with pytest.raises(ValueError, match="source: generate .* is not built yet; use source: released"):
         synthesize_preferences(cfg)
+
+
+@needs_released
+def test_synthesize_job_imports_the_released_sets(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"run_id": "job", "storage_root": str(tmp_path / "runs"), "synthesize": {
+        "source": "released", "released": {"left": [str(RELEASED / "left.jsonl")],
+                                           "right": [str(RELEASED / "right.jsonl")]}}}))
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "jobs/synthesize.py", "--config", str(config)], cwd=repo,
+                          capture_output=True, text=True, timeout=300, env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "left:  2,356 pairs: 2,314 kept" in done.stdout and "16 × refusal" in done.stdout
+    assert (tmp_path / "runs" / "job" / "preferences" / "right" / "train.parquet").exists()
