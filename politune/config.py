@@ -175,7 +175,7 @@ class SynthesizeConfig(Section):
     the released PoliTune sets (then annotation and synthesis are skipped)."""
 
     source: Literal["generate", "released"] = Field(
-        "generate", description="generate: the synthesizer writes pairs from `selected/` (not built yet); "
+        "generate", description="generate: the synthesizer writes a pair for each post in `selected/`; "
         "released: import the files in `released`.")
     released: dict[Literal["left", "right"], list[str]] = Field(
         default_factory=dict, description="source: released: side -> preference files (jsonl or CSV with "
@@ -183,8 +183,25 @@ class SynthesizeConfig(Section):
     clean: bool = Field(True, description="Repair chat preambles and quoting; drop refusals, leaked records, "
                         "cut-off answers, identical answers and repeated instructions, each counted.")
     eval_share: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for evaluation, by pair_id.")
-    engine: Literal["hf", "vllm", "openai"] = "hf"
+    engine: Literal["hf", "vllm", "openai"] = Field("hf", description="Only hf is built so far.")
     model: str = TINY_MODEL
+    chosen_from: Literal["generated", "post"] = Field(
+        "generated", description="generated: the synthesizer answers in the post's voice, grounded in it; "
+        "post: the post itself is the chosen answer.")
+    batch_size: int = Field(8, ge=1)
+    concurrency: int = Field(1, ge=1, description="Writer actors.")
+    num_cpus_per_actor: float = Field(1, gt=0)
+    num_gpus_per_actor: float = Field(0, ge=0)
+    max_new_tokens: int = Field(256, ge=1, description="Longest instruction or answer.")
+    drop_truncated: bool = Field(
+        True, description="Drop a pair whose instruction or answer stopped at max_new_tokens. The tiny model never "
+        "stops, so the local preset keeps them.")
+    max_prompt_tokens: int = Field(1024, ge=16)
+    max_retries: int = Field(2, ge=0)
+    consistency_check: bool = Field(
+        True, description="Score chosen and rejected with the annotator; keep a pair only when chosen sits "
+        "toward its side of rejected by consistency_margin on the ideology scale.")
+    consistency_margin: float = Field(1.0, ge=0, le=10)
     tensor_parallel_size: int = Field(1, ge=1)
 
     @model_validator(mode="after")

@@ -76,7 +76,9 @@ def print_pipeline(result: PipelineResult) -> None:
         console.print(f"tiny model: {result.tiny_model}  (random weights: its text is noise)")
     if result.corpus:
         console.print(f"corpus:     {result.corpus['n']:,} generated posts in {result.corpus['out']}")
-    print_ingest(result.ingest)
-    print_annotate(result.annotate)
-    print_select(result.select)
+    for stage, show in ((result.ingest, print_ingest), (result.annotate, print_annotate),
+                        (result.select, print_select)):
+        if stage is not None:
+            show(stage)
+    print_synthesize(result.synthesize)
     console.print(f"run:        {result.run_uri}  (manifest.json lists every artifact and its counts)")

@@ -1,7 +1,9 @@
 """The main job: every stage that exists, in order, on one config.
 
 Today that is: build the embedded tiny model (when the config uses it), generate the sample corpus
-(when the config asks for one), ingest, annotate, select. Later stages join this same function.
+(when the config asks for one), ingest, annotate, select, synthesize. A run that imports its
+preference pairs (synthesize.source: released) skips straight to synthesize. Later stages join this
+same function.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from politune.corpus.generate import corpus_is_current, generate_corpus
 from politune.ingest import IngestResult, ingest_corpus
 from politune.models.tiny import build_tiny_model, tiny_model_is_current
 from politune.select import SelectResult, select_posts
+from politune.synthesize import SynthesizeResult, synthesize_preferences
 
 
 @dataclass
@@ -24,9 +27,10 @@ class PipelineResult:
     run_uri: str
     tiny_model: str | None
     corpus: dict[str, Any] | None
-    ingest: IngestResult
-    annotate: AnnotateResult
-    select: SelectResult
+    ingest: IngestResult | None  # None: the run imports its pairs
+    annotate: AnnotateResult | None
+    select: SelectResult | None
+    synthesize: SynthesizeResult
 
 
 def uses_tiny_model(cfg: RunConfig) -> bool:
@@ -51,7 +55,10 @@ def ensure_corpus(cfg: RunConfig) -> dict[str, Any]:
 
 def run_pipeline(cfg: RunConfig) -> PipelineResult:
     tiny = ensure_tiny_model(cfg) if uses_tiny_model(cfg) else None
+    if cfg.synthesize.source == "released":
+        return PipelineResult(cfg.run_uri, tiny, None, None, None, None, synthesize_preferences(cfg))
     corpus = ensure_corpus(cfg) if cfg.corpus is not None else None
     ingested = ingest_corpus(cfg)
     annotated = annotate_documents(cfg)
-    return PipelineResult(cfg.run_uri, tiny, corpus, ingested, annotated, select_posts(cfg))
+    selected = select_posts(cfg)
+    return PipelineResult(cfg.run_uri, tiny, corpus, ingested, annotated, selected, synthesize_preferences(cfg))

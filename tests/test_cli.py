@@ -73,3 +73,9 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(tmp_path: Path) 
     kept = artifacts["selected"]["counts"]["kept"]
     assert kept["left"] == kept["right"] > 0  # the quantile rule carries posts through the tiny model
     assert "select:" in done.stdout
+    pairs = artifacts["preferences"]["counts"]
+    for side in ("left", "right"):
+        c = pairs[side]
+        assert c["read"] == kept[side] == c["train"] + c["eval"] + sum(c["dropped"].values())
+        assert c["train"] > 0  # noise, but pairs reach training
+    assert "preferences:" in done.stdout

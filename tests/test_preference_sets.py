@@ -191,12 +191,12 @@ def test_importing_the_released_sets_accounts_for_every_pair(tmp_path: Path, s3_
     assert eval_ids == {r["pair_id"] for r in pq.read_table(out / "left" / "eval.parquet").to_pylist()}
 
 
-def test_generating_pairs_refuses_clearly(tmp_path: Path) -> None:
+def test_generating_pairs_needs_the_selected_posts(tmp_path: Path) -> None:
     from politune.config import build_config
     from politune.synthesize import synthesize_preferences
 
     cfg = build_config({"run_id": "g", "storage_root": str(tmp_path)})
-    with pytest.raises(ValueError, match="source: generate .* is not built yet; use source: released"):
+    with pytest.raises(FileNotFoundError, match="selected does not exist: run `politune select` first"):
         synthesize_preferences(cfg)
 
 

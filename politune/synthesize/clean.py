@@ -20,6 +20,8 @@ from typing import Any
 
 FIELDS = ("prompt", "chosen", "rejected")
 DROP_REASONS = ("empty", "refusal", "leaked_record", "truncated", "identical", "duplicate_prompt")
+# and, for pairs the synthesizer wrote: its batch failed, or the consistency check disagreed
+GENERATION_DROP_REASONS = ("engine_error", "inconsistent", "unscored")
 
 _PREAMBLE = re.compile(r"^(?:here is|here's|sure|certainly|of course)\b[^\n]{0,200}:[ \t]*\r?\n\s*", re.I)
 _REFUSAL = re.compile(

@@ -40,6 +40,7 @@ class BadRecord:
     field: str
     reason: str
     raw: str
+    side: str | None = None
 
 
 def pair_id(side: str, prompt: str, chosen: str, rejected: str) -> str:

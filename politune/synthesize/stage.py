@@ -1,13 +1,16 @@
 """The synthesize stage: each side's preference pairs, cleaned and split, in `preferences/`.
 
-Built so far: importing pair files (the released PoliTune sets, or any prompt/chosen/rejected or TRL
-chat-shaped set), so a run can skip annotation and synthesis. Writing pairs from `selected/` with the
-synthesizer model is not built yet and says so.
+Two sources:
+- generate: the synthesizer writes one pair a selected post (hf_writer.py: instruction, chosen,
+  rejected), the cleaner repairs or drops it, and the consistency check scores chosen and rejected
+  with the annotator and keeps the pair only when chosen leans toward its side of rejected;
+- released: pair files are imported (the released PoliTune sets, or any prompt/chosen/rejected or TRL
+  chat-shaped set) and cleaned, so a run can skip annotation and synthesis.
 
 Output, per side: `preferences/<side>/{train,eval}.parquet` (Preference rows) and `.jsonl` (the
 released sets' flat shape); `preferences/dropped.parquet` (each dropped pair with its reason and
 field) and `preferences/unreadable.jsonl` (records that could not be read, with file, line and
-field). Every record read ends in exactly one of them, and the manifest has the counts.
+field). Every post or record ends in exactly one of them, and the manifest has the counts.
 """
 
 from __future__ import annotations
@@ -18,14 +21,22 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
+import ray.data
 
 from politune.config import RunConfig
-from politune.storage import Manifest, delete_dir, join, resolve
-from politune.synthesize.clean import DROP_REASONS, clean_pairs
+from politune.models import resolve_model
+from politune.ray_runtime import init_ray
+from politune.storage import Manifest, delete_dir, exists, join, resolve
+from politune.synthesize.clean import DROP_REASONS, GENERATION_DROP_REASONS, clean_pairs
+from politune.synthesize.consistency import check_consistency
 from politune.synthesize.formats import PREFERENCE_SCHEMA, BadRecord, pair_id, read_pairs, write_pairs
+from politune.synthesize.hf_writer import HFPairWriter
+from politune.synthesize.prompts import PROMPT_VERSION
 
 SIDES = ("left", "right")
-DROPPED_SCHEMA = PREFERENCE_SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("field", pa.string()))
+DROPPED_SCHEMA = pa.schema([*PREFERENCE_SCHEMA, pa.field("reason", pa.string()), pa.field("field", pa.string()),
+                            pa.field("detail", pa.string())])  # an engine's error, or the consistency scores
 
 
 @dataclass
@@ -46,30 +57,78 @@ class SynthesizeResult:
 
 def synthesize_preferences(cfg: RunConfig) -> SynthesizeResult:
     s = cfg.synthesize
-    if s.source == "generate":
-        raise ValueError("synthesize.source: generate (pairs written by the synthesizer from selected/) is not "
-                         "built yet; use source: released with files such as the released PoliTune sets")
     out_uri = join(cfg.run_uri, "preferences")
-    delete_dir(out_uri)  # a rerun replaces the pairs
-    counts, dropped, unreadable = {}, [], []
+    manifest = Manifest(cfg.run_uri)
+    if s.source == "generate":
+        pairs, unreadable = _generated_pairs(cfg), []
+        inputs, models = {"selected": manifest.config_hash("selected")}, [s.model]
+    else:
+        pairs, unreadable = _released_pairs(s.released)
+        inputs = {f"released {side}": ", ".join(s.released.get(side, [])) for side in SIDES}
+        models = []
+    counts, kept, dropped = {}, [], []
     for side in SIDES:
-        pairs, bad = [], []
-        for uri in s.released.get(side, []):
-            rows, failed = read_pairs(uri, side, source=f"released:{uri}")
-            pairs += rows
-            bad += failed
-        counts[side], side_dropped = _write_side(out_uri, side, pairs, s.clean, s.eval_share)
-        counts[side].unreadable = len(bad)
+        side_pairs = [p for p in pairs if p["side"] == side]
+        counts[side] = SideCounts(read=len(side_pairs), unreadable=sum(1 for b in unreadable if b.side == side))
+        side_kept, side_dropped, counts[side].repaired = _clean_side(side, side_pairs, s.clean)
+        kept += side_kept
         dropped += side_dropped
-        unreadable += bad
+    if s.source == "generate" and s.consistency_check and kept:
+        kept, inconsistent = check_consistency(cfg, kept)
+        dropped += inconsistent
+
+    delete_dir(out_uri)  # a rerun replaces the pairs
+    reasons = DROP_REASONS + (GENERATION_DROP_REASONS if s.source == "generate" else ())
+    for side in SIDES:
+        c = counts[side]
+        c.dropped = {r: sum(1 for d in dropped if d["side"] == side and d["reason"] == r) for r in reasons}
+        c.train, c.eval = _write_splits(out_uri, side, [p for p in kept if p["side"] == side], s.eval_share)
     _write_table(join(out_uri, "dropped.parquet"), dropped, DROPPED_SCHEMA)
     _write_unreadable(join(out_uri, "unreadable.jsonl"), unreadable)
-
-    Manifest(cfg.run_uri).record(
-        "preferences", path=out_uri, config_hash=cfg.section_hash("synthesize"),
-        inputs={f"released {side}": ", ".join(s.released.get(side, [])) for side in SIDES}, models=[],
-        counts={side: vars(c) for side, c in counts.items()})
+    manifest.record("preferences", path=out_uri, config_hash=cfg.section_hash("synthesize"), inputs=inputs,
+                    models=models, counts={side: vars(c) for side, c in counts.items()})
     return SynthesizeResult(out_uri, counts)
+
+
+def _released_pairs(released: dict[str, list[str]]) -> tuple[list[dict[str, Any]], list[BadRecord]]:
+    pairs, bad = [], []
+    for side in SIDES:
+        for uri in released.get(side, []):
+            rows, failed = read_pairs(uri, side, source=f"released:{uri}")
+            pairs += rows
+            bad += [_with_side(b, side) for b in failed]
+    return pairs, bad
+
+
+def _with_side(record: BadRecord, side: str) -> BadRecord:
+    record.side = side
+    return record
+
+
+def _generated_pairs(cfg: RunConfig) -> list[dict[str, Any]]:
+    """One draft pair a selected post, from the synthesizer; a post whose batch failed carries the error."""
+    s = cfg.synthesize
+    if s.engine != "hf":
+        raise ValueError(f"synthesize.engine: {s.engine} is not built yet; use engine: hf (transformers, CPU or GPU)")
+    selected_uri = join(cfg.run_uri, "selected")
+    if not exists(selected_uri):
+        raise FileNotFoundError(f"{selected_uri} does not exist: run `politune select` first")
+    init_ray(cfg)
+    fs, path = resolve(selected_uri)
+    drafts = ray.data.read_parquet(path, filesystem=fs, columns=["doc_id", "side", "text"]).map_batches(
+        HFPairWriter,
+        fn_constructor_kwargs=dict(
+            model_path=resolve_model(s.model, cfg), chosen_from=s.chosen_from, max_new_tokens=s.max_new_tokens,
+            max_prompt_tokens=s.max_prompt_tokens, max_retries=s.max_retries,
+            num_threads=max(1, int(s.num_cpus_per_actor)), device="cuda" if s.num_gpus_per_actor > 0 else "cpu"),
+        batch_size=s.batch_size, compute=ray.data.ActorPoolStrategy(size=s.concurrency),
+        num_cpus=s.num_cpus_per_actor, num_gpus=s.num_gpus_per_actor or None, batch_format="pyarrow",
+    ).take_all()
+    if not s.drop_truncated:
+        drafts = [{**d, "prompt_truncated": False, "chosen_truncated": False, "rejected_truncated": False}
+                  for d in drafts]
+    return [{**d, "pair_id": pair_id(d["side"], d["prompt"] or d["doc_id"], d["chosen"] or "", d["rejected"] or ""),
+             "synthesizer": s.model, "prompt_version": PROMPT_VERSION} for d in drafts]
 
 
 def is_eval(pair_id: str, eval_share: float) -> bool:
@@ -77,26 +136,28 @@ def is_eval(pair_id: str, eval_share: float) -> bool:
     return int(pair_id[:8], 16) / 16**8 < eval_share
 
 
-def _write_side(out_uri: str, side: str, pairs: list[dict[str, Any]], clean: bool,
-                eval_share: float) -> tuple[SideCounts, list[dict[str, Any]]]:
-    counts = SideCounts(read=len(pairs))
-    kept, dropped = pairs, []
-    if clean:
-        verdicts, report = clean_pairs(pairs)
-        # a repaired pair gets the id of what is written, so reading the output back gives the same ids
-        kept = [{**v.pair, "pair_id": pair_id(side, v.pair["prompt"], v.pair["chosen"], v.pair["rejected"])}
-                for v in verdicts if v.reason is None]
-        dropped = [{**v.pair, "reason": v.reason, "field": v.field} for v in verdicts if v.reason]
-        counts.dropped, counts.repaired = report.as_dict()["dropped"], report.as_dict()["repaired"]
-    else:
-        counts.dropped = dict.fromkeys(DROP_REASONS, 0)
+def _clean_side(side: str, pairs: list[dict[str, Any]],
+                clean: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """Kept pairs, dropped pairs (with reason, field, detail) and repair counts of one side."""
+    dropped = [{**p, "reason": "engine_error", "field": "-", "detail": p["error"]} for p in pairs if p.get("error")]
+    kept = [p for p in pairs if not p.get("error")]
+    if not clean:
+        return kept, dropped, {}
+    verdicts, report = clean_pairs(kept)
+    # a repaired pair gets the id of what is written, so reading the output back gives the same ids
+    kept = [{**v.pair, "pair_id": pair_id(side, v.pair["prompt"], v.pair["chosen"], v.pair["rejected"])}
+            for v in verdicts if v.reason is None]
+    dropped += [{**v.pair, "reason": v.reason, "field": v.field, "detail": None} for v in verdicts if v.reason]
+    return kept, dropped, report.as_dict()["repaired"]
+
+
+def _write_splits(out_uri: str, side: str, kept: list[dict[str, Any]], eval_share: float) -> tuple[int, int]:
     splits = {"train": [p for p in kept if not is_eval(p["pair_id"], eval_share)],
               "eval": [p for p in kept if is_eval(p["pair_id"], eval_share)]}
     for split, rows in splits.items():
         _write_table(join(out_uri, side, f"{split}.parquet"), rows, PREFERENCE_SCHEMA)
         write_pairs(rows, join(out_uri, side, f"{split}.jsonl"))
-    counts.train, counts.eval = len(splits["train"]), len(splits["eval"])
-    return counts, dropped
+    return len(splits["train"]), len(splits["eval"])
 
 
 def _write_table(uri: str, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
