@@ -68,6 +68,10 @@ def print_synthesize(result: SynthesizeResult) -> None:
                 console.print(f"  dropped: {n:,} × {escape(reason)}")
         for repair, n in c.repaired.items():
             console.print(f"  repaired: {n:,} × {escape(repair)}")
+        if c.consistency_checked:
+            passed = c.train + c.eval
+            console.print(f"  consistency check kept {passed:,} of {c.consistency_checked:,} "
+                          f"({passed / c.consistency_checked:.0%})")
     console.print(f"preferences: {result.preferences_uri}")
 
 

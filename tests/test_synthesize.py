@@ -64,6 +64,8 @@ def test_every_selected_post_ends_as_a_pair_or_a_counted_drop(selected_run: dict
     # 12 new tokens cut most of the tiny model's noise off: the generator's own flag finds it
     assert result.sides["left"].dropped["truncated"] > 0
     assert all(d["detail"].startswith("ideology: chosen") for d in dropped if d["reason"] == "inconsistent")
+    for c in result.sides.values():  # the check saw what the cleaner kept; it kept some and dropped some
+        assert c.consistency_checked == c.train + c.eval + c.dropped["inconsistent"] + c.dropped["unscored"]
 
 
 def test_chosen_can_be_the_post_itself(selected_run: dict) -> None:

@@ -47,6 +47,7 @@ class SideCounts:
     repaired: dict[str, int] = field(default_factory=dict)
     train: int = 0
     eval: int = 0
+    consistency_checked: int = 0  # pairs the consistency check scored (kept = checked - inconsistent - unscored)
 
 
 @dataclass
@@ -74,6 +75,8 @@ def synthesize_preferences(cfg: RunConfig) -> SynthesizeResult:
         kept += side_kept
         dropped += side_dropped
     if s.source == "generate" and s.consistency_check and kept:
+        for side in SIDES:
+            counts[side].consistency_checked = sum(1 for p in kept if p["side"] == side)
         kept, inconsistent = check_consistency(cfg, kept)
         dropped += inconsistent
 
