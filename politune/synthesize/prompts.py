@@ -23,33 +23,27 @@ SYSTEM = "You help build a dataset for a study of political language models. Fol
 
 def instruction_messages(post: str) -> list[dict[str, str]]:
     """Step 1: an instruction this post answers."""
-    return [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": (
-            f"Post:\n{post}\n\n"
-            "Write one instruction that this post would answer: a question, or a task such as "
-            '"Explain how …" or "Express your opinion on …". Do not mention the post, its author or any '
-            "political side. Reply with the instruction only.")},
-    ]
+    return _conversation(
+        f"Post:\n{post}\n\n"
+        "Write one instruction that this post would answer: a question, or a task such as "
+        '"Explain how …" or "Express your opinion on …". Do not mention the post, its author or any '
+        "political side. Reply with the instruction only.")
 
 
 def chosen_messages(instruction: str, side: str, post: str) -> list[dict[str, str]]:
     """Step 2a: the on-side answer, grounded in the post."""
-    return [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": (
-            f"Instruction:\n{instruction}\n\nA post that shows the view to take:\n{post}\n\n"
-            f"Answer the instruction as {VOICE[side]} would, in the spirit of the post, in one paragraph. "
-            "Reply with the answer only.")},
-    ]
+    return _conversation(
+        f"Instruction:\n{instruction}\n\nA post that shows the view to take:\n{post}\n\n"
+        f"Answer the instruction as {VOICE[side]} would, in the spirit of the post, in one paragraph. "
+        "Reply with the answer only.")
 
 
 def rejected_messages(instruction: str, side: str) -> list[dict[str, str]]:
     """Step 2b: the answer from the opposite side."""
-    return [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": (
-            f"Instruction:\n{instruction}\n\n"
-            f"Answer the instruction as {VOICE[OPPOSITE[side]]} would, in one paragraph. "
-            "Reply with the answer only.")},
-    ]
+    return _conversation(
+        f"Instruction:\n{instruction}\n\n"
+        f"Answer the instruction as {VOICE[OPPOSITE[side]]} would, in one paragraph. Reply with the answer only.")
+
+
+def _conversation(user: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
