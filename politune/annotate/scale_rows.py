@@ -23,7 +23,7 @@ from politune.annotate.parse import expected_and_argmax
 from politune.annotate.prompts import SCALES, prompt_version
 from politune.annotate.readable import drop_done, readable_keys
 from politune.annotate.schema import ANNOTATION_SCHEMA, annotation_row
-from politune.annotate.vllm_engine import VLLMEngine, _metrics
+from politune.annotate.vllm_engine import VLLMEngine, annotation_metrics
 from politune.config import RunConfig
 from politune.storage import exists, join, resolve
 
@@ -80,7 +80,7 @@ def merge_scales(group: pa.Table, annotator: str, run_id: str) -> pa.Table:
         expected, argmax = expected_and_argmax([by_scale[s]["answer_logprobs"] for s in SCALES])
         row = annotation_row("ok", "", annotator, version, dict(zip(SCALES, expected.tolist(), strict=True)),
                              dict(zip(SCALES, argmax.tolist(), strict=True)))
-    _metrics(run_id, annotator).record([row["status"]], 0, 0)
+    annotation_metrics(run_id, annotator).record([row["status"]], 0, 0)
     return pa.Table.from_pylist([{"doc_id": doc_id, **row}], schema=ANNOTATION_SCHEMA)
 
 

@@ -166,7 +166,7 @@ def to_annotations(batch: pa.Table, annotator: str, run_id: str) -> pa.Table:
             except ParseError as err:
                 row = annotation_row("parse_error", f"{err}: {answer}", annotator, version)
         rows.append({"doc_id": r["doc_id"], **row})
-    _metrics(run_id, annotator).record([r["status"] for r in rows], tokens_in, tokens_out)
+    annotation_metrics(run_id, annotator).record([r["status"] for r in rows], tokens_in, tokens_out)
     return pa.Table.from_pylist(rows, schema=ANNOTATION_SCHEMA)
 
 
@@ -178,7 +178,7 @@ def to_scale_rows(batch: pa.Table, annotator: str, run_id: str) -> pa.Table:
         rows.append({"doc_id": r["doc_id"], "scale": r["scale"], "error": error,
                      "answer_logprobs": None if error else r["answer_logprobs"],
                      "tokens_in": None if error else r["tokens_in"]})
-    _metrics(run_id, annotator).record([], sum(r["tokens_in"] or 0 for r in rows), 0)  # posts: at the merge
+    annotation_metrics(run_id, annotator).record([], sum(r["tokens_in"] or 0 for r in rows), 0)  # posts: at the merge
     return pa.Table.from_pylist(rows, schema=SCALE_ROW_SCHEMA)
 
 
@@ -192,7 +192,7 @@ def _rows(batch: pa.Table, columns: tuple[str, ...]) -> list[dict[str, Any]]:
 _METRICS: dict[tuple[str, str], AnnotationMetrics] = {}
 
 
-def _metrics(run_id: str, model: str) -> AnnotationMetrics:
+def annotation_metrics(run_id: str, model: str) -> AnnotationMetrics:
     """One set of metric objects a worker process (Ray registers each metric name once a process)."""
     key = (run_id, model)
     if key not in _METRICS:

@@ -12,6 +12,7 @@ from typing import Any
 
 import ray.data
 
+from politune.annotate.stage import HFEngine
 from politune.config import RunConfig
 
 ROLES = ("chosen", "rejected")
@@ -20,8 +21,6 @@ ROLES = ("chosen", "rejected")
 def check_consistency(cfg: RunConfig, pairs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
                                                                              list[dict[str, Any]]]:
     """The pairs that pass, and the dropped ones with reason, field and detail."""
-    from politune.annotate.stage import HFEngine
-
     if cfg.annotate.engine != "hf":
         raise ValueError("synthesize.consistency_check scores with annotate.engine: hf so far; set "
                          "consistency_check: false or use the hf annotator")
