@@ -68,7 +68,7 @@ def read_pairs(uri: str, side: str, source: str = "released") -> tuple[list[dict
                      "chosen": chosen, "rejected": rejected, "doc_id": None, "synthesizer": source,
                      "prompt_version": None})
     for b in bad:
-        b.file = uri
+        b.side = side
     return rows, bad
 
 

@@ -99,13 +99,8 @@ def _released_pairs(released: dict[str, list[str]]) -> tuple[list[dict[str, Any]
         for uri in released.get(side, []):
             rows, failed = read_pairs(uri, side, source=f"released:{uri}")
             pairs += rows
-            bad += [_with_side(b, side) for b in failed]
+            bad += failed
     return pairs, bad
-
-
-def _with_side(record: BadRecord, side: str) -> BadRecord:
-    record.side = side
-    return record
 
 
 def _generated_pairs(cfg: RunConfig) -> list[dict[str, Any]]:
