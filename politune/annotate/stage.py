@@ -63,7 +63,7 @@ def annotate_documents(cfg: RunConfig) -> AnnotateResult:
 
     documents = ray.data.read_parquet(docs_path, filesystem=docs_fs, columns=["doc_id", "text"])
     if cfg.annotate.engine == "vllm" and cfg.annotate.mode == "logprob":
-        engine = VLLMEngine(cfg, answer_ids=_answer_ids(cfg))
+        engine = VLLMEngine(cfg, answer_ids=annotator_answer_ids(cfg))
         annotate_by_scale(cfg, engine, documents, done, annotations_uri, documents_uri)
     else:
         pending = documents
@@ -111,7 +111,8 @@ class _HFAnnotatorTable(HFAnnotator):
         return pa.Table.from_pydict(super().__call__(batch), schema=ANNOTATION_SCHEMA)
 
 
-def _answer_ids(cfg: RunConfig) -> list[int]:
+def annotator_answer_ids(cfg: RunConfig) -> list[int]:
+    """Token ids of the answers "0".."10" in the annotator's vocabulary (logprob mode)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.annotate.model, cfg))

@@ -1,8 +1,6 @@
 """The `vllm` engine: vLLM through ray.data.llm (vLLMEngineProcessorConfig + build_processor).
 
-One processor is a chain of Ray Data stages: chat template -> tokenize -> vLLM replicas -> detokenize.
-A replica takes tensor_parallel_size x pipeline_parallel_size GPUs, all on one node (STRICT_PACK), and
-`concurrency` replicas run side by side. `vllm_device: cpu` runs vLLM's CPU build instead (for tests).
+The processor (stages, placement, replicas) is built by politune/engines/vllm_processor.py.
 
 - generate: one request a post. vLLM's structured output holds the answer to the JSON schema; parse.py
   still validates it (an answer cut off at max_new_tokens is a parse_error).
@@ -16,7 +14,6 @@ refusal is not retried. A replica that dies is restarted by Ray Data.
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from typing import Any
 
@@ -28,6 +25,8 @@ from politune.annotate.parse import ParseError, parse_scores
 from politune.annotate.prompts import JSON_SCHEMA, generate_messages, prompt_version, scale_messages
 from politune.annotate.schema import ANNOTATION_SCHEMA, annotation_row
 from politune.config import RunConfig
+from politune.engines.rows import rows_with
+from politune.engines.vllm_processor import ERROR_COLUMN, vllm_processor_config
 from politune.models import resolve_model
 
 # vLLM's answer for one (post, scale) in logprob mode; scale_rows.py turns three of them into an Annotation
@@ -37,47 +36,13 @@ SCALE_ROW_SCHEMA = pa.schema([
     ("tokens_in", pa.int64()),
     ("error", pa.string()),                        # vLLM's error, null when it answered
 ])
-ERROR_COLUMN = "__inference_error__"  # set by ray.data.llm on a request that failed (should_continue_on_error)
-# JSON without free whitespace: a weak model otherwise writes newlines after "{" until max_new_tokens
-STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
 
 
 def processor_config(cfg: RunConfig) -> Any:
     """The ray.data.llm processor config for this run's annotate section."""
-    from ray.data.llm import (
-        ChatTemplateStageConfig,
-        DetokenizeStageConfig,
-        TokenizerStageConfig,
-        vLLMEngineProcessorConfig,
-    )
-
     a = cfg.annotate
-    engine_kwargs: dict[str, Any] = {
-        "tensor_parallel_size": a.tensor_parallel_size, "pipeline_parallel_size": a.pipeline_parallel_size,
-        "max_model_len": a.max_model_len, "enable_prefix_caching": a.enable_prefix_caching,
-    }
-    if a.mode == "generate":
-        engine_kwargs["structured_outputs_config"] = STRUCTURED_OUTPUTS
-    if a.vllm_device == "cpu":
-        engine_kwargs["enforce_eager"] = True  # no graph capture: starts faster, and CPU gains little from it
-        placement = {"bundles": [{"CPU": 1}], "strategy": "PACK"}
-    else:
-        gpus = a.tensor_parallel_size * a.pipeline_parallel_size
-        placement = {"bundles": [{"GPU": 1, "CPU": 1}] * gpus, "strategy": "STRICT_PACK"}
-    engine_kwargs.update(a.vllm_engine_kwargs)
-    helper_cpus = a.vllm_stage_num_cpus
-    return vLLMEngineProcessorConfig(
-        model_source=resolve_model(a.model, cfg),
-        engine_kwargs=engine_kwargs,
-        batch_size=a.batch_size,
-        concurrency=(a.concurrency, a.concurrency),  # a fixed number of replicas, not an autoscaling range
-        placement_group_config=placement,
-        runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}},
-        should_continue_on_error=True,
-        chat_template_stage=ChatTemplateStageConfig(enabled=True, num_cpus=helper_cpus),
-        tokenize_stage=TokenizerStageConfig(enabled=True, num_cpus=helper_cpus),
-        detokenize_stage=DetokenizeStageConfig(enabled=a.mode == "generate", num_cpus=helper_cpus),
-    )
+    return vllm_processor_config(a, resolve_model(a.model, cfg), a.batch_size, a.concurrency,
+                                 structured_outputs=a.mode == "generate", detokenize=a.mode == "generate")
 
 
 class VLLMEngine:
@@ -153,7 +118,7 @@ def to_annotations(batch: pa.Table, annotator: str, run_id: str) -> pa.Table:
     version = prompt_version("generate")
     rows = []
     tokens_in = tokens_out = 0
-    for r in _rows(batch, ("doc_id", "generated_text", "tokens_in", "tokens_out", ERROR_COLUMN)):
+    for r in rows_with(batch, ("doc_id", "generated_text", "tokens_in", "tokens_out", ERROR_COLUMN)):
         if r[ERROR_COLUMN]:
             row = annotation_row("engine_error", str(r[ERROR_COLUMN]), annotator, version)
         else:
@@ -173,20 +138,13 @@ def to_annotations(batch: pa.Table, annotator: str, run_id: str) -> pa.Table:
 def to_scale_rows(batch: pa.Table, annotator: str, run_id: str) -> pa.Table:
     """logprob mode: processor rows (answers and error rows) -> SCALE_ROW_SCHEMA rows."""
     rows = []
-    for r in _rows(batch, ("doc_id", "scale", "answer_logprobs", "tokens_in", ERROR_COLUMN)):
+    for r in rows_with(batch, ("doc_id", "scale", "answer_logprobs", "tokens_in", ERROR_COLUMN)):
         error = str(r[ERROR_COLUMN]) if r[ERROR_COLUMN] else None
         rows.append({"doc_id": r["doc_id"], "scale": r["scale"], "error": error,
                      "answer_logprobs": None if error else r["answer_logprobs"],
                      "tokens_in": None if error else r["tokens_in"]})
     annotation_metrics(run_id, annotator).record([], sum(r["tokens_in"] or 0 for r in rows), 0)  # posts: at the merge
     return pa.Table.from_pylist(rows, schema=SCALE_ROW_SCHEMA)
-
-
-def _rows(batch: pa.Table, columns: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The batch's rows with just these columns; a column the batch lacks is null (an error row has no
-    answer columns; a batch without errors may lack the error column)."""
-    present = {c: batch.column(c).to_pylist() for c in columns if c in batch.column_names}
-    return [{c: present[c][i] if c in present else None for c in columns} for i in range(batch.num_rows)]
 
 
 _METRICS: dict[tuple[str, str], AnnotationMetrics] = {}

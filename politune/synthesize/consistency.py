@@ -1,6 +1,6 @@
 """The consistency check (beyond the paper, on by default): does chosen lean toward its side of rejected?
 
-The annotator (annotate's prompts and hf engine) scores both answers on the ideology scale, 0 = far
+The annotator (annotate's prompts, engine and mode) scores both answers on the ideology scale, 0 = far
 left … 10 = far right. A left pair is kept when rejected − chosen ≥ margin, a right pair when
 chosen − rejected ≥ margin. A pair with an answer the annotator could not score is dropped as
 `unscored`, one that leans the wrong way as `inconsistent`, with both scores in `detail`.
@@ -12,7 +12,9 @@ from typing import Any
 
 import ray.data
 
-from politune.annotate.stage import HFEngine
+from politune.annotate.parse import expected_and_argmax
+from politune.annotate.stage import HFEngine, annotator_answer_ids
+from politune.annotate.vllm_engine import VLLMEngine
 from politune.config import RunConfig
 
 ROLES = ("chosen", "rejected")
@@ -21,13 +23,8 @@ ROLES = ("chosen", "rejected")
 def check_consistency(cfg: RunConfig, pairs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
                                                                              list[dict[str, Any]]]:
     """The pairs that pass, and the dropped ones with reason, field and detail."""
-    if cfg.annotate.engine != "hf":
-        raise ValueError("synthesize.consistency_check scores with annotate.engine: hf so far; set "
-                         "consistency_check: false or use the hf annotator")
-    answers = ray.data.from_items([{"doc_id": f"{p['pair_id']}|{role}", "text": p[role]}
-                                   for p in pairs for role in ROLES])
-    scored = HFEngine(cfg).annotate(answers).take_all()
-    ideology = {r["doc_id"]: r["ideology"] if r["status"] == "ok" else None for r in scored}
+    ideology = ideology_scores(cfg, [{"doc_id": f"{p['pair_id']}|{role}", "text": p[role]}
+                                     for p in pairs for role in ROLES])
     margin = cfg.synthesize.consistency_margin
     kept, dropped = [], []
     for p in pairs:
@@ -43,3 +40,17 @@ def check_consistency(cfg: RunConfig, pairs: list[dict[str, Any]]) -> tuple[list
             dropped.append({**p, "reason": "inconsistent", "field": "chosen",
                             "detail": f"ideology: chosen {chosen:.2f}, rejected {rejected:.2f}, margin {margin}"})
     return kept, dropped
+
+
+def ideology_scores(cfg: RunConfig, texts: list[dict[str, str]]) -> dict[str, float | None]:
+    """doc_id -> the annotator's ideology score of its text, None when it gave none."""
+    answers = ray.data.from_items(texts)
+    a = cfg.annotate
+    if a.engine == "vllm" and a.mode == "logprob":
+        # only the ideology question is needed: one request a text, not the three of annotation
+        asks = answers.map(lambda row: {**row, "scale": "ideology"}, num_cpus=a.vllm_stage_num_cpus)
+        rows = VLLMEngine(cfg, answer_ids=annotator_answer_ids(cfg)).score_scales(asks).take_all()
+        return {r["doc_id"]: None if r["error"] else float(expected_and_argmax(r["answer_logprobs"])[0])
+                for r in rows}
+    engine = HFEngine(cfg) if a.engine == "hf" else VLLMEngine(cfg)
+    return {r["doc_id"]: r["ideology"] if r["status"] == "ok" else None for r in engine.annotate(answers).take_all()}

@@ -1,7 +1,7 @@
 """The `hf` pair writer: transformers in a Ray Data actor pool (`map_batches` with this class).
 
 Each actor loads the synthesizer once and turns a batch of selected posts into pairs: it writes the
-instructions for the whole batch, then the chosen answers, then the rejected ones (prompts.py). An
+instructions for the whole batch, then all their answers in one generate call (prompts.py). An
 answer that stops at `max_new_tokens` is flagged as truncated, for the cleaner. A batch that raises is
 retried; after the last try its rows carry the error, so every post still ends in one row.
 """
@@ -15,16 +15,10 @@ import pyarrow as pa
 import torch
 
 from politune.models import load_causal_lm
-from politune.synthesize.prompts import chosen_messages, instruction_messages, rejected_messages
+from politune.synthesize.drafts import PAIR_DRAFT_SCHEMA, draft, failed, first_line
+from politune.synthesize.prompts import answer_conversations, instruction_messages
 
 log = logging.getLogger(__name__)
-
-PAIR_DRAFT_SCHEMA = pa.schema([
-    ("doc_id", pa.string()), ("side", pa.string()),
-    ("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string()),
-    ("prompt_truncated", pa.bool_()), ("chosen_truncated", pa.bool_()), ("rejected_truncated", pa.bool_()),
-    ("error", pa.string()),
-])
 
 
 class HFPairWriter:
@@ -50,23 +44,20 @@ class HFPairWriter:
                 break
             except Exception as err:  # noqa: BLE001 - any engine failure is retried, then recorded
                 log.warning("pair batch failed (try %d of %d): %r", attempt + 1, self.max_retries + 1, err)
-                rows = [{"doc_id": p["doc_id"], "side": p["side"], "error": f"{type(err).__name__}: {err}"}
-                        for p in posts]
+                rows = [failed(p, f"{type(err).__name__}: {err}") for p in posts]
         return pa.Table.from_pylist(rows, schema=PAIR_DRAFT_SCHEMA)
 
     def write_pairs(self, posts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        prompts, prompt_cut = self.reply([instruction_messages(p["text"]) for p in posts])
-        prompts = [first_line(p) for p in prompts]
-        if self.chosen_from == "post":
-            chosen, chosen_cut = [p["text"] for p in posts], [False] * len(posts)
-        else:
-            chosen, chosen_cut = self.reply([chosen_messages(q, p["side"], p["text"])
-                                             for q, p in zip(prompts, posts, strict=True)])
-        rejected, rejected_cut = self.reply([rejected_messages(q, p["side"]) for q, p in zip(prompts, posts,
-                                                                                              strict=True)])
-        return [{"doc_id": p["doc_id"], "side": p["side"], "prompt": prompts[i], "chosen": chosen[i],
-                 "rejected": rejected[i], "prompt_truncated": prompt_cut[i], "chosen_truncated": chosen_cut[i],
-                 "rejected_truncated": rejected_cut[i], "error": None} for i, p in enumerate(posts)]
+        texts, cut = self.reply([instruction_messages(p["text"]) for p in posts])
+        instructions = [(first_line(t), c) for t, c in zip(texts, cut, strict=True)]
+        asks = [(i, role, conversation) for i, p in enumerate(posts)
+                for role, conversation in answer_conversations(instructions[i][0], p["side"], p["text"],
+                                                               self.chosen_from).items()]
+        texts, cut = self.reply([conversation for _, _, conversation in asks])
+        answers: list[dict[str, tuple[str, bool]]] = [{} for _ in posts]
+        for (i, role, _), text, stopped in zip(asks, texts, cut, strict=True):
+            answers[i][role] = (text, stopped)
+        return [draft(p, instructions[i], answers[i]) for i, p in enumerate(posts)]
 
     def reply(self, conversations: list[list[dict[str, str]]]) -> tuple[list[str], list[bool]]:
         """Greedy replies, and whether each stopped at max_new_tokens instead of ending."""
@@ -82,8 +73,3 @@ class HFPairWriter:
         replies = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [r.strip() for r in replies], [not bool(e) for e in ended]
 
-
-def first_line(text: str) -> str:
-    """An instruction is one line; models often add a second."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""

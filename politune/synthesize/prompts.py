@@ -45,5 +45,13 @@ def rejected_messages(instruction: str, side: str) -> list[dict[str, str]]:
         f"Answer the instruction as {VOICE[OPPOSITE[side]]} would, in one paragraph. Reply with the answer only.")
 
 
+def answer_conversations(instruction: str, side: str, post: str, chosen_from: str) -> dict[str, list[dict[str, str]]]:
+    """The answers step 2 asks for, by role: rejected always, chosen unless the post itself is chosen."""
+    answers = {"rejected": rejected_messages(instruction, side)}
+    if chosen_from == "generated":
+        answers["chosen"] = chosen_messages(instruction, side, post)
+    return answers
+
+
 def _conversation(user: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]

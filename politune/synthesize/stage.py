@@ -1,9 +1,10 @@
 """The synthesize stage: each side's preference pairs, cleaned and split, in `preferences/`.
 
 Two sources:
-- generate: the synthesizer writes one pair a selected post (hf_writer.py: instruction, chosen,
-  rejected), the cleaner repairs or drops it, and the consistency check scores chosen and rejected
-  with the annotator and keeps the pair only when chosen leans toward its side of rejected;
+- generate: the synthesizer writes one pair a selected post (instruction, chosen, rejected; hf_writer.py
+  on transformers, llm_writer.py on vLLM or an OpenAI-compatible endpoint), the cleaner repairs or drops
+  it, and the consistency check scores chosen and rejected with the annotator and keeps the pair only
+  when chosen leans toward its side of rejected;
 - released: pair files are imported (the released PoliTune sets, or any prompt/chosen/rejected or TRL
   chat-shaped set) and cleaned, so a run can skip annotation and synthesis.
 
@@ -32,6 +33,8 @@ from politune.synthesize.clean import DROP_REASONS, GENERATION_DROP_REASONS, cle
 from politune.synthesize.consistency import check_consistency
 from politune.synthesize.formats import PREFERENCE_SCHEMA, BadRecord, pair_id, read_pairs, write_pairs
 from politune.synthesize.hf_writer import HFPairWriter
+from politune.synthesize.llm_writer import openai_replier, vllm_replier
+from politune.synthesize.llm_writer import write_pairs as llm_write_pairs
 from politune.synthesize.prompts import PROMPT_VERSION
 
 SIDES = ("left", "right")
@@ -104,16 +107,29 @@ def _released_pairs(released: dict[str, list[str]]) -> tuple[list[dict[str, Any]
 
 
 def _generated_pairs(cfg: RunConfig) -> list[dict[str, Any]]:
-    """One draft pair a selected post, from the synthesizer; a post whose batch failed carries the error."""
+    """One draft pair a selected post, from the synthesizer; a post whose engine call failed carries the error."""
     s = cfg.synthesize
-    if s.engine != "hf":
-        raise ValueError(f"synthesize.engine: {s.engine} is not built yet; use engine: hf (transformers, CPU or GPU)")
     selected_uri = join(cfg.run_uri, "selected")
     if not exists(selected_uri):
         raise FileNotFoundError(f"{selected_uri} does not exist: run `politune select` first")
     init_ray(cfg)
     fs, path = resolve(selected_uri)
-    drafts = ray.data.read_parquet(path, filesystem=fs, columns=["doc_id", "side", "text"]).map_batches(
+    posts = ray.data.read_parquet(path, filesystem=fs, columns=["doc_id", "side", "text"])
+    if s.engine == "hf":
+        drafts = _hf_drafts(cfg, posts)
+    else:
+        replier = vllm_replier(cfg) if s.engine == "vllm" else openai_replier(cfg)
+        drafts = llm_write_pairs(posts.take_all(), replier, s.chosen_from)
+    if not s.drop_truncated:
+        drafts = [{**d, "prompt_truncated": False, "chosen_truncated": False, "rejected_truncated": False}
+                  for d in drafts]
+    return [{**d, "pair_id": pair_id(d["side"], d["prompt"] or d["doc_id"], d["chosen"] or "", d["rejected"] or ""),
+             "synthesizer": s.model, "prompt_version": PROMPT_VERSION} for d in drafts]
+
+
+def _hf_drafts(cfg: RunConfig, posts: ray.data.Dataset) -> list[dict[str, Any]]:
+    s = cfg.synthesize
+    return posts.map_batches(
         HFPairWriter,
         fn_constructor_kwargs=dict(
             model_path=resolve_model(s.model, cfg), chosen_from=s.chosen_from, max_new_tokens=s.max_new_tokens,
@@ -122,11 +138,6 @@ def _generated_pairs(cfg: RunConfig) -> list[dict[str, Any]]:
         batch_size=s.batch_size, compute=ray.data.ActorPoolStrategy(size=s.concurrency),
         num_cpus=s.num_cpus_per_actor, num_gpus=s.num_gpus_per_actor or None, batch_format="pyarrow",
     ).take_all()
-    if not s.drop_truncated:
-        drafts = [{**d, "prompt_truncated": False, "chosen_truncated": False, "rejected_truncated": False}
-                  for d in drafts]
-    return [{**d, "pair_id": pair_id(d["side"], d["prompt"] or d["doc_id"], d["chosen"] or "", d["rejected"] or ""),
-             "synthesizer": s.model, "prompt_version": PROMPT_VERSION} for d in drafts]
 
 
 def is_eval(pair_id: str, eval_share: float) -> bool:
