@@ -1,4 +1,4 @@
-"""Ray job: each side's preference pairs, cleaned and split (today: imported, e.g. the released PoliTune sets).
+"""Ray job: each side's preference pairs (written from the selected posts, or imported), cleaned and split.
 
     ray job submit --working-dir . -- python jobs/synthesize.py --config my-run.yaml
 """

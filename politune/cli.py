@@ -47,7 +47,7 @@ def _run_stage(build: Callable[[RunConfig], Any], show: Callable[[Any], None], c
 
 @app.command()
 def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
-    """Run the whole pipeline (today: tiny model, sample corpus, ingest, annotate, select) and print a summary."""
+    """Run the whole pipeline (tiny model, sample corpus, ingest, annotate, select, synthesize, train)."""
     from politune.console import print_pipeline
     from politune.pipeline import run_pipeline
 
@@ -83,11 +83,22 @@ def select_(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = 
 
 @app.command()
 def synthesize(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
-    """Each side's preference pairs, cleaned and split into train and eval (today: imported from files)."""
+    """Each side's preference pairs (written from the selected posts, or imported), cleaned and split."""
     from politune.console import print_synthesize
     from politune.synthesize import synthesize_preferences
 
     _run_stage(synthesize_preferences, print_synthesize, config, preset, set_)
+
+
+@app.command()
+def train(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+          side: list[str] = typer.Option([], "--side", help="left or right (repeatable; default: train.sides)."),
+          ) -> None:
+    """Train one LoRA adapter a side (DPO or SFT) under Ray Train and register it; resumes a killed run."""
+    from politune.console import print_train
+    from politune.train import train_adapters
+
+    _run_stage(lambda cfg: train_adapters(cfg, side or None), print_train, config, preset, set_)
 
 
 @config_app.command("show")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 PRESETS = ("local", "llama3-8b", "mistral-7b")
 
@@ -235,12 +235,73 @@ class SynthesizeConfig(VLLMFields):
         return self
 
 
+class LoraSettings(Section):
+    """The adapter (PEFT LoraConfig). Defaults: the paper's recipe."""
+
+    rank: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="Module names to adapt: attention q and v, the MLP projections. (The paper also "
+        "adapts the output layer; TRL 1.16's trainers refuse LoRA on lm_head.)")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _no_lm_head(cls, modules: list[str]) -> list[str]:
+        if "lm_head" in modules:
+            raise ValueError("TRL's DPOTrainer and SFTTrainer refuse a LoRA adapter on lm_head (their fused output "
+                             "layer reads its weight directly); remove it")
+        return modules
+
+
 class TrainConfig(Section):
-    """LoRA-DPO training. Validated now; the stage is built in issue 5."""
+    """LoRA-DPO (or SFT on the chosen answers) with TRL + PEFT under Ray Train, one adapter a side.
+    Defaults: the paper's recipe for the 8B/7B presets."""
 
     base_model: str = TINY_MODEL
+    method: Literal["dpo", "sft"] = Field("dpo", description="dpo: preference pairs; sft: the chosen answers only.")
+    sides: list[Literal["left", "right"]] = Field(default_factory=lambda: ["left", "right"], min_length=1,
+                                                  description="Sides `politune train` trains, one adapter each.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel; one process each).")
     use_gpu: bool = False
-    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(1, ge=0, description="With use_gpu.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="Where the workers go: STRICT_SPREAD puts each on its own node.")
+    strategy: Literal["ddp", "fsdp", "deepspeed_zero3"] = Field(
+        "ddp", description="ddp: a full copy of the base on each worker; fsdp / deepspeed_zero3 shard it, for "
+        "bases that do not fit one device (GPU only; deepspeed needs `pip install deepspeed`).")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+    @field_validator("strategy")
+    @classmethod
+    def _sharding_needs_gpus(cls, strategy: str, info: ValidationInfo) -> str:
+        if strategy != "ddp" and not info.data.get("use_gpu"):
+            raise ValueError(f"{strategy} shards the model over GPUs: set use_gpu: true, or use ddp on CPU")
+        return strategy
+
+    beta: float = Field(0.1, gt=0, description="dpo: strength of the pull toward the reference.")
+    loss_type: str = Field("sigmoid", description="dpo: TRL's loss_type (sigmoid is the paper's DPO).")
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    lr_scheduler_type: str = Field("cosine")
+    warmup_steps: int = Field(100, ge=0)
+    per_device_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(16, ge=1)
+    max_length: int = Field(1024, ge=16, description="Tokens of prompt + answer; longer pairs are truncated.")
+    num_epochs: float = Field(1, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides num_epochs when set.")
+    bf16: bool | None = Field(None, description="null: bf16 on GPU, fp32 on CPU.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on big bases.")
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate on the eval split every N steps; null: "
+                                   "only before and after training.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps (the unit of resume).")
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint.")
+    report_to: list[str] = Field(default_factory=list, description="TRL's report_to, e.g. [tensorboard, mlflow].")
+    seed: int = 0
 
 
 class ServeConfig(Section):

@@ -13,6 +13,7 @@ from politune.ingest import IngestResult
 from politune.pipeline import PipelineResult
 from politune.select import SelectResult
 from politune.synthesize import SynthesizeResult
+from politune.train import TrainResult
 
 console = Console()
 
@@ -75,6 +76,20 @@ def print_synthesize(result: SynthesizeResult) -> None:
     console.print(f"preferences: {result.preferences_uri}")
 
 
+def print_train(results: dict[str, TrainResult]) -> None:
+    for result in results.values():
+        a, m = result.adapter, result.adapter.metrics
+        resumed = f", resumed from step {m['resumed_from_step']}" if m.get("resumed_from_step") else ""
+        console.print(f"train:      adapter {a.name!r} ({a.method} on {a.side}, base {a.base_model}): "
+                      f"{m.get('global_step', 0)} steps{resumed}, {len(m.get('worker_nodes', []))} worker(s)")
+        if m.get("before/pairs"):
+            console.print(f"  held out ({m['before/pairs']} pairs): preference accuracy "
+                          f"{m['before/preference_accuracy']:.2f} -> {m['after/preference_accuracy']:.2f}, "
+                          f"reward margin {m['after/reward_margin']:+.3f}; likelihood accuracy "
+                          f"{m['before/likelihood_accuracy']:.2f} -> {m['after/likelihood_accuracy']:.2f}")
+        console.print(f"  adapter: {a.path}")
+
+
 def print_pipeline(result: PipelineResult) -> None:
     if result.tiny_model:
         console.print(f"tiny model: {result.tiny_model}  (random weights: its text is noise)")
@@ -85,4 +100,6 @@ def print_pipeline(result: PipelineResult) -> None:
         if stage is not None:
             show(stage)
     print_synthesize(result.synthesize)
+    if result.train:
+        print_train(result.train)
     console.print(f"run:        {result.run_uri}  (manifest.json lists every artifact and its counts)")

@@ -1,9 +1,9 @@
 """The main job: every stage that exists, in order, on one config.
 
 Today that is: build the embedded tiny model (when the config uses it), generate the sample corpus
-(when the config asks for one), ingest, annotate, select, synthesize. A run that imports its
-preference pairs (synthesize.source: released) skips straight to synthesize. Later stages join this
-same function.
+(when the config asks for one), ingest, annotate, select, synthesize, train (one adapter a side in
+train.sides). A run that imports its preference pairs (synthesize.source: released) skips straight
+to synthesize. Later stages join this same function.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from politune.ingest import IngestResult, ingest_corpus
 from politune.models.tiny import build_tiny_model, tiny_model_is_current
 from politune.select import SelectResult, select_posts
 from politune.synthesize import SynthesizeResult, synthesize_preferences
+from politune.train import TrainResult, train_adapters
 
 
 @dataclass
@@ -31,6 +32,7 @@ class PipelineResult:
     annotate: AnnotateResult | None
     select: SelectResult | None
     synthesize: SynthesizeResult
+    train: dict[str, TrainResult]
 
 
 def uses_tiny_model(cfg: RunConfig) -> bool:
@@ -56,9 +58,11 @@ def ensure_corpus(cfg: RunConfig) -> dict[str, Any]:
 def run_pipeline(cfg: RunConfig) -> PipelineResult:
     tiny = ensure_tiny_model(cfg) if uses_tiny_model(cfg) else None
     if cfg.synthesize.source == "released":
-        return PipelineResult(cfg.run_uri, tiny, None, None, None, None, synthesize_preferences(cfg))
+        synthesized = synthesize_preferences(cfg)
+        return PipelineResult(cfg.run_uri, tiny, None, None, None, None, synthesized, train_adapters(cfg))
     corpus = ensure_corpus(cfg) if cfg.corpus is not None else None
     ingested = ingest_corpus(cfg)
     annotated = annotate_documents(cfg)
     selected = select_posts(cfg)
-    return PipelineResult(cfg.run_uri, tiny, corpus, ingested, annotated, selected, synthesize_preferences(cfg))
+    synthesized = synthesize_preferences(cfg)
+    return PipelineResult(cfg.run_uri, tiny, corpus, ingested, annotated, selected, synthesized, train_adapters(cfg))

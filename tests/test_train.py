@@ -1,0 +1,172 @@
+"""LoRA-DPO and SFT under Ray Train on a real local Ray with the tiny model.
+
+The pairs here carry a signal a tiny model can learn: for the left adapter, chosen is a left-leaning
+post of the sample corpus and rejected a right-leaning one (mirrored for the right), each answering a
+question about politics. So held-out preference accuracy can rise, and does. (The pairs the main
+command writes with the tiny model are noise; see the README.)"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from politune.config import ConfigError, build_config, load_preset
+from politune.corpus.generate import PostFactory
+from politune.registry import get_adapter, load_registry
+from politune.synthesize import synthesize_preferences
+from politune.train import train_adapter, train_adapters
+from politune.train.data import read_split
+from politune.train.worker import trainer_kwargs
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+QUESTIONS = ("What should the government do next?", "What matters most in this election?",
+             "How would you fix the economy?", "Who is failing ordinary people?", "What do you want from Congress?")
+TRAIN = {"lora": {"rank": 8, "alpha": 16}, "learning_rate": 0.005, "warmup_steps": 0, "per_device_batch_size": 8,
+         "gradient_accumulation_steps": 1, "max_length": 96, "num_epochs": 2, "logging_steps": 2, "save_steps": 4}
+
+
+def write_labelled_pairs(folder: Path, n: int = 120, seed: int = 5) -> dict[str, list[str]]:
+    """Released-shape pair files from the sample corpus's templates: on-side post chosen, opposite post rejected."""
+    factory = PostFactory(seed)
+    posts = {side: [factory.text(side) for _ in range(n)] for side in ("left", "right")}
+    files = {}
+    for side, other in (("left", "right"), ("right", "left")):
+        rows = [{"prompt": f"{QUESTIONS[i % len(QUESTIONS)]} (#{i})", "chosen": posts[side][i],
+                 "rejected": posts[other][i]} for i in range(n)]
+        path = folder / f"{side}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        files[side] = [str(path)]
+    return files
+
+
+@pytest.fixture(scope="module")
+def pairs_run(ray_local, tmp_path_factory) -> dict:
+    from politune.config import TinyModelConfig
+    from politune.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("train")
+    model = build_tiny_model(TinyModelConfig(), root / "tiny")
+    raw = {"run_id": "train", "storage_root": str(root / "runs"), "tiny_model": {"out": str(model)},
+           "synthesize": {"source": "released", "released": write_labelled_pairs(root), "eval_share": 0.2},
+           "train": TRAIN}
+    synthesize_preferences(build_config(raw))
+    return raw
+
+
+def with_train(raw: dict, **train) -> dict:
+    return {**raw, "train": {**raw["train"], **train}}
+
+
+def test_dpo_raises_heldout_preference_accuracy_on_both_sides(pairs_run: dict) -> None:
+    cfg = build_config(pairs_run)
+    results = train_adapters(cfg)
+    registry = load_registry(cfg.run_uri)
+    assert sorted(registry) == ["left", "right"]
+    for side, result in results.items():
+        m = result.adapter.metrics
+        # before training the adapter is the reference: no pair has gained, accuracy 0; after: most have
+        assert m["before/preference_accuracy"] == 0 == m["before/reward_margin"]
+        assert m["after/preference_accuracy"] > 0.5 and m["after/reward_margin"] > 0, m
+        entry = get_adapter(cfg.run_uri, side)
+        assert (entry.side, entry.method, entry.base_model) == (side, "dpo", "tiny")
+        assert entry.config_hash == cfg.section_hash("train")
+        files = {p.name for p in Path(entry.path).iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors", "log_history.jsonl", "metrics.json"} <= files
+        adapter_config = json.loads((Path(entry.path) / "adapter_config.json").read_text())
+        assert adapter_config["r"] == 8 and set(adapter_config["target_modules"]) == {
+            "q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
+        steps = [json.loads(line) for line in (Path(entry.path) / "log_history.jsonl").read_text().splitlines()]
+        assert [s["step"] for s in steps if "loss" in s] == list(range(2, m["global_step"] + 1, 2))  # every 2 steps
+        train_pairs = len(read_split(cfg.run_uri, side, "train"))
+        assert m["global_step"] == 2 * math.ceil(train_pairs / 8)  # 2 epochs of batch 8 on one worker
+
+
+def test_two_workers_shard_the_data_once_and_learn_the_same(pairs_run: dict) -> None:
+    cfg = build_config(with_train(pairs_run, num_workers=2))
+    result = train_adapter(cfg, "left")
+    m = result.adapter.metrics
+    train_pairs = len(read_split(cfg.run_uri, "left", "train"))
+    # each worker sees half the batches: twice sharded would halve the steps again
+    assert m["global_step"] == 2 * math.ceil(train_pairs / (8 * 2))
+    assert len(m["worker_nodes"]) == 2
+    assert m["after/preference_accuracy"] > 0.5 and m["after/reward_margin"] > 0, m
+
+
+def test_sft_on_the_chosen_answers_registers_its_own_adapter(pairs_run: dict) -> None:
+    cfg = build_config(with_train(pairs_run, method="sft", max_steps=6))
+    result = train_adapter(cfg, "left")
+    assert result.adapter.name == "left-sft" and result.adapter.method == "sft"
+    m = result.adapter.metrics
+    assert m["global_step"] == 6
+    # SFT raises the chosen answers' likelihood more than the rejected ones'
+    assert m["after/reward_margin"] > 0, m
+    assert "left-sft" in load_registry(cfg.run_uri)
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(pairs_run: dict, tmp_path: Path) -> None:
+    raw = with_train(pairs_run, max_steps=40, save_steps=3, learning_rate=0.001)
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config), "--side",
+                            "right"], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    train_root = Path(raw["storage_root"]) / raw["run_id"] / "adapters" / "_train"
+    deadline = time.time() + 300
+    while not recorded_checkpoints(train_root):
+        assert job.poll() is None, "the training job ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    job.wait()
+
+    result = train_adapter(build_config(raw), "right")
+    m = result.adapter.metrics
+    assert m["resumed_from_step"] > 0 and m["resumed_from_step"] % 3 == 0  # a checkpoint's step, not 0
+    assert m["global_step"] == 40
+
+
+def recorded_checkpoints(train_root: Path) -> list:
+    """Checkpoints Ray Train has recorded for the run (its controller's snapshot, written after each one)."""
+    snapshots = list(train_root.glob("right-*/checkpoint_manager_snapshot.json"))
+    try:
+        return json.loads(snapshots[0].read_text())["checkpoint_results"] if snapshots else []
+    except (json.JSONDecodeError, KeyError):  # caught mid-write
+        return []
+
+
+def test_the_paper_recipe_is_the_gpu_presets_default() -> None:
+    for preset in ("llama3-8b", "mistral-7b"):
+        t = load_preset(preset).train
+        args = trainer_kwargs(t, "/tmp/out")
+        assert (t.lora.rank, t.lora.alpha, t.beta, t.loss_type) == (16, 32, 0.1, "sigmoid")
+        assert {k: args[k] for k in ("learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps",
+                                     "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+                                     "bf16", "use_cpu", "ddp_backend")} == {
+            "learning_rate": 5e-4, "weight_decay": 0.05, "lr_scheduler_type": "cosine", "warmup_steps": 100,
+            "per_device_train_batch_size": 4, "gradient_accumulation_steps": 16, "max_length": 1024,
+            "bf16": True, "use_cpu": False, "ddp_backend": "nccl"}
+
+
+def test_sharded_strategies_build_their_trainer_settings() -> None:
+    fsdp = trainer_kwargs(load_preset("llama3-8b", ["train.strategy=fsdp"]).train, "/tmp/out")
+    assert fsdp["fsdp"] == "full_shard auto_wrap"
+    zero3 = trainer_kwargs(load_preset("llama3-8b", ["train.strategy=deepspeed_zero3"]).train, "/tmp/out")
+    assert zero3["deepspeed"]["zero_optimization"]["stage"] == 3
+
+
+def test_config_errors_name_what_to_change() -> None:
+    with pytest.raises(ConfigError, match="train.lora.target_modules: .*lm_head"):
+        load_preset("local", ["train.lora.target_modules=[q_proj, lm_head]"])
+    with pytest.raises(ConfigError, match="train.strategy: .*GPU"):
+        load_preset("local", ["train.strategy=fsdp"])
