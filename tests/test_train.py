@@ -20,29 +20,24 @@ import pytest
 import yaml
 
 from politune.config import ConfigError, build_config, load_preset
-from politune.corpus.generate import PostFactory
+from politune.corpus.generate import labelled_pairs
 from politune.registry import get_adapter, load_registry
 from politune.synthesize import synthesize_preferences
 from politune.train import train_adapter, train_adapters
 from politune.train.data import read_split
+from politune.train.stage import train_run_name
 from politune.train.worker import trainer_kwargs
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
-QUESTIONS = ("What should the government do next?", "What matters most in this election?",
-             "How would you fix the economy?", "Who is failing ordinary people?", "What do you want from Congress?")
 TRAIN = {"lora": {"rank": 8, "alpha": 16}, "learning_rate": 0.005, "warmup_steps": 0, "per_device_batch_size": 8,
          "gradient_accumulation_steps": 1, "max_length": 96, "num_epochs": 2, "logging_steps": 2, "save_steps": 4}
 
 
 def write_labelled_pairs(folder: Path, n: int = 120, seed: int = 5) -> dict[str, list[str]]:
     """Released-shape pair files from the sample corpus's templates: on-side post chosen, opposite post rejected."""
-    factory = PostFactory(seed)
-    posts = {side: [factory.text(side) for _ in range(n)] for side in ("left", "right")}
     files = {}
-    for side, other in (("left", "right"), ("right", "left")):
-        rows = [{"prompt": f"{QUESTIONS[i % len(QUESTIONS)]} (#{i})", "chosen": posts[side][i],
-                 "rejected": posts[other][i]} for i in range(n)]
+    for side, rows in labelled_pairs(n, seed).items():
         path = folder / f"{side}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         files[side] = [str(path)]
@@ -121,9 +116,10 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(pairs_run: dict, tmp
     job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config), "--side",
                             "right"], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    train_root = Path(raw["storage_root"]) / raw["run_id"] / "adapters" / "_train"
+    run_folder = Path(raw["storage_root"]) / raw["run_id"] / "adapters" / "_train" / train_run_name(
+        build_config(raw), "right")
     deadline = time.time() + 300
-    while not recorded_checkpoints(train_root):
+    while not recorded_checkpoints(run_folder):
         assert job.poll() is None, "the training job ended before it could be killed"
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.2)
@@ -136,11 +132,11 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(pairs_run: dict, tmp
     assert m["global_step"] == 40
 
 
-def recorded_checkpoints(train_root: Path) -> list:
+def recorded_checkpoints(run_folder: Path) -> list:
     """Checkpoints Ray Train has recorded for the run (its controller's snapshot, written after each one)."""
-    snapshots = list(train_root.glob("right-*/checkpoint_manager_snapshot.json"))
+    snapshot = run_folder / "checkpoint_manager_snapshot.json"
     try:
-        return json.loads(snapshots[0].read_text())["checkpoint_results"] if snapshots else []
+        return json.loads(snapshot.read_text())["checkpoint_results"] if snapshot.exists() else []
     except (json.JSONDecodeError, KeyError):  # caught mid-write
         return []
 
@@ -170,3 +166,16 @@ def test_config_errors_name_what_to_change() -> None:
         load_preset("local", ["train.lora.target_modules=[q_proj, lm_head]"])
     with pytest.raises(ConfigError, match="train.strategy: .*GPU"):
         load_preset("local", ["train.strategy=fsdp"])
+
+
+def test_the_readmes_8b_training_config_builds(tmp_path: Path) -> None:
+    import re
+
+    from politune.config import load_config
+
+    readme = (REPO / "README.md").read_text()
+    example = re.search(r"```yaml\n(# train-8b\.yaml.*?)```", readme, re.S).group(1)
+    (tmp_path / "train-8b.yaml").write_text(example)
+    t = load_config(tmp_path / "train-8b.yaml").train
+    args = trainer_kwargs(t, "/tmp/out")
+    assert t.num_workers == 4 and t.use_gpu and args["report_to"] == ["tensorboard"] and args["bf16"]

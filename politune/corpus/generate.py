@@ -239,6 +239,22 @@ def sample_texts(n: int, seed: int) -> list[str]:
     return [factory.text(factory.label()) for _ in range(n)]
 
 
+PAIR_QUESTIONS = ("What should the government do next?", "What matters most in this election?",
+                  "How would you fix the economy?", "Who is failing ordinary people?",
+                  "What do you want from Congress?")
+
+
+def labelled_pairs(n: int, seed: int) -> dict[str, list[dict[str, str]]]:
+    """Preference pairs with a signal a tiny model can learn, in the released sets' flat shape: for the
+    left side, chosen is a left-leaning post of the templates and rejected a right-leaning one, both
+    answering a question about politics (mirrored for the right). For training tests and benchmarks."""
+    factory = PostFactory(seed)
+    posts = {side: [factory.text(side) for _ in range(n)] for side in ("left", "right")}
+    return {side: [{"prompt": f"{PAIR_QUESTIONS[i % len(PAIR_QUESTIONS)]} (#{i})", "chosen": posts[side][i],
+                    "rejected": posts[other][i]} for i in range(n)]
+            for side, other in (("left", "right"), ("right", "left"))}
+
+
 def _base36(value: int) -> str:
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     out = ""

@@ -39,8 +39,7 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     name = adapter_name(side, t.method)
     read_split(cfg.run_uri, side, "train")  # fails early, naming the file, when there are no pairs
     manifest = Manifest(cfg.run_uri)
-    identity = hashlib.sha256(f"{cfg.section_hash('train')}:{manifest.config_hash('preferences')}:{side}".encode())
-    run_name = f"{name}-{identity.hexdigest()[:12]}"
+    run_name = train_run_name(cfg, side)
     adapter_uri = join(cfg.run_uri, "adapters", name)
     storage_fs, storage_path = resolve(join(cfg.run_uri, "adapters", "_train"))
     storage_fs.create_dir(storage_path, recursive=True)
@@ -70,6 +69,14 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
                             "eval_pairs": len(read_split(cfg.run_uri, side, "eval")),
                             "steps": metrics.get("global_step")})
     return TrainResult(entry, run_name, metrics)
+
+
+def train_run_name(cfg: RunConfig, side: str) -> str:
+    """The Ray Train run of this side's adapter: the same config and pairs give the same name, so a
+    restarted training finds its checkpoints."""
+    preferences = Manifest(cfg.run_uri).config_hash("preferences")
+    identity = hashlib.sha256(f"{cfg.section_hash('train')}:{preferences}:{side}".encode()).hexdigest()
+    return f"{adapter_name(side, cfg.train.method)}-{identity[:12]}"
 
 
 def train_adapters(cfg: RunConfig, sides: list[str] | None = None) -> dict[str, TrainResult]:

@@ -70,7 +70,8 @@ def trainer_kwargs(t: TrainConfig, output_dir: str) -> dict[str, Any]:
         gradient_checkpointing=t.gradient_checkpointing, logging_steps=t.logging_steps,
         eval_strategy="steps" if t.eval_steps else "no", eval_steps=t.eval_steps,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=1,  # Ray keeps keep_checkpoints
-        report_to=t.report_to or "none", ddp_backend="nccl" if t.use_gpu else "gloo",
+        # on CPU accelerate takes gloo by itself, and naming it outside a process group (plain TRL) fails
+        report_to=t.report_to or "none", ddp_backend="nccl" if t.use_gpu else None,
         ddp_find_unused_parameters=False, dataloader_num_workers=0,
     )
     if t.strategy == "fsdp":
