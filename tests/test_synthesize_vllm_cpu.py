@@ -7,7 +7,6 @@ Each vLLM engine start takes about a minute here; the vllm run starts three (two
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
@@ -19,20 +18,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import VLLM_PYTHON, needs_vllm_cpu, vllm_cpu_env
+from conftest import LONG_POST, VLLM_PYTHON, needs_vllm_cpu, tiny_run_with_a_long_post, vllm_cpu_env
 
 from politune.annotate import annotate_documents
 from politune.annotate.hf_engine import HFAnnotator
-from politune.config import TinyModelConfig, build_config
-from politune.corpus.generate import generate_corpus
+from politune.config import build_config
 from politune.ingest import ingest_corpus
-from politune.models.tiny import build_tiny_model
 from politune.select import select_posts
 from politune.storage import Manifest
 from politune.synthesize import synthesize_preferences
 
 pytestmark = [pytest.mark.integration, needs_vllm_cpu]
-LONG_POST = " ".join(f"policy{i} budget{i * 7} reform{i * 13}" for i in range(250))  # over 512 tokens
 VLLM_SETTINGS = {"vllm_device": "cpu", "vllm_stage_num_cpus": 0.2, "max_model_len": 512,
                  "vllm_engine_kwargs": {"dtype": "float32"}}
 
@@ -41,15 +37,8 @@ VLLM_SETTINGS = {"vllm_device": "cpu", "vllm_stage_num_cpus": 0.2, "max_model_le
 def selected_run(ray_local, tmp_path_factory) -> dict:
     """30 generated posts and one too long for the engines, all selected (by source), as a raw config."""
     root = tmp_path_factory.mktemp("synth-vllm")
-    model = build_tiny_model(TinyModelConfig(), root / "tiny")
-    generate_corpus(30, root / "corpus", seed=8)
-    (root / "extra").mkdir()
-    (root / "extra" / "long.jsonl").write_text(json.dumps({"id": "long-1", "text": LONG_POST}) + "\n")
     raw = {
-        "run_id": "synth", "storage_root": str(root / "runs"), "tiny_model": {"out": str(model)},
-        "sources": [{"name": n, "paths": [str(root / "corpus" / n)], "shape": n} for n in ("truthsocial",
-                                                                                        "politosphere")]
-        + [{"name": "extra", "paths": [str(root / "extra")], "shape": "generic"}],
+        **tiny_run_with_a_long_post(root, 30, "synth"),
         "select": {"method": "source", "balance": False, "near_duplicate_threshold": None,
                    "source_sides": {"truthsocial": "right", "politosphere": "left", "extra": "left"}},
         "synthesize": {"max_new_tokens": 16, "drop_truncated": False, "consistency_margin": 0},

@@ -12,37 +12,24 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import VLLM_PYTHON, needs_vllm_cpu, vllm_cpu_env
+from conftest import LONG_POST, VLLM_PYTHON, needs_vllm_cpu, tiny_run_with_a_long_post, vllm_cpu_env
 
 from politune.annotate.hf_engine import HFAnnotator
-from politune.config import TinyModelConfig, build_config
-from politune.corpus.generate import generate_corpus
+from politune.config import build_config
 from politune.ingest import ingest_corpus
-from politune.models.tiny import build_tiny_model
 
 pytestmark = [pytest.mark.integration, needs_vllm_cpu]
-# under ingest's 10,000 characters, over the engine's 512 tokens
-LONG_POST = " ".join(f"policy{i} budget{i * 7} reform{i * 13}" for i in range(250))
 
 
 @pytest.fixture(scope="module")
 def run(ray_local, tmp_path_factory) -> tuple[dict, Path]:
     """A run folder with 40 ingested posts plus one too long for the engine, as a YAML config."""
     root = tmp_path_factory.mktemp("vllm-cpu")
-    model = build_tiny_model(TinyModelConfig(), root / "tiny")
-    generate_corpus(40, root / "corpus", seed=8)
-    (root / "extra").mkdir()
-    (root / "extra" / "long.jsonl").write_text(json.dumps({"id": "long-1", "text": LONG_POST}) + "\n")
     raw = {
-        "run_id": "vllm", "storage_root": str(root / "runs"), "tiny_model": {"out": str(model)},
+        **tiny_run_with_a_long_post(root, 40, "vllm"),
         # the engine actor and its helper stages hold 1.4 CPUs for the whole run; a third logical CPU lets
         # Ray Data's 1-CPU read, repartition and write tasks run beside them on this 2-core machine
         "ray": {"num_cpus": 3},
-        "sources": [
-            {"name": "truthsocial", "paths": [str(root / "corpus" / "truthsocial")], "shape": "truthsocial"},
-            {"name": "politosphere", "paths": [str(root / "corpus" / "politosphere")], "shape": "politosphere"},
-            {"name": "extra", "paths": [str(root / "extra")], "shape": "generic"},
-        ],
         "annotate": {
             "engine": "vllm", "vllm_device": "cpu", "vllm_stage_num_cpus": 0.2, "batch_size": 8,
             "rows_per_file": 16, "max_model_len": 512, "max_new_tokens": 64,
