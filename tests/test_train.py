@@ -132,6 +132,23 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(pairs_run: dict, tmp
     assert m["global_step"] == 40
 
 
+def test_training_on_s3_storage_checkpoints_and_registers_there(pairs_run: dict, s3_bucket: str) -> None:
+    """The run directory on S3 (a moto server on 127.0.0.1): pairs read, checkpoints, adapter and registry
+    written through it."""
+    import boto3
+
+    raw = {**with_train(pairs_run, max_steps=4, save_steps=2), "storage_root": f"s3://{s3_bucket}/runs"}
+    synthesize_preferences(build_config(raw))
+    result = train_adapter(build_config(raw), "left")
+    assert result.adapter.path == f"s3://{s3_bucket}/runs/train/adapters/left"
+    assert get_adapter(f"s3://{s3_bucket}/runs/train", "left").metrics["global_step"] == 4
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="runs/train/adapters/")[
+        "Contents"]]
+    assert "runs/train/adapters/left/adapter_model.safetensors" in keys
+    assert any(k.startswith("runs/train/adapters/_train/left-") and k.endswith("/checkpoint/trainer_state.json")
+               for k in keys)
+
+
 def recorded_checkpoints(run_folder: Path) -> list:
     """Checkpoints Ray Train has recorded for the run (its controller's snapshot, written after each one)."""
     snapshot = run_folder / "checkpoint_manager_snapshot.json"
