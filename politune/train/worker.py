@@ -139,15 +139,8 @@ def train_loop(config: dict[str, Any]) -> None:
             output = trainer.train(resume_from_checkpoint=hf_checkpoint)
     else:
         output = trainer.train()
-    nodes = [None] * dist.get_world_size() if dist.is_initialized() else [None]
-    node = ray.get_runtime_context().get_node_id()
-    if dist.is_initialized():
-        dist.all_gather_object(nodes, node)
-    else:
-        nodes = [node]
-
     metrics: dict[str, Any] = {"resumed_from_step": resumed_from_step, "global_step": trainer.state.global_step,
-                               "train_runtime": output.metrics.get("train_runtime"), "worker_nodes": nodes}
+                               "train_runtime": output.metrics.get("train_runtime"), "worker_nodes": worker_nodes()}
     if rank == 0:
         model = trainer.accelerator.unwrap_model(trainer.model)
         after = preference_metrics(model, tokenizer, eval_rows, t.beta, t.max_length)
@@ -156,6 +149,16 @@ def train_loop(config: dict[str, Any]) -> None:
         _write_adapter(model, trainer.state.log_history, metrics, adapter_uri, output_dir)
     ray.train.report(metrics)
     shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def worker_nodes() -> list[str]:
+    """Every worker's Ray node id, in rank order."""
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized():
+        return [node]
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return nodes
 
 
 def _write_adapter(model: Any, log_history: list[dict[str, Any]], metrics: dict[str, Any], adapter_uri: str,
