@@ -39,7 +39,8 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     cfg = with_absolute_paths(cfg)  # Ray Train workers run in a folder of their own
     t = cfg.train
     name = adapter_name(side, t.method)
-    read_split(cfg.run_uri, side, "train")  # fails early, naming the file, when there are no pairs
+    # read here too so that missing pairs fail before Ray starts, naming the file
+    pairs = {split: len(read_split(cfg.run_uri, side, split)) for split in ("train", "eval")}
     manifest = Manifest(cfg.run_uri)
     run_name = train_run_name(cfg, side)
     adapter_uri = join(cfg.run_uri, "adapters", name)
@@ -62,13 +63,10 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     metrics = read_json(join(adapter_uri, "metrics.json"))  # written by rank 0 beside the adapter
     entry = register(cfg.run_uri, AdapterEntry(
         name=name, side=side, method=t.method, base_model=t.base_model, path=adapter_uri,
-        config_hash=cfg.section_hash("train"),
-        metrics={k: v for k, v in metrics.items() if k.startswith(("before/", "after/")) or k in (
-            "global_step", "resumed_from_step", "train_runtime", "worker_nodes")}))
+        config_hash=cfg.section_hash("train"), metrics=metrics))
     manifest.record(f"adapter:{name}", path=adapter_uri, config_hash=cfg.section_hash("train"),
                     inputs={"preferences": manifest.config_hash("preferences")}, models=[t.base_model],
-                    counts={"train_pairs": len(read_split(cfg.run_uri, side, "train")),
-                            "eval_pairs": len(read_split(cfg.run_uri, side, "eval")),
+                    counts={"train_pairs": pairs["train"], "eval_pairs": pairs["eval"],
                             "steps": metrics.get("global_step")})
     return TrainResult(entry, run_name, metrics)
 
