@@ -29,6 +29,7 @@ from politune.config import TinyModelConfig, build_config
 from politune.corpus.generate import labelled_pairs
 from politune.models.tiny import build_tiny_model
 from politune.synthesize import synthesize_preferences
+from politune.synthesize.formats import write_pairs
 from politune.train import train_adapter
 from politune.train.worker import build_trainer
 
@@ -40,9 +41,8 @@ TRAIN = {"lora": {"rank": 8, "alpha": 16}, "learning_rate": 0.005, "warmup_steps
 def run_config(workdir: Path, model: Path, pairs: int, epochs: float) -> dict:
     files = {}
     for side, rows in labelled_pairs(pairs, seed=11).items():
-        path = workdir / f"{side}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        files[side] = [str(path)]
+        files[side] = [str(workdir / f"{side}.jsonl")]
+        write_pairs(rows, files[side][0])
     return {"run_id": "bench", "storage_root": str(workdir / "runs"), "tiny_model": {"out": str(model)},
             "ray": {"num_cpus": 2}, "synthesize": {"source": "released", "released": files, "eval_share": 0.05},
             "train": {**TRAIN, "num_epochs": epochs}}

@@ -23,6 +23,7 @@ from politune.config import ConfigError, build_config, load_preset
 from politune.corpus.generate import labelled_pairs
 from politune.registry import get_adapter, load_registry
 from politune.synthesize import synthesize_preferences
+from politune.synthesize.formats import write_pairs
 from politune.train import train_adapter, train_adapters
 from politune.train.data import read_split
 from politune.train.stage import train_run_name
@@ -38,9 +39,8 @@ def write_labelled_pairs(folder: Path, n: int = 120, seed: int = 5) -> dict[str,
     """Released-shape pair files from the sample corpus's templates: on-side post chosen, opposite post rejected."""
     files = {}
     for side, rows in labelled_pairs(n, seed).items():
-        path = folder / f"{side}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        files[side] = [str(path)]
+        files[side] = [str(folder / f"{side}.jsonl")]
+        write_pairs(rows, files[side][0])
     return files
 
 

@@ -81,10 +81,10 @@ def openai_replier(cfg: RunConfig) -> ProcessorReplier:
 def write_pairs(posts: list[dict[str, Any]], reply: ProcessorReplier, chosen_from: str) -> list[dict[str, Any]]:
     """One draft a post ({doc_id, side, text}): instructions in one pass, then all answers in another."""
     instructions = reply([request(p["doc_id"], instruction_messages(p["text"])) for p in posts])
-    asks = [request(answer_key(p["doc_id"], role), conversation)
-            for p in posts if not instructions[p["doc_id"]]["error"]
-            for role, conversation in answer_conversations(first_line(instructions[p["doc_id"]]["text"]),
-                                                           p["side"], p["text"], chosen_from).items()]
+    written = {doc_id: first_line(r["text"]) for doc_id, r in instructions.items() if not r["error"]}
+    asks = [request(answer_key(p["doc_id"], role), conversation) for p in posts if p["doc_id"] in written
+            for role, conversation in answer_conversations(written[p["doc_id"]], p["side"], p["text"],
+                                                           chosen_from).items()]
     answers = reply(asks)
     drafts = []
     for p in posts:
@@ -98,7 +98,7 @@ def write_pairs(posts: list[dict[str, Any]], reply: ProcessorReplier, chosen_fro
         if errors:
             drafts.append(failed(p, "; ".join(errors)))
             continue
-        drafts.append(draft(p, (first_line(instruction["text"]), instruction["truncated"]),
+        drafts.append(draft(p, (written[p["doc_id"]], instruction["truncated"]),
                             {role: (r["text"].strip(), r["truncated"]) for role, r in mine.items()}))
     return drafts
 
