@@ -4,9 +4,10 @@
 """
 
 from politune.config import resolve_config
-from politune.console import job_arguments, print_pipeline
+from politune.console import config_args, job_arguments, print_pipeline
 from politune.pipeline import run_pipeline
 
 if __name__ == "__main__":
     args = job_arguments(__doc__)
-    print_pipeline(run_pipeline(resolve_config(args.config, args.preset, args.set)))
+    result = run_pipeline(resolve_config(args.config, args.preset, args.set))
+    print_pipeline(result, config_args(args.config, args.preset, args.set))

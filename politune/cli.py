@@ -48,10 +48,11 @@ def _run_stage(build: Callable[[RunConfig], Any], show: Callable[[Any], None], c
 @app.command()
 def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
     """Run the whole pipeline (tiny model, sample corpus, ingest, annotate, select, synthesize, train)."""
-    from politune.console import print_pipeline
+    from politune.console import config_args, print_pipeline
     from politune.pipeline import run_pipeline
 
-    _run_stage(run_pipeline, print_pipeline, config, preset, set_)
+    _run_stage(run_pipeline, lambda result: print_pipeline(result, config_args(config, preset, set_)), config,
+               preset, set_)
 
 
 @app.command()
@@ -99,6 +100,80 @@ def train(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = Se
     from politune.train import train_adapters
 
     _run_stage(lambda cfg: train_adapters(cfg, side or None), print_train, config, preset, set_)
+
+
+@app.command()
+def serve(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+    """Serve the base model and every registered adapter behind an OpenAI-compatible endpoint (Ray Serve).
+
+    On a local Ray this runs until Ctrl-C; with RAY_ADDRESS set it deploys to that cluster and returns."""
+    import os
+    import signal
+    import time
+
+    from politune.models import ensure_model_files
+    from politune.serve.app import APP_NAME, start_serving
+
+    cfg = _config(config, preset, set_)
+    try:
+        ensure_model_files(cfg, "serve.base_model", cfg.serve.base_model)
+        serving = start_serving(cfg)
+    except (FileNotFoundError, ValueError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"serving at {serving.base_url}  (backend {cfg.serve.backend}, run {cfg.run_uri})")
+    for model_id in serving.model_ids:
+        typer.echo(f"  model: {model_id}")
+    typer.echo(f'probe:   politune probe "What do you think of taxes?" --url {serving.base_url} '
+               f"--model {serving.model_ids[-1]}")
+    if os.environ.get("RAY_ADDRESS") or cfg.ray.address:
+        typer.echo(f"deployed as Serve application {APP_NAME!r}; it keeps running on the cluster")
+        return
+    typer.echo("Ctrl-C stops it.", err=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as Ctrl-C does
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve as ray_serve
+
+        ray_serve.shutdown()
+
+
+@app.command()
+def probe(
+    question: str = typer.Argument(..., help="What to ask every model."),
+    model: list[str] = typer.Option([], "--model", "-m", help="A served model id (repeatable; default: all)."),
+    url: str = typer.Option("http://127.0.0.1:8000/v1", help="The endpoint's base URL."),
+    max_tokens: int = typer.Option(64, min=1),
+    api_key_env: str = typer.Option("POLITUNE_API_KEY", help="Environment variable holding the bearer token."),
+) -> None:
+    """Ask one or several served models the same question, side by side (OpenAI client, greedy decoding)."""
+    import os
+
+    import openai
+    from rich.console import Console
+    from rich.table import Table
+
+    client = openai.OpenAI(base_url=url, api_key=os.environ.get(api_key_env) or "none", max_retries=1)
+    try:
+        models = model or [m.id for m in client.models.list()]
+        answers = [(m, client.chat.completions.create(
+            model=m, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0))
+            for m in models]
+    except openai.APIStatusError as err:
+        typer.secho(f"error: {url}: HTTP {err.status_code}: {err.message}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    except openai.APIConnectionError:
+        typer.secho(f"error: nothing answers at {url}; start one with `politune serve`", fg="red", err=True)
+        raise typer.Exit(1) from None
+    table = Table(title=question, show_lines=True)
+    table.add_column("model")
+    table.add_column("answer")
+    table.add_column("end", justify="right")
+    for m, answer in answers:
+        table.add_row(m, answer.choices[0].message.content, answer.choices[0].finish_reason)
+    Console().print(table)
 
 
 @config_app.command("show")

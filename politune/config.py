@@ -305,9 +305,72 @@ class TrainConfig(Section):
 
 
 class ServeConfig(Section):
-    """Serving base + adapters. Validated now; the stage is built in a later issue."""
+    """The base model and every registered adapter behind one OpenAI-compatible Ray Serve endpoint.
 
+    Model ids are ray.serve.llm's: `<model_id>` for the base, `<model_id>:<adapter>` for an adapter of the
+    run's registry, whichever back end answers."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers + PEFT in a Ray Serve app (CPU or one GPU a replica); vllm: "
+        "ray.serve.llm (vLLM, tensor parallel, LoRA from S3).")
     base_model: str = TINY_MODEL
+    model_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_./-]+$",
+                                 description="The id clients ask for the base by; default: base_model as written.")
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds; 0.0.0.0 exposes it beyond this "
+                      "machine (then set api_key_env's variable).")
+    port: int = Field(8000, ge=1, le=65535)
+    api_key_env: str = Field(
+        "POLITUNE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the bearer token clients must send; when that "
+        "variable is unset or empty, no token is asked. The token itself never goes in a config.")
+    max_prompt_tokens: int = Field(1024, ge=1, description="Longer prompts get a 400.")
+    max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask; more gets a 400.")
+    max_n: int = Field(4, ge=1, description="Largest n (completions a prompt) a request may ask.")
+    # hf back end
+    max_adapters_per_replica: int = Field(
+        4, ge=1, description="Adapters a model replica holds at once (@serve.multiplexed LRU; vllm: "
+        "max_num_adapters_per_replica).")
+    max_batch_size: int = Field(8, ge=1, description="hf: requests a forward pass serves at most (@serve.batch).")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="hf: how long a batch waits to fill.")
+    adapter_batching: Literal["mixed", "per_adapter"] = Field(
+        "mixed", description="hf: mixed runs requests for different adapters in one forward pass (PEFT "
+        "adapter_names); per_adapter runs one pass per adapter in the batch. bench/serve.py measures both.")
+    num_threads: int | None = Field(None, ge=1, description="hf: torch threads a replica; default: its CPUs.")
+    # both back ends
+    min_replicas: int = Field(1, ge=0, description="Model replicas kept up (autoscaling floor).")
+    max_replicas: int = Field(1, ge=1, description="Model replicas at most (autoscaling ceiling).")
+    target_ongoing_requests: float = Field(8, gt=0, description="Autoscaling: requests a replica should hold.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Requests a model replica takes at once.")
+    max_queued_requests: int = Field(
+        64, ge=0, description="Requests waiting for a replica; more get a 503 (overload), never a hang.")
+    request_timeout_s: float = Field(300, gt=0, description="A request running longer gets a 408/503.")
+    cpus_per_replica: float = Field(1, gt=0)
+    gpus_per_replica: float = Field(0, ge=0, description="hf: GPUs a model replica takes (vllm: tensor x pipeline).")
+    # vllm back end (ray.serve.llm)
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs a replica splits each layer over.")
+    pipeline_parallel_size: int = Field(1, ge=1, description="vllm: GPUs a replica splits the layers over.")
+    accelerator_type: str | None = Field(None, description="vllm: Ray accelerator type a replica needs, e.g. H100.")
+    max_model_len: int = Field(4096, ge=64, description="vllm: context length.")
+    max_lora_rank: int = Field(16, ge=1, description="vllm: largest LoRA rank served (the adapters' rank or more).")
+    max_loras_per_batch: int = Field(1, ge=1, description="vllm: adapters one engine step may mix (max_loras).")
+    lora_path: str | None = Field(
+        None, description="vllm: where ray.serve.llm loads adapters from (s3:// or gs://); default: the run's "
+        "adapters/ folder, which must then be on S3.")
+    vllm_device: Literal["cuda", "cpu"] = Field(
+        "cuda", description="vllm: cuda for GPU replicas; cpu runs vLLM's CPU build in one CPU bundle, for tests.")
+    vllm_engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: more vLLM engine arguments, e.g. {gpu_memory_utilization: 0.9}.")
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> ServeConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+    @property
+    def served_id(self) -> str:
+        """The id of the base model on the endpoint."""
+        return self.model_id or self.base_model
 
 
 class EvaluateConfig(Section):
@@ -346,6 +409,15 @@ class RunConfig(Section):
     @property
     def run_uri(self) -> str:
         return f"{self.storage_root.rstrip('/')}/{self.run_id}"
+
+    def with_absolute_paths(self) -> RunConfig:
+        """This config with its local paths made absolute, as this process sees them: for Ray workers and
+        replicas, which run in folders of their own."""
+        update: dict[str, Any] = {"tiny_model": self.tiny_model.model_copy(
+            update={"out": str(Path(self.tiny_model.out).absolute())})}
+        if "://" not in self.storage_root:
+            update["storage_root"] = str(Path(self.storage_root).absolute())
+        return self.model_copy(update=update)
 
     def hash(self) -> str:
         """Stable hash of the resolved config (recorded in the manifest beside every artifact)."""

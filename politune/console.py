@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from rich.console import Console
 from rich.markup import escape
@@ -90,7 +91,25 @@ def print_train(results: dict[str, TrainResult]) -> None:
         console.print(f"  adapter: {a.path}")
 
 
-def print_pipeline(result: PipelineResult) -> None:
+def config_args(config: str | None, preset: str | None, overrides: list[str]) -> str:
+    """The command-line arguments that name a run's config, for the next command a user types."""
+    args = [f"--config {config}"] if config else [f"--preset {preset}"] if preset and preset != "local" else []
+    return " ".join(args + [f"--set {shlex.quote(o)}" for o in overrides])
+
+
+def print_next_steps(result: PipelineResult, args: str) -> None:
+    """How to serve and probe what the run trained."""
+    adapters = [r.adapter.name for r in result.train.values()]
+    if not adapters:
+        return
+    serve = f"politune serve {args}".strip()
+    console.print(f"next:       {escape(serve)}   # base and adapters {', '.join(adapters)} on {result.serve_url}")
+    models = " ".join(f"--model {result.served_id}:{a}" for a in adapters)
+    console.print(f'            politune probe "What should the government do about taxes?" --url {result.serve_url} '
+                  f"--model {result.served_id} {models}")
+
+
+def print_pipeline(result: PipelineResult, args: str = "") -> None:
     if result.tiny_model:
         console.print(f"tiny model: {result.tiny_model}  (random weights: its text is noise)")
     if result.corpus:
@@ -103,3 +122,4 @@ def print_pipeline(result: PipelineResult) -> None:
     if result.train:
         print_train(result.train)
     console.print(f"run:        {result.run_uri}  (manifest.json lists every artifact and its counts)")
+    print_next_steps(result, args)

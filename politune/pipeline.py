@@ -17,7 +17,7 @@ from politune.annotate import AnnotateResult, annotate_documents
 from politune.config import TINY_MODEL, RunConfig
 from politune.corpus.generate import corpus_is_current, generate_corpus
 from politune.ingest import IngestResult, ingest_corpus
-from politune.models.tiny import build_tiny_model, tiny_model_is_current
+from politune.models import ensure_model_files
 from politune.select import SelectResult, select_posts
 from politune.synthesize import SynthesizeResult, synthesize_preferences
 from politune.train import TrainResult, train_adapters
@@ -33,6 +33,8 @@ class PipelineResult:
     select: SelectResult | None
     synthesize: SynthesizeResult
     train: dict[str, TrainResult]
+    served_id: str  # the id `politune serve` gives the base model
+    serve_url: str  # and where it serves it
 
 
 def uses_tiny_model(cfg: RunConfig) -> bool:
@@ -42,9 +44,7 @@ def uses_tiny_model(cfg: RunConfig) -> bool:
 
 
 def ensure_tiny_model(cfg: RunConfig) -> str:
-    if not tiny_model_is_current(cfg.tiny_model):
-        build_tiny_model(cfg.tiny_model)
-    return str(Path(cfg.tiny_model.out).absolute())
+    return ensure_model_files(cfg, "tiny_model", TINY_MODEL)
 
 
 def ensure_corpus(cfg: RunConfig) -> dict[str, Any]:
@@ -55,14 +55,20 @@ def ensure_corpus(cfg: RunConfig) -> dict[str, Any]:
     return json.loads((Path(c.out) / "corpus.json").read_text())
 
 
+def serve_url(cfg: RunConfig) -> str:
+    return f"http://{cfg.serve.host}:{cfg.serve.port}/v1"
+
+
 def run_pipeline(cfg: RunConfig) -> PipelineResult:
     tiny = ensure_tiny_model(cfg) if uses_tiny_model(cfg) else None
     if cfg.synthesize.source == "released":
         synthesized = synthesize_preferences(cfg)
-        return PipelineResult(cfg.run_uri, tiny, None, None, None, None, synthesized, train_adapters(cfg))
+        return PipelineResult(cfg.run_uri, tiny, None, None, None, None, synthesized, train_adapters(cfg),
+                              cfg.serve.served_id, serve_url(cfg))
     corpus = ensure_corpus(cfg) if cfg.corpus is not None else None
     ingested = ingest_corpus(cfg)
     annotated = annotate_documents(cfg)
     selected = select_posts(cfg)
     synthesized = synthesize_preferences(cfg)
-    return PipelineResult(cfg.run_uri, tiny, corpus, ingested, annotated, selected, synthesized, train_adapters(cfg))
+    return PipelineResult(cfg.run_uri, tiny, corpus, ingested, annotated, selected, synthesized, train_adapters(cfg),
+                          cfg.serve.served_id, serve_url(cfg))

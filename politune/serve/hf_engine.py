@@ -1,0 +1,202 @@
+"""transformers + PEFT for the hf back end: one base model in memory, LoRA adapters added and removed by name,
+and a batch of prompts for different adapters generated together.
+
+Plain Python and torch, no Ray: the Serve replica (hf_model.py) owns one, and bench/serve.py measures it.
+
+Mixed batches: PEFT runs rows for different adapters (and the base, `__base__`) through one forward pass when
+given `adapter_names=[...]`; each LoRA layer applies each adapter to its own rows. With
+`adapter_batching: per_adapter` a batch holds one adapter, and the same code runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from politune.models import load_causal_lm
+from politune.serve.protocol import GeneratedChoice
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class Row:
+    """One choice to generate: a tokenized prompt and how to continue it."""
+
+    request_id: str
+    prompt_ids: list[int]
+    adapter: str | None
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None
+    echo: bool = False
+    prompt_text: str = ""  # put before the answer with echo
+
+    def sampling(self) -> tuple:
+        """Rows with the same sampling settings share one generate call."""
+        return (self.temperature, self.top_p, self.seed) if self.temperature > 0 else (0.0, 1.0, None)
+
+
+class _RowLimits(StoppingCriteria):
+    """Per-row stop: a row is done at its own max_tokens, or as soon as its request was cancelled."""
+
+    def __init__(self, rows: list[Row], prompt_len: int, is_cancelled: Callable[[str], bool]) -> None:
+        self.limits = torch.tensor([r.max_tokens for r in rows])
+        self.ids, self.prompt_len, self.is_cancelled = [r.request_id for r in rows], prompt_len, is_cancelled
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        done = (input_ids.shape[1] - self.prompt_len) >= self.limits
+        cancelled = torch.tensor([self.is_cancelled(i) for i in self.ids])
+        return (done | cancelled).to(input_ids.device)
+
+
+class AdapterModel:
+    def __init__(self, base_path: str, device: str = "cpu") -> None:
+        self.base, self.tokenizer = load_causal_lm(base_path, device=device)
+        self.tokenizer.padding_side = "left"
+        self.model = self.base  # becomes a PeftModel with the first adapter
+        self.device = device
+        eos = self.base.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.eos_ids.add(self.tokenizer.eos_token_id)
+        self.max_positions = getattr(self.base.config, "max_position_embeddings", None)
+
+    # adapters -------------------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> set[str]:
+        return set(getattr(self.model, "peft_config", {}))
+
+    def add_adapter(self, name: str, folder: Path) -> None:
+        from peft import PeftModel
+
+        if name in self.adapters:
+            return
+        if self.model is self.base:
+            self.model = PeftModel.from_pretrained(self.base, str(folder), adapter_name=name)
+        else:
+            self.model.load_adapter(str(folder), adapter_name=name)
+        self.model.eval()
+
+    def remove_adapter(self, name: str) -> bool:
+        """Free an adapter's weights. PEFT cannot run with no adapter at all, so the last one stays (it costs
+        its LoRA weights only) until another is added; returns whether it was removed."""
+        if name not in self.adapters or len(self.adapters) == 1:
+            return False
+        self.model.delete_adapter(name)
+        return True
+
+    # tokens -----------------------------------------------------------------------------------------------
+    def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+        if messages is not None:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt)["input_ids"]
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    # generation ---------------------------------------------------------------------------------------------
+    def generate(self, rows: list[Row], is_cancelled: Callable[[str], bool] = lambda _: False) -> list[GeneratedChoice]:
+        """One choice a row, in order. Rows are grouped by sampling settings only: adapters mix in a batch."""
+        out: list[GeneratedChoice | None] = [None] * len(rows)
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(row.sampling(), []).append(i)
+        for key, index in groups.items():
+            group = [rows[i] for i in index]
+            for i, choice in zip(index, self._generate_group(group, key, is_cancelled), strict=True):
+                out[i] = choice
+        return out  # type: ignore[return-value]
+
+    def _adapter_kwargs(self, rows: list[Row]) -> dict:
+        if self.model is self.base:
+            return {}
+        return {"adapter_names": [r.adapter or BASE for r in rows]}
+
+    def _padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self.device)
+        return ids, mask
+
+    @torch.no_grad()
+    def _generate_group(self, rows: list[Row], sampling: tuple, is_cancelled: Callable[[str], bool]
+                        ) -> list[GeneratedChoice]:
+        temperature, top_p, seed = sampling
+        ids, mask = self._padded([r.prompt_ids for r in rows])
+        max_new = max(r.max_tokens for r in rows)
+        completions: list[list[int]] = [[] for _ in rows]
+        if max_new > 0:
+            kwargs = {"do_sample": temperature > 0, "temperature": temperature or None,
+                      "top_p": top_p if temperature > 0 else None, "top_k": None}
+            if seed is not None:
+                torch.manual_seed(seed)
+            output = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=sorted(self.eos_ids),
+                stopping_criteria=StoppingCriteriaList([_RowLimits(rows, ids.shape[1], is_cancelled)]),
+                **kwargs, **self._adapter_kwargs(rows))
+            completions = [seq[: r.max_tokens] for seq, r in zip(output[:, ids.shape[1]:].tolist(), rows, strict=True)]
+        choices = [self._finish(r, c) for r, c in zip(rows, completions, strict=True)]
+        scored = [i for i, r in enumerate(rows) if r.logprobs is not None]
+        if scored:
+            self._add_logprobs([rows[i] for i in scored], [choices[i] for i in scored],
+                               [completions[i][: choices[i].completion_tokens] for i in scored])
+        return choices
+
+    def _finish(self, row: Row, tokens: list[int]) -> GeneratedChoice:
+        """Cut a row's tokens at its end token or first stop string; say why it ended."""
+        reason = "length"
+        for k, token in enumerate(tokens):
+            if token in self.eos_ids:
+                tokens, reason = tokens[:k], "stop"
+                break
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cuts = [text.find(s) for s in row.stop if s in text]
+        if cuts:
+            cut, reason = min(cuts), "stop"
+            text, kept = text[:cut], 0
+            while kept < len(tokens) and len(self.tokenizer.decode(tokens[:kept], skip_special_tokens=True)) < cut:
+                kept += 1  # the tokens that start before the stop string
+            tokens = tokens[:kept]
+        if row.echo:
+            text = row.prompt_text + text
+        return GeneratedChoice(text=text, finish_reason=reason, completion_tokens=len(tokens))
+
+    def _add_logprobs(self, rows: list[Row], choices: list[GeneratedChoice], completions: list[list[int]]) -> None:
+        """Log-probabilities of every returned token (with echo, of the prompt's too, the first being None) and
+        the top alternatives, from one forward pass over prompt + completion."""
+        sequences = [r.prompt_ids + c for r, c in zip(rows, completions, strict=True)]
+        ids, mask = self._padded(sequences)
+        logits = self.model(input_ids=ids, attention_mask=mask, **self._adapter_kwargs(rows)).logits
+        width = ids.shape[1]
+        for b, (row, choice, seq) in enumerate(zip(rows, choices, sequences, strict=True)):
+            start = width - len(seq)  # left padding
+            logprobs = torch.log_softmax(logits[b, start:-1].float(), dim=-1)  # position t predicts token t+1
+            first = 0 if row.echo else len(row.prompt_ids)
+            tokens, token_lps, tops = [], [], []
+            for t in range(first, len(seq)):
+                tokens.append(self.token_text(seq[t]))
+                lp = None if t == 0 else float(logprobs[t - 1, seq[t]])
+                token_lps.append(lp)
+                if row.logprobs:
+                    if t == 0:
+                        tops.append({})
+                    else:
+                        values, index = logprobs[t - 1].topk(row.logprobs)
+                        tops.append({self.token_text(int(i)): float(v) for v, i in zip(values, index, strict=True)})
+            choice.tokens, choice.token_logprobs = tokens, token_lps
+            choice.top_logprobs = tops if row.logprobs else None
+            offsets, at = [], 0
+            for piece in tokens:
+                offsets.append(at)
+                at += len(piece)
+            choice.text_offset = offsets

@@ -1,0 +1,177 @@
+"""The hf back end's model replica: the base loaded once, adapters through `@serve.multiplexed` (LRU), and
+concurrent requests batched with `@serve.batch` into one generate call.
+
+Adapter lifetime: the multiplexer decides which adapters a replica holds (`held`); the weights themselves are
+added and deleted only under the replica's model lock, between forward passes. An adapter the multiplexer
+evicts is deleted after the pass that may still be using it, and one a batch needs that was evicted meanwhile
+is added back for that pass from its downloaded copy. So no forward pass ever loses an adapter mid-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import serve
+
+from politune.config import RunConfig
+from politune.models import resolve_model
+from politune.registry import load_registry
+from politune.serve.guard import ADAPTER_NAME
+from politune.serve.hf_engine import AdapterModel, Row
+from politune.serve.protocol import Generation, GenerationRequest
+from politune.storage import resolve
+
+
+class ServeMetrics:
+    """On Ray's metrics endpoint (and so the dashboard), tagged by model id."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter, Histogram
+
+        tags = ("model",)
+        self.requests = Counter("politune_serve_requests", "Requests answered, by model id and HTTP status.",
+                                tag_keys=("model", "status"))
+        self.tokens_in = Counter("politune_serve_tokens_in", "Prompt tokens, by model id.", tag_keys=tags)
+        self.tokens_out = Counter("politune_serve_tokens_out", "Generated tokens, by model id.", tag_keys=tags)
+        self.latency = Histogram("politune_serve_request_seconds", "Request latency, by model id.",
+                                 boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], tag_keys=tags)
+        self.adapter_loads = Counter("politune_serve_adapter_loads", "Adapters loaded into a replica, by model id.",
+                                     tag_keys=tags)
+        self.cancelled = Counter("politune_serve_cancelled_requests",
+                                 "Requests whose client went away before the answer, by model id.", tag_keys=tags)
+        self.adapter_evictions = Counter("politune_serve_adapter_evictions",
+                                         "Adapters evicted from a replica (LRU), by model id.", tag_keys=tags)
+
+
+class _HeldAdapter:
+    """What the multiplexer caches for an adapter; its eviction tells the replica to free the weights."""
+
+    def __init__(self, name: str, replica: HFModelServer) -> None:
+        self.name, self.replica = name, replica
+
+    async def __del__(self) -> None:  # called by @serve.multiplexed on LRU eviction
+        self.replica.held.discard(self.name)
+        self.replica.metrics.adapter_evictions.inc(tags={"model": self.replica.adapter_id(self.name)})
+
+
+@serve.deployment(name="model")
+class HFModelServer:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        run = RunConfig.model_validate(cfg)
+        s = run.serve
+        torch.set_num_threads(s.num_threads or max(1, int(s.cpus_per_replica)))
+        self.serve_cfg, self.run_uri = s, run.run_uri
+        self.engine = AdapterModel(resolve_model(s.base_model, run), "cuda" if s.gpus_per_replica else "cpu")
+        self.downloads = Path(tempfile.mkdtemp(prefix="politune-adapters-"))
+        self.held: set[str] = set()
+        self.cancelled: set[str] = set()
+        self.lock = asyncio.Lock()
+        self.metrics = ServeMetrics()
+
+        async def load(name: str) -> _HeldAdapter:
+            return await self._load_adapter(name)
+
+        self.get_adapter = serve.multiplexed(max_num_models_per_replica=s.max_adapters_per_replica)(load)
+        self._batched.set_max_batch_size(s.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+
+    def adapter_id(self, name: str | None) -> str:
+        return self.serve_cfg.served_id if name is None else f"{self.serve_cfg.served_id}:{name}"
+
+    async def _load_adapter(self, name: str) -> _HeldAdapter:
+        """Fetch an adapter named in the registry (local or s3://) and add it to the model."""
+        entry = load_registry(self.run_uri).get(name) if ADAPTER_NAME.match(name) else None
+        if entry is None:
+            raise LookupError(f"adapter {name!r} is not in the registry")
+        folder = await asyncio.to_thread(self._download, entry.path, name)
+        async with self.lock:
+            await asyncio.to_thread(self.engine.add_adapter, name, folder)
+        self.held.add(name)
+        self.metrics.adapter_loads.inc(tags={"model": self.adapter_id(name)})
+        return _HeldAdapter(name, self)
+
+    def _download(self, uri: str, name: str) -> Path:
+        fs, path = resolve(uri)
+        folder = self.downloads / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for info in fs.get_file_info(f"{path}/adapter_config.json"), fs.get_file_info(
+                f"{path}/adapter_model.safetensors"):
+            with fs.open_input_stream(info.path) as src:
+                (folder / info.base_name).write_bytes(src.read())
+        return folder
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        try:
+            return await self._batched(request)
+        except asyncio.CancelledError:  # the client went away: stop its rows at the next token
+            self.cancelled.add(request.request_id)
+            self.metrics.cancelled.inc(tags={"model": self.adapter_id(request.adapter)})
+            raise
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _batched(self, requests: list[GenerationRequest]) -> list[Generation]:
+        started = time.perf_counter()
+        results: list[Generation] = [Generation() for _ in requests]
+        rows: list[tuple[int, Row]] = []
+        for i, req in enumerate(requests):
+            try:
+                rows.extend((i, row) for row in self._rows(req, results[i]))
+            except ValueError as err:
+                results[i].error = (400, str(err), "prompt" if req.prompt is not None else "messages")
+        for name in sorted({row.adapter for _, row in rows if row.adapter}):
+            try:
+                await self.get_adapter(name)
+            except Exception as err:  # an adapter that cannot be loaded fails its own requests only
+                for i, row in rows:
+                    if row.adapter == name:
+                        results[i].error = (503, f"adapter {name!r} could not be loaded: {err}", "model")
+        rows = [(i, row) for i, row in rows if results[i].error is None]
+        if rows:
+            async with self.lock:
+                choices = await asyncio.to_thread(self._generate_locked, [row for _, row in rows])
+            for (i, _), choice in zip(rows, choices, strict=True):
+                results[i].choices.append(choice)
+        for req in requests:
+            self.cancelled.discard(req.request_id)
+        elapsed = time.perf_counter() - started
+        for req, result in zip(requests, results, strict=True):
+            if result.error is None:
+                model = self.adapter_id(req.adapter)
+                out = sum(c.completion_tokens for c in result.choices)
+                for counter, n in (self.metrics.tokens_in, result.prompt_tokens), (self.metrics.tokens_out, out):
+                    if n:  # Ray's counters refuse 0
+                        counter.inc(n, tags={"model": model})
+                self.metrics.latency.observe(elapsed, tags={"model": model})
+        return results
+
+    def _rows(self, req: GenerationRequest, result: Generation) -> list[Row]:
+        """A request's n rows; ValueError when its prompt is over the limits."""
+        s = self.serve_cfg
+        ids = self.engine.prompt_ids(req.prompt, req.messages)
+        result.prompt_tokens = len(ids)
+        if len(ids) > s.max_prompt_tokens:
+            raise ValueError(f"the prompt is {len(ids)} tokens; this server takes at most {s.max_prompt_tokens} "
+                             "(serve.max_prompt_tokens)")
+        limit = self.engine.max_positions
+        if limit and len(ids) + req.max_tokens > limit:
+            raise ValueError(f"the prompt ({len(ids)} tokens) plus max_tokens ({req.max_tokens}) is over the "
+                             f"model's context of {limit} tokens")
+        return [Row(request_id=req.request_id, prompt_ids=ids, adapter=req.adapter, max_tokens=req.max_tokens,
+                    temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
+                    logprobs=req.logprobs, echo=req.echo, prompt_text=req.prompt or "") for _ in range(req.n)]
+
+    def _generate_locked(self, rows: list[Row]) -> list:
+        """Runs with the model lock held: make sure this batch's adapters are present, generate, then free the
+        adapters the multiplexer no longer holds."""
+        for name in {r.adapter for r in rows if r.adapter} - self.engine.adapters:
+            self.engine.add_adapter(name, self.downloads / name)  # evicted since it was fetched
+        try:
+            return self.engine.generate(rows, self.cancelled.__contains__)
+        finally:
+            for name in self.engine.adapters - self.held:
+                self.engine.remove_adapter(name)

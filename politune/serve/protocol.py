@@ -1,0 +1,180 @@
+"""The OpenAI API as the hf back end speaks it: requests validated with pydantic, responses built from the
+`openai` package's own types, so a client cannot tell this server from ray.serve.llm's or OpenAI's.
+
+Only what the server does is accepted: an unknown field, or a feature this server does not have (streaming),
+is a 400 that names the field, rather than a request quietly answered some other way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from openai.types import Completion, CompletionChoice, CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionTokenLogprob
+from openai.types.chat.chat_completion import Choice as ChatChoice
+from openai.types.chat.chat_completion import ChoiceLogprobs
+from openai.types.chat.chat_completion_token_logprob import TopLogprob
+from openai.types.completion_choice import Logprobs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from politune.serve.guard import APIError
+
+MAX_TOP_LOGPROBS = 20
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=0)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = Field(None, validate_default=True)
+    seed: int | None = None
+    stream: Literal[False] = False
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("up to 4 non-empty stop strings")
+        return stops
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str] = Field(..., description="A prompt, or a list of prompts (one choice each).")
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("at least one prompt")
+        return prompt
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+    name: str | None = None
+
+
+class ChatRequest(_Request):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+def parse_request(body: bytes, kind: type[_Request]) -> _Request:
+    """A request body as `kind`; APIError 400 naming the field (or the JSON problem) otherwise."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise APIError(400, f"the request body is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {type(data).__name__}")
+    try:
+        return kind.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        path = ".".join(str(p) for p in first["loc"]) or "(body)"
+        if first["type"] == "extra_forbidden":
+            message = f"{path}: unknown or unsupported field"
+        elif first["type"] == "literal_error" and path == "stream":
+            message = "stream: streaming is not supported by this server; send stream: false"
+        else:
+            message = f"{path}: {first['msg'].removeprefix('Value error, ')}"
+        more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+        raise APIError(400, message + more, param=path.split(".")[0]) from None
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt's work for a model replica (a completion's prompt, or a chat's messages)."""
+
+    request_id: str
+    adapter: str | None           # a registry name, or None for the base
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: int | None = None   # top alternatives a token; 0 = the chosen token's only; None = none
+    echo: bool = False
+
+
+@dataclass
+class GeneratedChoice:
+    text: str
+    finish_reason: str
+    tokens: list[str] = field(default_factory=list)          # with logprobs: every token of `text`
+    token_logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int] = field(default_factory=list)
+    completion_tokens: int = 0
+
+
+@dataclass
+class Generation:
+    """A replica's answer to one GenerationRequest: its n choices, or why it was refused."""
+
+    choices: list[GeneratedChoice] = field(default_factory=list)
+    prompt_tokens: int = 0
+    error: tuple[int, str, str | None] | None = None  # (status, message, param)
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def completion_response(model: str, generations: list[Generation], logprobs: bool) -> Completion:
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for gen in generations:
+        prompt_tokens += gen.prompt_tokens
+        for c in gen.choices:
+            completion_tokens += c.completion_tokens
+            # model_construct: with echo the first token has no log-probability, which the API sends as null
+            # (as OpenAI and vLLM do) but the package's type, List[float], does not admit
+            lp = Logprobs.model_construct(tokens=c.tokens, token_logprobs=c.token_logprobs,
+                                          top_logprobs=c.top_logprobs, text_offset=c.text_offset) if logprobs else None
+            choices.append(CompletionChoice(index=len(choices), text=c.text, finish_reason=c.finish_reason,
+                                            logprobs=lp))
+    return Completion(id=_new_id("cmpl"), object="text_completion", created=int(time.time()), model=model,
+                      choices=choices, usage=CompletionUsage(prompt_tokens=prompt_tokens,
+                                                             completion_tokens=completion_tokens,
+                                                             total_tokens=prompt_tokens + completion_tokens))
+
+
+def chat_response(model: str, gen: Generation, logprobs: bool) -> ChatCompletion:
+    choices, completion_tokens = [], 0
+    for i, c in enumerate(gen.choices):
+        completion_tokens += c.completion_tokens
+        content = None
+        if logprobs:
+            content = [ChatCompletionTokenLogprob(
+                token=tok, logprob=lp if lp is not None else 0.0, bytes=list(tok.encode()),
+                top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(t.encode()))
+                              for t, v in (c.top_logprobs[k] if c.top_logprobs else {}).items()])
+                for k, (tok, lp) in enumerate(zip(c.tokens, c.token_logprobs, strict=True))]
+        choices.append(ChatChoice(
+            index=i, finish_reason=c.finish_reason,
+            message=ChatCompletionMessage(role="assistant", content=c.text),
+            logprobs=ChoiceLogprobs(content=content) if logprobs else None))
+    return ChatCompletion(id=_new_id("chatcmpl"), object="chat.completion", created=int(time.time()), model=model,
+                          choices=choices, usage=CompletionUsage(prompt_tokens=gen.prompt_tokens,
+                                                                 completion_tokens=completion_tokens,
+                                                                 total_tokens=gen.prompt_tokens + completion_tokens))

@@ -1,0 +1,275 @@
+"""The hf Serve back end over real HTTP on 127.0.0.1: one app on the session's local Ray, the tiny model and two
+adapters read from a run on the moto S3 server.
+
+The adapters are real PEFT LoRA adapters with random weights (conftest.register_random_adapters), not trained
+ones: serving only needs them to differ from the base, and training has its own tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+from conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, free_port, register_random_adapters
+
+from politune.config import TinyModelConfig, build_config
+from politune.models.tiny import build_tiny_model
+
+pytestmark = pytest.mark.integration
+LIMITS = {"max_prompt_tokens": 48, "max_tokens": 400, "max_n": 2, "max_batch_size": 8, "max_ongoing_requests": 4,
+          "max_queued_requests": 8, "max_adapters_per_replica": 2}
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, s3_bucket: str, tmp_path_factory) -> dict:
+    from ray import serve
+
+    from politune.serve.app import start_serving
+
+    root = tmp_path_factory.mktemp("serve")
+    tiny = build_tiny_model(TinyModelConfig(), root / "tiny")
+    raw = {"run_id": "served", "storage_root": f"s3://{s3_bucket}/serve-runs", "tiny_model": {"out": str(tiny)},
+           "serve": {**LIMITS, "port": free_port(), "api_key_env": SERVE_TOKEN_ENV}}
+    cfg = build_config(raw)
+    register_random_adapters(cfg.run_uri, tiny, ["left", "right"])
+    serving = start_serving(cfg)
+    yield {"url": serving.base_url, "ids": serving.model_ids, "cfg": cfg, "tiny": tiny}
+    serve.shutdown()
+
+
+def call(url: str, body: dict | bytes | None = None, token: str | None = SERVE_TOKEN, method: str | None = None,
+         timeout: float = 120) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        text = err.read()
+        return err.code, json.loads(text) if text.startswith(b"{") else {"text": text.decode()}
+
+
+def client(server: dict) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server["url"], api_key=SERVE_TOKEN, max_retries=0)
+
+
+def test_models_lists_the_base_and_every_registered_adapter(server: dict) -> None:
+    assert server["ids"] == ["tiny", "tiny:left", "tiny:right"]
+    status, body = call(f"{server['url']}/models")
+    assert status == 200 and body["object"] == "list"
+    by_id = {m["id"]: m for m in body["data"]}
+    assert sorted(by_id) == server["ids"]
+    assert by_id["tiny:left"]["metadata"] | {"metrics": None} == {
+        "adapter": "left", "side": "left", "method": "dpo", "base_model": "tiny", "metrics": None}
+    assert by_id["tiny:right"]["metadata"]["metrics"] == {"random_init": True}  # the registry's metrics
+    assert [m.id for m in client(server).models.list()] == server["ids"]
+
+
+def test_base_and_adapters_answer_with_different_logprobs(server: dict) -> None:
+    scored = {}
+    for model in server["ids"]:
+        status, body = call(f"{server['url']}/completions", {
+            "model": model, "prompt": "The government should cut taxes", "max_tokens": 3, "temperature": 0,
+            "logprobs": 2, "echo": True})
+        assert status == 200, body
+        [choice] = body["choices"]
+        lp = choice["logprobs"]
+        assert choice["text"].startswith("The government should cut taxes")
+        assert len(lp["tokens"]) == len(lp["token_logprobs"]) == body["usage"]["prompt_tokens"] + 3
+        assert lp["token_logprobs"][0] is None and all(v < 0 for v in lp["token_logprobs"][1:])
+        assert all(len(top) == 2 for top in lp["top_logprobs"][1:])
+        assert body["model"] == model and body["usage"]["completion_tokens"] == 3
+        scored[model] = lp["token_logprobs"][1:body["usage"]["prompt_tokens"]]  # the prompt's own tokens
+    # the same prompt's tokens, scored by three different models
+    assert scored["tiny"] != scored["tiny:left"] != scored["tiny:right"] != scored["tiny"]
+
+
+def test_a_batch_mixing_adapters_gives_each_row_its_own_adapter(server: dict) -> None:
+    """Concurrent requests for the three models are batched together; each must equal its lone answer."""
+    body = {"prompt": "Healthcare for everyone", "max_tokens": 0, "echo": True, "logprobs": 0}
+    alone = {m: call(f"{server['url']}/completions", {**body, "model": m})[1] for m in server["ids"]}
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(lambda m: (m, call(f"{server['url']}/completions", {**body, "model": m})[1]),
+                                 server["ids"] * 4))
+    for model, answer in together:
+        assert answer["choices"][0]["logprobs"]["token_logprobs"] == pytest.approx(
+            alone[model]["choices"][0]["logprobs"]["token_logprobs"], abs=1e-4), model
+
+
+def test_openai_client_chat_and_completions(server: dict) -> None:
+    api = client(server)
+    chat = api.chat.completions.create(model="tiny:left", messages=[{"role": "user", "content": "Taxes?"}],
+                                       max_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
+    assert chat.choices[0].finish_reason in ("stop", "length") and chat.usage.completion_tokens <= 5
+    assert len(chat.choices[0].logprobs.content) == chat.usage.completion_tokens
+    again = api.chat.completions.create(model="tiny:left", messages=[{"role": "user", "content": "Taxes?"}],
+                                        max_tokens=5, temperature=0)
+    assert again.choices[0].message.content == chat.choices[0].message.content  # greedy is deterministic
+    many = api.completions.create(model="tiny:right", prompt=["a", "b c"], max_tokens=2, n=2, temperature=1.0,
+                                  seed=3)
+    assert [c.index for c in many.choices] == [0, 1, 2, 3] and many.usage.completion_tokens <= 8
+    stopped = api.completions.create(model="tiny", prompt="vote", max_tokens=20, temperature=0, stop=[" "])
+    assert " " not in stopped.choices[0].text
+
+
+@pytest.mark.parametrize("model", ["tiny:nope", "tiny:../left", "tiny:/etc/passwd", "tiny:s3://bucket/x",
+                                   "tiny:left/../../right", "../left", "tiny:", "left", "gpt-4"])
+def test_unknown_or_path_like_model_ids_are_404_listing_the_known_ones(server: dict, model: str) -> None:
+    status, body = call(f"{server['url']}/completions", {"model": model, "prompt": "hi", "max_tokens": 1})
+    assert status == 404, body
+    assert body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
+    assert "tiny, tiny:left, tiny:right" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("body", "status", "names"), [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": "many"}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "hi", "max_tokenz": 3}, 400, "max_tokenz: unknown"),
+    ({"model": "tiny"}, 400, "prompt"),
+    ({"model": "tiny", "prompt": "hi", "temperature": 9}, 400, "temperature"),
+    ({"model": "tiny", "prompt": "hi", "stream": True}, 400, "stream"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": 401}, 400, "serve.max_tokens"),
+    ({"model": "tiny", "prompt": "hi", "n": 3}, 400, "serve.max_n"),
+    ({"model": "tiny", "prompt": "word " * 60}, 400, "serve.max_prompt_tokens"),
+    ({"model": 7, "prompt": "hi"}, 400, "model"),
+])
+def test_bad_requests_are_400_naming_the_problem(server: dict, body, status: int, names: str) -> None:
+    got, answer = call(f"{server['url']}/completions", body)
+    assert got == status, answer
+    assert names in answer["error"]["message"] and answer["error"]["type"] == "invalid_request_error"
+
+
+def test_chat_over_the_prompt_limit_is_400(server: dict) -> None:
+    status, body = call(f"{server['url']}/chat/completions", {
+        "model": "tiny:left", "messages": [{"role": "user", "content": "word " * 60}], "max_tokens": 2})
+    assert status == 400 and "serve.max_prompt_tokens" in body["error"]["message"]
+
+
+def test_bearer_token_is_required_and_never_echoed(server: dict) -> None:
+    for token in (None, "wrong", SERVE_TOKEN[:-1]):
+        for path, body in (("/models", None), ("/completions", {"model": "tiny", "prompt": "x"})):
+            status, answer = call(f"{server['url']}{path}", body, token=token)
+            assert status == 401 and answer["error"]["type"] == "authentication_error"
+            assert SERVE_TOKEN_ENV in answer["error"]["message"] and SERVE_TOKEN not in json.dumps(answer)
+
+
+def test_unknown_route_and_health(server: dict) -> None:
+    status, body = call(server["url"].removesuffix("/v1") + "/v1/embeddings", {"model": "tiny", "input": "x"})
+    assert status == 404 and "error" in body
+    with urllib.request.urlopen(server["url"].removesuffix("/v1") + "/-/healthz", timeout=10) as response:
+        assert response.status == 200
+
+
+def test_an_adapter_registered_after_start_is_served(server: dict) -> None:
+    cfg = server["cfg"]
+    status, _ = call(f"{server['url']}/completions", {"model": "tiny:late", "prompt": "hi", "max_tokens": 1})
+    assert status == 404
+    register_random_adapters(cfg.run_uri, server["tiny"], ["late"])
+    time.sleep(1.1)  # the registry is re-read at most once a second
+    status, body = call(f"{server['url']}/completions", {"model": "tiny:late", "prompt": "hi", "max_tokens": 2})
+    assert status == 200 and body["model"] == "tiny:late", body
+    assert "tiny:late" in [m["id"] for m in call(f"{server['url']}/models")[1]["data"]]
+
+
+def test_a_burst_gets_answers_or_503s_and_the_server_still_answers(server: dict) -> None:
+    """200 concurrent requests over 3 model ids against 4 running + 8 queued: the rest must be refused fast."""
+    ids = ["tiny", "tiny:left", "tiny:right"]
+
+    def one(i: int) -> tuple[int, dict]:
+        return call(f"{server['url']}/completions", {"model": ids[i % 3], "prompt": f"post {i}", "max_tokens": 8},
+                    timeout=180)
+
+    with ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(one, range(200)))
+    statuses = {status for status, _ in results}
+    assert statuses <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    refused = next(body for status, body in results if status == 503)
+    assert refused["error"]["type"] == "overloaded_error"
+    status, body = call(f"{server['url']}/completions", {"model": "tiny:left", "prompt": "after", "max_tokens": 2})
+    assert status == 200, body
+
+
+def test_a_cancelled_request_frees_its_slot_and_metrics_are_tagged_by_model(server: dict, ray_local) -> None:
+    import http.client
+
+    assert call(f"{server['url']}/completions", {"model": "tiny:left", "prompt": "x", "max_tokens": 2})[0] == 200
+    host, port = server["url"].removeprefix("http://").removesuffix("/v1").split(":")
+    body = json.dumps({"model": "tiny:right", "prompt": "a long answer", "max_tokens": 400, "temperature": 0})
+    connections = []
+    for _ in range(4):  # fill every running slot of the replica with long generations, then hang up
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json",
+                                                         "Authorization": f"Bearer {SERVE_TOKEN}"})
+        connections.append(conn)
+    time.sleep(1.0)
+    for conn in connections:
+        conn.sock.close()
+    status, answer = call(f"{server['url']}/completions", {"model": "tiny", "prompt": "next", "max_tokens": 2})
+    assert status == 200, answer
+
+    metrics_port = ray_local.nodes()[0]["MetricsExportPort"]
+    wanted = ('status="499"', 'model="tiny:right"'), ("politune_serve_adapter_loads",), (
+        "politune_serve_tokens_out", 'model="tiny:left"'), ("politune_serve_request_seconds", 'model="tiny"'), (
+        "politune_serve_cancelled_requests", 'model="tiny:right"')
+    deadline, lines = time.time() + 90, []
+    while time.time() < deadline:  # Ray exports custom metrics every few seconds
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        lines = [line for line in text.splitlines() if "politune_serve" in line and not line.startswith("#")]
+        if all(any(all(w in line for w in want) for line in lines) for want in wanted):
+            break
+        time.sleep(3)
+    for want in wanted:
+        assert any(all(w in line for w in want) for line in lines), (want, lines[:20])
+    assert any('status="200"' in line and 'model="tiny:left"' in line and "politune_serve_requests" in line
+               for line in lines)
+
+
+def test_politune_serve_and_probe_from_the_command_line(tmp_path: Path, server: dict) -> None:
+    """What a user runs: `politune serve` in one shell (its own local Ray), `politune probe` in another."""
+    port = free_port()
+    config = tmp_path / "serve.yaml"
+    config.write_text(json.dumps({"base": "local", "run_id": "cli", "storage_root": str(tmp_path / "runs"),
+                                  "tiny_model": {"out": str(server["tiny"])}, "ray": {"num_cpus": 1},
+                                  "serve": {"port": port}}))
+    register_random_adapters(str(tmp_path / "runs" / "cli"), server["tiny"], ["left"])
+    politune = str(Path(sys.executable).with_name("politune"))
+    env = {**os.environ, "POLITUNE_API_KEY": "cli-token"}
+    env.pop("RAY_ADDRESS", None)
+    serving = subprocess.Popen([politune, "serve", "--config", str(config)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not any(line.startswith("probe:") for line in lines):
+            line = serving.stdout.readline()
+            if not line and serving.poll() is not None:
+                break
+            if line.startswith(("serving at", "  model:", "probe:")):
+                lines.append(line.rstrip())
+        assert lines[:3] == [f"serving at http://127.0.0.1:{port}/v1  (backend hf, run {tmp_path}/runs/cli)",
+                             "  model: tiny", "  model: tiny:left"], lines
+        probe = subprocess.run([politune, "probe", "What about taxes?", "--url", f"http://127.0.0.1:{port}/v1",
+                                "--max-tokens", "4"], env=env, capture_output=True, text=True, timeout=120)
+        assert probe.returncode == 0, probe.stderr
+        assert "tiny:left" in probe.stdout and "What about taxes?" in probe.stdout
+        refused = subprocess.run([politune, "probe", "x", "--url", f"http://127.0.0.1:{port}/v1"],
+                                 env={**env, "POLITUNE_API_KEY": "wrong"}, capture_output=True, text=True,
+                                 timeout=120)
+        assert refused.returncode == 1 and "HTTP 401" in refused.stderr and "cli-token" not in refused.stderr
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)
+        try:
+            serving.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serving.pid, signal.SIGKILL)
