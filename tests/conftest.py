@@ -135,6 +135,33 @@ def submit_job(dashboard: str, env: dict[str, str], entrypoint: list[str],
         time.sleep(2)
 
 
+@contextlib.contextmanager
+def politune_serve(args: list[str], env: dict[str, str], cwd: Path | None = None) -> Iterator[list[str]]:
+    """`politune serve ARGS` as a user starts it (its own local Ray); yields the lines it printed once it serves
+    (`serving at …`, `  model: …`, `probe: …`), and stops it as Ctrl-C would at the end."""
+    import signal
+
+    politune = str(Path(sys.executable).with_name("politune"))
+    serving = subprocess.Popen([politune, "serve", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not any(line.startswith("probe:") for line in lines):
+            line = serving.stdout.readline()
+            if not line and serving.poll() is not None:
+                break
+            if line.startswith(("serving at", "  model:", "probe:", "error:")):
+                lines.append(line.rstrip())
+        yield lines
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)
+        try:
+            serving.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serving.pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> str:
     """A moto S3 server on loopback; the standard AWS variables point at it for the whole session."""
@@ -184,33 +211,4 @@ def shared_data() -> Path:
         pytest.skip(f"reference data not found at {SHARED_DATA} (CI keeps shared/ beside the checkout)")
     return SHARED_DATA
 
-
-def register_random_adapters(run_uri: str, tiny_dir: Path, names: list[str], rank: int = 8) -> None:
-    """Real PEFT LoRA adapters of the tiny model, with random (not trained) weights, saved into the run's adapters/
-    folder (local or s3://) and registered, as the train stage does. For serving tests: a served adapter need not
-    be trained, only different from the base, which random weights make it (PEFT's default would start it equal)."""
-    import tempfile
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from politune.registry import AdapterEntry, register
-    from politune.storage import join, resolve
-
-    for i, name in enumerate(names):
-        torch.manual_seed(100 + i)
-        base = AutoModelForCausalLM.from_pretrained(tiny_dir)
-        model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,
-                                                target_modules=["q_proj", "v_proj", "gate_proj", "up_proj",
-                                                                "down_proj"]))
-        uri = join(run_uri, "adapters", name)
-        fs, path = resolve(uri)
-        fs.create_dir(path, recursive=True)
-        with tempfile.TemporaryDirectory() as local:
-            model.save_pretrained(local)
-            for file in Path(local).iterdir():
-                with fs.open_output_stream(f"{path}/{file.name}") as out:
-                    out.write(file.read_bytes())
-        register(run_uri, AdapterEntry(name=name, side=name.split("-")[0], method="dpo", base_model="tiny",
-                                       path=uri, config_hash="random", metrics={"random_init": True}))
+from politune.models.random_adapters import register_random_adapters  # noqa: E402,F401  (the serve tests use it)

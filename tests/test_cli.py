@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port, politune_serve
 from typer.testing import CliRunner
 
 from politune.cli import app
 
 runner = CliRunner()
-COMMANDS = [[], ["run"], ["ingest"], ["annotate"], ["select"], ["synthesize"], ["train"], ["config"],
+COMMANDS = [[], ["run"], ["ingest"], ["annotate"], ["select"], ["synthesize"], ["train"], ["serve"], ["probe"],
+            ["config"],
             ["config", "show"], ["config", "check"], ["model"], ["model", "build-tiny"], ["corpus"],
             ["corpus", "generate"]]
 
@@ -86,3 +88,15 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(tmp_path: Path) 
         assert (Path(entry["path"]) / "adapter_model.safetensors").is_file()
         assert entry["metrics"]["global_step"] > 0 and artifacts[f"adapter:{side}"]["counts"]["steps"] > 0
     assert "adapter 'left' (dpo on left, base tiny)" in done.stdout
+
+    # what the run says to do next works: serve its adapters, probe them
+    assert "next:       politune serve --set corpus.n=800 --set ray.num_cpus=2" in done.stdout
+    assert "--model tiny --model tiny:left --model tiny:right" in done.stdout
+    port = free_port()
+    with politune_serve(["--set", "corpus.n=800", "--set", "ray.num_cpus=2", "--set", f"serve.port={port}"], env,
+                        cwd=tmp_path) as lines:
+        assert lines[1:3] == ["  model: tiny", "  model: tiny:left"], lines
+        probe = subprocess.run([str(Path(sys.executable).with_name("politune")), "probe", "Taxes?", "--url",
+                                f"http://127.0.0.1:{port}/v1", "--model", "tiny:right", "--max-tokens", "3"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        assert probe.returncode == 0 and "tiny:right" in probe.stdout, probe.stderr

@@ -1,14 +1,13 @@
 """The hf Serve back end over real HTTP on 127.0.0.1: one app on the session's local Ray, the tiny model and two
 adapters read from a run on the moto S3 server.
 
-The adapters are real PEFT LoRA adapters with random weights (conftest.register_random_adapters), not trained
+The adapters are real PEFT LoRA adapters with random weights (politune.models.random_adapters), not trained
 ones: serving only needs them to differ from the base, and training has its own tests."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, free_port, register_random_adapters
+from conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, free_port, politune_serve
 
 from politune.config import TinyModelConfig, build_config
+from politune.models.random_adapters import register_random_adapters
 from politune.models.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
@@ -246,17 +246,7 @@ def test_politune_serve_and_probe_from_the_command_line(tmp_path: Path, server: 
     politune = str(Path(sys.executable).with_name("politune"))
     env = {**os.environ, "POLITUNE_API_KEY": "cli-token"}
     env.pop("RAY_ADDRESS", None)
-    serving = subprocess.Popen([politune, "serve", "--config", str(config)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and not any(line.startswith("probe:") for line in lines):
-            line = serving.stdout.readline()
-            if not line and serving.poll() is not None:
-                break
-            if line.startswith(("serving at", "  model:", "probe:")):
-                lines.append(line.rstrip())
+    with politune_serve(["--config", str(config)], env) as lines:
         assert lines[:3] == [f"serving at http://127.0.0.1:{port}/v1  (backend hf, run {tmp_path}/runs/cli)",
                              "  model: tiny", "  model: tiny:left"], lines
         probe = subprocess.run([politune, "probe", "What about taxes?", "--url", f"http://127.0.0.1:{port}/v1",
@@ -267,9 +257,3 @@ def test_politune_serve_and_probe_from_the_command_line(tmp_path: Path, server: 
                                  env={**env, "POLITUNE_API_KEY": "wrong"}, capture_output=True, text=True,
                                  timeout=120)
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr and "cli-token" not in refused.stderr
-    finally:
-        os.killpg(serving.pid, signal.SIGTERM)
-        try:
-            serving.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serving.pid, signal.SIGKILL)

@@ -150,9 +150,10 @@ class OpenAIIngress:
 
     async def _generate(self, served: ServedModel, request: GenerationRequest) -> Generation:
         handle = self.model
-        if self.cfg.adapter_batching == "per_adapter":
-            # Serve routes to a replica holding the adapter, and its batcher splits batches by this id
-            handle = handle.options(multiplexed_model_id=served.model_id)
+        if self.cfg.adapter_batching == "per_adapter" and served.adapter_name:
+            # the name the replica's multiplexer loads it under: Serve routes the request to a replica holding
+            # the adapter, and its batcher splits every batch by this id (the base's requests have none)
+            handle = handle.options(multiplexed_model_id=served.adapter_name)
         try:
             generation: Generation = await handle.generate.remote(request)
         except BackPressureError:
