@@ -118,7 +118,7 @@ def serve(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = Se
     try:
         ensure_model_files(cfg, "serve.base_model", cfg.serve.base_model)
         serving = start_serving(cfg)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, ImportError) as err:  # ImportError: backend vllm without vLLM
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"serving at {serving.base_url}  (backend {cfg.serve.backend}, run {cfg.run_uri})")

@@ -323,7 +323,8 @@ class ServeConfig(Section):
         "POLITUNE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding the bearer token clients must send; when that "
         "variable is unset or empty, no token is asked. The token itself never goes in a config.")
-    max_prompt_tokens: int = Field(1024, ge=1, description="Longer prompts get a 400.")
+    max_prompt_tokens: int = Field(1024, ge=1, description="hf: longer prompts get a 400 (vllm: a prompt over "
+                                   "max_model_len gets vLLM's 400).")
     max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask; more gets a 400.")
     max_n: int = Field(4, ge=1, description="Largest n (completions a prompt) a request may ask.")
     # hf back end

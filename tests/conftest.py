@@ -211,4 +211,3 @@ def shared_data() -> Path:
         pytest.skip(f"reference data not found at {SHARED_DATA} (CI keeps shared/ beside the checkout)")
     return SHARED_DATA
 
-from politune.models.random_adapters import register_random_adapters  # noqa: E402,F401  (the serve tests use it)

@@ -50,3 +50,63 @@ def test_no_job_file_shadows_a_standard_module() -> None:
     """`python jobs/x.py` puts jobs/ first on sys.path: jobs/select.py once broke every job's `import select`."""
     names = {p.stem for p in (REPO / "jobs").glob("*.py")}
     assert not names & set(sys.stdlib_module_names)
+
+
+def serve_config_of_the_rayservice() -> dict:
+    service = yaml.safe_load((REPO / "cluster" / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService"
+    return yaml.safe_load(service["spec"]["serveConfigV2"])  # a string in the CRD: it must parse on its own
+
+
+@pytest.mark.parametrize("source", ["cluster/rayservice.yaml", "serve/llm.yaml"])
+def test_serve_configs_deploy_the_politune_app_with_a_vllm_preset(source: str) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from politune.config import resolve_config
+    from politune.serve.llm_app import llm_config_kwargs
+
+    config = serve_config_of_the_rayservice() if source.startswith("cluster") else \
+        yaml.safe_load((REPO / source).read_text())
+    ServeDeploySchema.model_validate(config)  # what `serve deploy` and KubeRay check
+    [app] = config["applications"]
+    assert app["import_path"] == "politune.serve.app:build_app" and app["route_prefix"] == "/"
+    args = app["args"]
+    assert args["preset"] in PRESETS
+    cfg = resolve_config(None, args["preset"], args.get("set"))  # what build_app resolves
+    assert cfg.serve.backend == "vllm"
+    assert llm_config_kwargs(cfg)["lora_config"]["dynamic_lora_loading_path"].startswith("s3://")
+
+
+def test_the_rayservice_serves_what_serve_llm_yaml_serves() -> None:
+    assert serve_config_of_the_rayservice() == yaml.safe_load((REPO / "serve" / "llm.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_credentials_come_only_from_kubernetes_secrets(path: Path) -> None:
+    def containers(node):
+        if isinstance(node, dict):
+            if "containers" in node:
+                yield from node["containers"]
+            for value in node.values():
+                yield from containers(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from containers(value)
+
+    for container in containers(yaml.safe_load(path.read_text())):
+        for env in container.get("env", []):
+            if re.search(r"KEY|TOKEN|SECRET|PASSWORD", env["name"]):
+                assert "value" not in env and "secretKeyRef" in env["valueFrom"], env
+
+
+def test_serve_local_yaml_deploys_the_hf_app_of_the_local_preset() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from politune.config import resolve_config
+
+    config = yaml.safe_load((REPO / "serve" / "local.yaml").read_text())
+    ServeDeploySchema.model_validate(config)
+    [app] = config["applications"]
+    assert app["import_path"] == "politune.serve.app:build_app"
+    assert config["http_options"]["host"] == "127.0.0.1"  # a laptop's server is not exposed
+    assert resolve_config(None, app["args"]["preset"], app["args"]["set"]).serve.backend == "hf"

@@ -98,7 +98,7 @@ class OpenAIIngress:
         return response
 
     async def _list_models(self, request: Request, tags: dict) -> dict:
-        self.catalog.refresh()
+        await asyncio.to_thread(self.catalog.refresh)  # an S3 read, off the event loop
         created = int(time.time())
         data = [Model(id=self.cfg.served_id, created=created, object="model", owned_by="politune",
                       root=self.cfg.base_model, parent=None,
