@@ -1,7 +1,8 @@
 """Benchmark: serving LoRA adapters against serving a model with the adapter merged into its weights (hf back end).
 
-    python bench/serve.py                       # a 4-layer, 256-wide random Llama; concurrency 1, 8, 32
-    python bench/serve.py --tiny                # the embedded tiny model instead
+    python bench/serve.py                       # a 6-layer, 768-wide random Llama (43M); concurrency 1, 8, 32
+    python bench/serve.py --size small          # 4 layers, 256 wide (4.7M): LoRA's fixed costs dominate
+    python bench/serve.py --size tiny           # the embedded tiny model
 
 In one run, on one local Ray (2 CPUs), over HTTP on 127.0.0.1, the same completions (16 greedy tokens of a short
 prompt), each app deployed alone with one model replica:
@@ -38,6 +39,11 @@ from politune.models.random_adapters import register_random_adapters
 from politune.models.tiny import build_tiny_model
 
 PROMPT = "What should the government do about taxes and healthcare?"
+SIZES = {  # random Llamas of the tiny model's family (its tokenizer, vocabulary 1,024)
+    "tiny": {},
+    "small": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024},
+    "medium": {"hidden_size": 768, "num_layers": 6, "num_heads": 12, "intermediate_size": 3072},
+}
 
 
 def post(url: str, body: dict) -> float:
@@ -74,9 +80,9 @@ def deploy(raw: dict, port: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="the embedded tiny model (64 wide, 2 layers)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="medium", help="the random base model's shape")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=96, help="requests a measurement (x2 at concurrency > 1)")
+    parser.add_argument("--requests", type=int, default=48, help="requests a measurement (x2 at concurrency > 1)")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--cold", type=int, default=12, help="adapters for the first-request latency")
     args = parser.parse_args()
@@ -85,8 +91,7 @@ def main() -> None:
 
     os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled")
     root = Path(tempfile.mkdtemp(prefix="politune-bench-serve-"))
-    shape = {} if args.tiny else {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024}
-    base = build_tiny_model(TinyModelConfig(**shape), root / "base")
+    base = build_tiny_model(TinyModelConfig(**SIZES[args.size]), root / "base")
     run_uri = str(root / "runs" / "bench")
     register_random_adapters(run_uri, base, ["left", "right"])
     merged = root / "merged"  # the left adapter folded into the weights: what serving it costs with no LoRA at all

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ from politune.models import resolve_model
 from politune.registry import load_registry
 from politune.serve.guard import ADAPTER_NAME
 from politune.serve.hf_engine import AdapterModel, Row
-from politune.serve.protocol import Generation, GenerationRequest
+from politune.serve.protocol import GeneratedChoice, Generation, GenerationRequest
 from politune.storage import resolve
+
+COALESCED_BATCHES = 64
 
 
 class ServeMetrics:
@@ -70,7 +73,8 @@ class HFModelServer:
         self.downloads = Path(tempfile.mkdtemp(prefix="politune-adapters-"))
         self.held: set[str] = set()
         self.cancelled: set[str] = set()
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # the model: one forward pass, adapter load or removal at a time
+        self.waiting: deque[tuple[list[Row], asyncio.Future]] = deque()
         self.metrics = ServeMetrics()
 
         async def load(name: str) -> _HeldAdapter:
@@ -113,7 +117,9 @@ class HFModelServer:
             self.metrics.cancelled.inc(tags={"model": self.adapter_id(request.adapter)})
             raise
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    # Several batches may be in here at once (Serve's default is one, held for the whole call): they wait for the
+    # model together and _generate_coalesced runs them as one pass
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=COALESCED_BATCHES)
     async def _batched(self, requests: list[GenerationRequest]) -> list[Generation]:
         started = time.perf_counter()
         results: list[Generation] = [Generation() for _ in requests]
@@ -132,8 +138,7 @@ class HFModelServer:
                         results[i].error = (503, f"adapter {name!r} could not be loaded: {err}", "model")
         rows = [(i, row) for i, row in rows if results[i].error is None]
         if rows:
-            async with self.lock:
-                choices = await asyncio.to_thread(self._generate_locked, [row for _, row in rows])
+            choices = await self._generate_coalesced([row for _, row in rows])
             for (i, _), choice in zip(rows, choices, strict=True):
                 results[i].choices.append(choice)
         for req in requests:
@@ -165,7 +170,48 @@ class HFModelServer:
                     temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
                     logprobs=req.logprobs, echo=req.echo, prompt_text=req.prompt or "") for _ in range(req.n)]
 
-    def _generate_locked(self, rows: list[Row]) -> list:
+    async def _generate_coalesced(self, rows: list[Row]) -> list[GeneratedChoice]:
+        """Generate a batch's rows together with every other batch waiting for the model.
+
+        Serve closes a batch `batch_wait_timeout_s` after its first request, even while the model is still busy
+        with the one before, so under load each batch holds only what arrived in those milliseconds. Whichever
+        batch gets the model takes all that wait, first come first, up to max_batch_size rows (and at least the
+        oldest batch); with adapter_batching per_adapter, only those of the oldest batch's adapter."""
+        done = asyncio.get_running_loop().create_future()
+        self.waiting.append((rows, done))
+        async with self.lock:
+            if not done.done():
+                taken = self._take_waiting()
+                try:
+                    choices = await asyncio.to_thread(self._generate_locked, [r for group, _ in taken for r in group])
+                except Exception as err:
+                    for _, future in taken:
+                        if not future.done():
+                            future.set_exception(err)
+                else:
+                    at = 0
+                    for group, future in taken:
+                        if not future.done():  # its caller may have been cancelled meanwhile
+                            future.set_result(choices[at: at + len(group)])
+                        at += len(group)
+        return await done
+
+    def _take_waiting(self) -> list[tuple[list[Row], asyncio.Future]]:
+        first = self.waiting.popleft()
+        taken, kept, size = [first], deque(), len(first[0])
+        adapters = {r.adapter for r in first[0]}
+        while self.waiting:
+            group = self.waiting.popleft()
+            fits = size + len(group[0]) <= self.serve_cfg.max_batch_size
+            if fits and (self.serve_cfg.adapter_batching == "mixed" or {r.adapter for r in group[0]} == adapters):
+                taken.append(group)
+                size += len(group[0])
+            else:
+                kept.append(group)
+        self.waiting = kept
+        return taken
+
+    def _generate_locked(self, rows: list[Row]) -> list[GeneratedChoice]:
         """Runs with the model lock held: make sure this batch's adapters are present, generate, then free the
         adapters the multiplexer no longer holds."""
         for name in {r.adapter for r in rows if r.adapter} - self.engine.adapters:
