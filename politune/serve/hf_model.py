@@ -28,6 +28,7 @@ from politune.serve.protocol import GeneratedChoice, Generation, GenerationReque
 from politune.storage import resolve
 
 COALESCED_BATCHES = 64
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what PEFT's load_adapter reads
 
 
 class ServeMetrics:
@@ -103,10 +104,9 @@ class HFModelServer:
         fs, path = resolve(uri)
         folder = self.downloads / name
         folder.mkdir(parents=True, exist_ok=True)
-        for info in fs.get_file_info(f"{path}/adapter_config.json"), fs.get_file_info(
-                f"{path}/adapter_model.safetensors"):
-            with fs.open_input_stream(info.path) as src:
-                (folder / info.base_name).write_bytes(src.read())
+        for file in ADAPTER_FILES:
+            with fs.open_input_stream(f"{path}/{file}") as src:
+                (folder / file).write_bytes(src.read())
         return folder
 
     async def generate(self, request: GenerationRequest) -> Generation:
