@@ -25,7 +25,7 @@ from politune.models.random_adapters import register_random_adapters
 from politune.models.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
-LIMITS = {"max_prompt_tokens": 48, "max_tokens": 400, "max_n": 2, "max_batch_size": 8, "max_ongoing_requests": 4,
+LIMITS = {"max_prompt_tokens": 48, "max_tokens": 1000, "max_n": 2, "max_batch_size": 8, "max_ongoing_requests": 4,
           "max_queued_requests": 8, "max_adapters_per_replica": 2}
 
 
@@ -139,7 +139,7 @@ def test_unknown_or_path_like_model_ids_are_404_listing_the_known_ones(server: d
     ({"model": "tiny"}, 400, "prompt"),
     ({"model": "tiny", "prompt": "hi", "temperature": 9}, 400, "temperature"),
     ({"model": "tiny", "prompt": "hi", "stream": True}, 400, "stream"),
-    ({"model": "tiny", "prompt": "hi", "max_tokens": 401}, 400, "serve.max_tokens"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": 1001}, 400, "serve.max_tokens"),
     ({"model": "tiny", "prompt": "hi", "n": 3}, 400, "serve.max_n"),
     ({"model": "tiny", "prompt": "word " * 60}, 400, "serve.max_prompt_tokens"),
     ({"model": 7, "prompt": "hi"}, 400, "model"),
@@ -205,7 +205,8 @@ def test_a_cancelled_request_frees_its_slot_and_metrics_are_tagged_by_model(serv
 
     assert call(f"{server['url']}/completions", {"model": "tiny:left", "prompt": "x", "max_tokens": 2})[0] == 200
     host, port = server["url"].removeprefix("http://").removesuffix("/v1").split(":")
-    body = json.dumps({"model": "tiny:right", "prompt": "a long answer", "max_tokens": 400, "temperature": 0})
+    # 1,000 tokens: seconds of generation for the tiny model, so the clients hang up while it runs
+    body = json.dumps({"model": "tiny:right", "prompt": "a long answer", "max_tokens": 1000, "temperature": 0})
     connections = []
     for _ in range(4):  # fill every running slot of the replica with long generations, then hang up
         conn = http.client.HTTPConnection(host, int(port), timeout=30)

@@ -41,7 +41,11 @@ def two_nodes():
 def alive_nodes(head) -> int:
     done = subprocess.run([RAY, "list", "nodes", "--address", head.gcs, "--format", "json"], env=head.env,
                           capture_output=True, text=True, timeout=60)
-    return sum(1 for n in json.loads(done.stdout or "[]") if n.get("state") == "ALIVE") if not done.returncode else 0
+    try:  # while the head starts, `ray list nodes` may print "No resource in the cluster" instead of JSON
+        nodes = json.loads(done.stdout or "[]") if not done.returncode else []
+    except json.JSONDecodeError:
+        return 0
+    return sum(1 for n in nodes if n.get("state") == "ALIVE")
 
 
 def test_two_workers_on_two_nodes_train_and_register(two_nodes, tmp_path: Path) -> None:
