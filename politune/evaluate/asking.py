@@ -1,0 +1,147 @@
+"""Asking: the requests of each pass, and the Answer rows made from their replies.
+
+Three passes, each one ray.data.llm HTTP processor run per endpoint (engines/openai_http.post_all):
+1. logprob: per model x proposition x phrasing, one /completions request whose four prompts are the
+   forced-choice prompt followed by each option, with echo and max_tokens 0: the option tokens' log-probabilities
+   are read off the echoed prompt, so nothing is decoded;
+2. generate: per model x proposition (or probe) x phrasing x sample, one /chat/completions request;
+3. judge: per free-text answer, one /chat/completions request to the judge, which maps a proposition's answer to
+   an option or "no stance", and scores a probe's answer on the leaning rubric.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from politune.evaluate.endpoint import Target
+from politune.evaluate.judge import NO_STANCE, read_leaning, read_option
+from politune.evaluate.prompts import (
+    FORCED_CHOICE,
+    FREE_TEXT,
+    JUDGE_LEANING,
+    JUDGE_LEANING_SYSTEM,
+    JUDGE_OPTION,
+    JUDGE_OPTION_SYSTEM,
+    LEANING_RUBRIC_VERSION,
+    OPTION_RUBRIC_VERSION,
+    PROMPT_VERSION,
+)
+from politune.evaluate.schema import ENGINE_ERROR, OK, UNMAPPED
+from politune.evaluate.schema import NO_STANCE as NO_STANCE_STATUS
+
+PROBES = "probes"
+SEP = "\x1f"
+
+
+@dataclass(frozen=True)
+class Question:
+    """One thing to ask one model: a proposition (instrument, id, statement) or a probe (instrument "probes")."""
+
+    target: Target
+    instrument: str
+    item_id: str
+    text: str
+    phrasing: int
+    sample: int
+    mode: str  # logprob | generate
+
+    @property
+    def key(self) -> str:
+        return SEP.join([self.target.model, self.target.base_url, self.instrument, self.item_id,
+                         str(self.phrasing), str(self.sample), self.mode])
+
+    def row(self, **fields: Any) -> dict[str, Any]:
+        t = self.target
+        return {"model": t.label or t.model, "role": t.role, "adapter": t.adapter, "checkpoint_of": t.checkpoint_of,
+                "step": t.step, "instrument": self.instrument, "item_id": self.item_id, "phrasing": self.phrasing,
+                "sample": self.sample, "mode": self.mode, "option_probs": None, "answer": None, "raw_output": None,
+                "judge": None, "judge_output": None, "judge_score": None, "prompt_version": PROMPT_VERSION,
+                "error": None, **fields}
+
+
+# --- pass 1: forced choice ---------------------------------------------------------------------------------
+def logprob_payload(q: Question) -> dict[str, Any]:
+    _, prompts = FORCED_CHOICE[q.phrasing].prompts(q.text)
+    return {"model": q.target.model, "prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 0,
+            "temperature": 0.0}
+
+
+def option_probs(response: dict[str, Any], prefix: str) -> list[float]:
+    """P(option 0..3) from a forced-choice reply: each choice's log-probability of the tokens after the prefix
+    (a token that straddles the prefix's end counts: its log-probability is the option's first), softmaxed.
+    ValueError when the reply has no usable log-probabilities."""
+    choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
+    if len(choices) != 4:
+        raise ValueError(f"expected 4 choices (one a option), got {len(choices)}")
+    totals = []
+    for choice in choices:
+        lp = choice.get("logprobs") or {}
+        tokens, logprobs, offsets = lp.get("tokens") or [], lp.get("token_logprobs") or [], lp.get("text_offset") or []
+        if not (len(tokens) == len(logprobs) == len(offsets)) or not tokens:
+            raise ValueError("the reply has no echoed prompt log-probabilities (does the endpoint support echo "
+                             "with logprobs on /v1/completions?)")
+        picked = [v for tok, v, off in zip(tokens, logprobs, offsets, strict=True)
+                  if off + len(tok) > len(prefix) and v is not None]
+        if not picked:
+            raise ValueError("no option token found after the prompt in the echoed log-probabilities")
+        totals.append(sum(picked))
+    top = max(totals)
+    weights = [math.exp(t - top) for t in totals]
+    return [w / sum(weights) for w in weights]
+
+
+def logprob_row(q: Question, response: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+    if error is None:
+        try:
+            probs = option_probs(response or {}, FORCED_CHOICE[q.phrasing].prompts(q.text)[0])
+        except ValueError as err:
+            error = f"unreadable reply: {err}"
+    if error is not None:
+        return q.row(status=ENGINE_ERROR, error=error)
+    return q.row(status=OK, option_probs=probs, answer=max(range(4), key=probs.__getitem__))
+
+
+# --- pass 2: free text -------------------------------------------------------------------------------------
+def chat_payload(q: Question, max_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
+    content = q.text if q.instrument == PROBES else FREE_TEXT[q.phrasing].format(statement=q.text)
+    payload = {"model": q.target.model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+               "temperature": temperature}
+    if temperature > 0:
+        payload["seed"] = seed + q.sample
+    return payload
+
+
+def chat_text(response: dict[str, Any] | None) -> str:
+    return ((response or {}).get("choices") or [{}])[0].get("message", {}).get("content") or ""
+
+
+# --- pass 3: the judge ---------------------------------------------------------------------------------------
+def judge_payload(q: Question, answer: str, judge_model: str) -> dict[str, Any]:
+    if q.instrument == PROBES:
+        system, user = JUDGE_LEANING_SYSTEM, JUDGE_LEANING.format(question=q.text, answer=answer)
+    else:
+        system, user = JUDGE_OPTION_SYSTEM, JUDGE_OPTION.format(statement=q.text, answer=answer)
+    return {"model": judge_model, "max_tokens": 8, "temperature": 0.0,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+
+
+def judge_name(q: Question, judge_model: str) -> str:
+    return f"{judge_model}|{LEANING_RUBRIC_VERSION if q.instrument == PROBES else OPTION_RUBRIC_VERSION}"
+
+
+def judged_row(q: Question, answer: str, judge_model: str, reply: str | None, error: str | None) -> dict[str, Any]:
+    """The row of a free-text answer once the judge has read it (or failed to)."""
+    common = {"raw_output": answer, "judge": judge_name(q, judge_model), "judge_output": reply}
+    if error is not None:
+        return q.row(status=ENGINE_ERROR, error=f"judge: {error}", **common)
+    if q.instrument == PROBES:
+        score = read_leaning(reply)
+        return q.row(status=OK if score is not None else UNMAPPED, judge_score=score, **common)
+    option = read_option(reply)
+    if option is None:
+        return q.row(status=UNMAPPED, **common)
+    if option == NO_STANCE:
+        return q.row(status=NO_STANCE_STATUS, **common)
+    return q.row(status=OK, answer=option, **common)

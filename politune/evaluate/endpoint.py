@@ -1,0 +1,99 @@
+"""Which models are evaluated and where they answer: the run's own Serve app (started for the evaluation when
+it is not already up, and shut down after) or any OpenAI-compatible endpoint, plus the config's extra models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from politune.config import RunConfig
+from politune.engines.openai_http import EndpointError, list_models
+from politune.evaluate.schema import ADAPTER, BASE, CHECKPOINT, EXTERNAL
+from politune.registry import load_registry
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model to evaluate: the id its endpoint knows it by, and what it is in the run."""
+
+    model: str
+    role: str                   # base | adapter | checkpoint | external
+    base_url: str
+    api_key_env: str
+    adapter: str | None = None
+    checkpoint_of: str | None = None
+    step: int | None = None
+    label: str | None = None    # external: the config's name for it, shown in the report
+
+
+def own_url(cfg: RunConfig) -> str:
+    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
+    return f"http://{host}:{cfg.serve.port}/v1"
+
+
+def key_env(cfg: RunConfig) -> str:
+    """The variable holding the evaluated endpoint's token: the run's own app reads serve.api_key_env."""
+    return cfg.evaluate.api_key_env if cfg.evaluate.base_url else cfg.serve.api_key_env
+
+
+def run_targets(cfg: RunConfig, base_url: str) -> list[Target]:
+    """The base and every adapter of the run's registry trained on it (and, with checkpoints: all, every saved
+    checkpoint of each), as the endpoint names them; then the extra models."""
+    e, base_id, token_env = cfg.evaluate, cfg.serve.served_id, key_env(cfg)
+    targets = [Target(base_id, BASE, base_url, token_env)]
+    registry = {name: entry for name, entry in load_registry(cfg.run_uri).items()
+                if entry.base_model == cfg.serve.base_model}
+    for name, entry in sorted(registry.items(), key=lambda kv: (kv[1].checkpoint_of or kv[0], kv[1].step or 0)):
+        if entry.checkpoint_of is None:
+            targets.append(Target(f"{base_id}:{name}", ADAPTER, base_url, token_env, adapter=name))
+        elif e.checkpoints == "all":
+            targets.append(Target(f"{base_id}:{name}", CHECKPOINT, base_url, token_env, adapter=name,
+                                  checkpoint_of=entry.checkpoint_of, step=entry.step))
+    targets += [Target(x.model, EXTERNAL, x.base_url, x.api_key_env, label=x.name) for x in e.extra_models]
+    return targets
+
+
+def check_targets(targets: list[Target]) -> None:
+    """Every endpoint answers and lists every model asked of it; else EndpointError naming the endpoint."""
+    by_url: dict[tuple[str, str], list[str]] = {}
+    for t in targets:
+        by_url.setdefault((t.base_url, t.api_key_env), []).append(t.model)
+    for (url, key_env), models in by_url.items():
+        listed = list_models(url, key_env)
+        missing = [m for m in models if m not in listed]
+        if missing:
+            served = ", ".join(listed) or "nothing"
+            raise EndpointError(f"{url} does not serve {', '.join(missing)}; it serves {served}")
+
+
+@contextmanager
+def run_endpoint(cfg: RunConfig) -> Iterator[str]:
+    """The base URL the run's models answer at. With evaluate.base_url unset, the run's own Serve app: reused
+    when it already serves this run at serve.host:serve.port, else started here and deleted on the way out."""
+    if cfg.evaluate.base_url:
+        yield cfg.evaluate.base_url
+        return
+    url = own_url(cfg)
+    expected = {t.model for t in run_targets(cfg, url) if t.role != EXTERNAL}
+    try:
+        listed = set(list_models(url, cfg.serve.api_key_env, timeout_s=3))
+    except EndpointError:
+        listed = None
+    if listed is not None:
+        if not expected <= listed:
+            raise EndpointError(f"{url} is taken by an endpoint that does not serve this run's models (it lists "
+                                f"{', '.join(sorted(listed))}): stop it, set serve.port, or set evaluate.base_url")
+        yield url
+        return
+    from ray import serve
+
+    from politune.models import ensure_model_files
+    from politune.serve.app import APP_NAME, start_serving
+
+    ensure_model_files(cfg, "serve.base_model", cfg.serve.base_model)
+    serving = start_serving(cfg)
+    try:
+        yield serving.base_url
+    finally:
+        serve.delete(APP_NAME)

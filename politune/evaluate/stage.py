@@ -1,0 +1,150 @@
+"""The evaluate stage: every model of the run (the base, each adapter, with `checkpoints: all` each saved
+checkpoint) and the config's extra models answer the instruments' propositions and the probe questions through
+an OpenAI-compatible endpoint; the answers go to `eval/answers.parquet` (schema.py) and the report is built from
+them (politune/report).
+
+The endpoint is the run's own Serve app unless evaluate.base_url names another; the requests flow through
+ray.data.llm's HTTP processor (bounded concurrency, retries with back-off), and a request that still fails is an
+`engine_error` row: every question asked ends as exactly one row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from politune.config import RunConfig
+from politune.engines.openai_http import post_all
+from politune.evaluate.asking import (
+    PROBES,
+    Question,
+    chat_payload,
+    chat_text,
+    judge_payload,
+    judged_row,
+    logprob_payload,
+    logprob_row,
+)
+from politune.evaluate.endpoint import Target, check_targets, key_env, run_endpoint, run_targets
+from politune.evaluate.instruments import load_instrument, load_probes
+from politune.evaluate.prompts import PROMPT_VERSION
+from politune.evaluate.schema import ANSWER_SCHEMA, ENGINE_ERROR
+from politune.ray_runtime import init_ray
+from politune.report import ReportResult, build_report
+from politune.storage import Manifest, join, resolve, write_json
+
+COMPLETIONS, CHAT = "/completions", "/chat/completions"
+
+
+@dataclass
+class EvaluateResult:
+    eval_uri: str
+    models: list[str]
+    statuses: dict[str, int]               # answer rows by status
+    seconds: dict[str, float]              # by pass: logprob, generate, judge
+    report: ReportResult
+    unmapped: int = 0
+    judge: str = ""
+
+
+def evaluate_models(cfg: RunConfig) -> EvaluateResult:
+    cfg = cfg.with_absolute_paths()
+    e = cfg.evaluate
+    pct_path = str(Path(e.pct_path).absolute()) if e.pct_path and "://" not in e.pct_path else e.pct_path
+    # bad instrument files fail here, before Ray or a server starts
+    instruments = {name: load_instrument(name, pct_path) for name in e.instruments}
+    probes = load_probes() if e.probes else []
+    seconds: dict[str, float] = {}
+    with run_endpoint(cfg) as base_url:
+        targets = run_targets(cfg, base_url)
+        judge = Target(e.judge_model or cfg.serve.served_id, "judge", e.judge_base_url or base_url,
+                       e.judge_api_key_env if e.judge_base_url else key_env(cfg))
+        needs_judge = "generate" in e.modes or bool(probes)
+        check_targets(targets + ([judge] if needs_judge else []))
+        init_ray(cfg)
+        rows: list[dict[str, Any]] = []
+        if "logprob" in e.modes:
+            start = time.perf_counter()
+            questions = [Question(t, name, p.id, p.statement, phrasing, 0, "logprob") for t in targets
+                         for name, inst in instruments.items() for p in inst.items for phrasing in range(e.phrasings)]
+            replies = _post(cfg, COMPLETIONS, {q.key: (q, logprob_payload(q)) for q in questions})
+            rows += [logprob_row(q, *replies[q.key]) for q in questions]
+            seconds["logprob"] = time.perf_counter() - start
+        free_text = [Question(t, PROBES, p.id, p.question, 0, sample, "generate") for t in targets for p in probes
+                     for sample in range(e.samples)]
+        if "generate" in e.modes:
+            free_text += [Question(t, name, p.id, p.statement, phrasing, sample, "generate") for t in targets
+                          for name, inst in instruments.items() for p in inst.items
+                          for phrasing in range(e.phrasings) for sample in range(e.samples)]
+        if free_text:
+            rows += _free_text_rows(cfg, free_text, judge, seconds)
+    eval_uri = join(cfg.run_uri, "eval")
+    _write_answers(join(eval_uri, "answers.parquet"), rows)
+    statuses = dict(Counter(r["status"] for r in rows))
+    write_json(join(eval_uri, "evaluation.json"), {
+        "instruments": e.instruments, "pct_path": pct_path, "modes": e.modes, "phrasings": e.phrasings,
+        "samples": e.samples, "probes": [p.id for p in probes], "endpoint": base_url if e.base_url else "own",
+        "models": [t.model for t in targets], "judge": f"{judge.model} at {judge.base_url}" if needs_judge else None,
+        "prompt_version": PROMPT_VERSION, "seconds": seconds, "statuses": statuses})
+    manifest = Manifest(cfg.run_uri)
+    manifest.record("eval", path=eval_uri, config_hash=cfg.section_hash("evaluate"),
+                    inputs={"adapters": manifest.config_hash("preferences")},
+                    models=[t.model for t in targets] + ([judge.model] if needs_judge else []),
+                    counts={"answers": len(rows), **statuses})
+    report = build_report(cfg.run_uri, pct_path=pct_path, bootstrap=e.bootstrap, seed=e.seed)
+    return EvaluateResult(eval_uri, [t.model for t in targets], statuses, seconds, report,
+                          unmapped=statuses.get("unmapped", 0), judge=judge.model if needs_judge else "")
+
+
+def _free_text_rows(cfg: RunConfig, questions: list[Question], judge: Target,
+                    seconds: dict[str, float]) -> list[dict[str, Any]]:
+    """Free-text answers (propositions in generate mode, probes), then the judge's reading of each."""
+    e = cfg.evaluate
+    start = time.perf_counter()
+    replies = _post(cfg, CHAT, {q.key: (q, chat_payload(q, e.probe_max_tokens if q.instrument == PROBES
+                                                         else e.max_tokens, e.temperature, e.seed))
+                                for q in questions})
+    seconds["generate"] = time.perf_counter() - start
+    rows, answered = [], {}
+    for q in questions:
+        response, error = replies[q.key]
+        if error is not None:
+            rows.append(q.row(status=ENGINE_ERROR, error=error))
+        else:
+            answered[q.key] = (q, chat_text(response))
+    start = time.perf_counter()
+    judge_q = {key: (Question(judge, q.instrument, q.item_id, q.text, q.phrasing, q.sample, q.mode),
+                     judge_payload(q, text, judge.model)) for key, (q, text) in answered.items()}
+    verdicts = _post(cfg, CHAT, judge_q)
+    seconds["judge"] = time.perf_counter() - start
+    for key, (q, text) in answered.items():
+        response, error = verdicts[key]
+        rows.append(judged_row(q, text, judge.model, None if error else chat_text(response), error))
+    return rows
+
+
+def _post(cfg: RunConfig, route: str,
+          work: dict[str, tuple[Question, dict[str, Any]]]) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
+    """Each payload to its question's endpoint, one processor run per endpoint."""
+    e = cfg.evaluate
+    by_endpoint: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for key, (q, payload) in work.items():
+        by_endpoint.setdefault((q.target.base_url, q.target.api_key_env), {})[key] = payload
+    replies: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+    for (url, token_env), payloads in by_endpoint.items():
+        replies.update(post_all(url, route, payloads, api_key_env=token_env, batch_size=e.batch_size,
+                                concurrency=e.concurrency, qps=e.qps, max_retries=e.max_retries,
+                                num_cpus=e.request_num_cpus))
+    return replies
+
+
+def _write_answers(uri: str, rows: list[dict[str, Any]]) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=ANSWER_SCHEMA), path, filesystem=fs)

@@ -1,0 +1,142 @@
+"""The report of a run, rebuilt from its stored answers alone (`<run>/eval/answers.parquet`): no model is asked.
+
+build_report writes to `<run>/report/`: compass.png and compass.svg, report.md, report.html (one self-contained
+page), scores.json and a copy of the answers. Local folders and s3:// run directories alike.
+
+This module imports the evaluate package only inside build_report: politune.evaluate imports it back (the
+stage builds the report), and either may be imported first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from politune.report.scores import Scores
+
+FILES = {"png": "compass.png", "svg": "compass.svg", "markdown": "report.md", "html": "report.html",
+         "answers": "answers.parquet", "scores_json": "scores.json"}
+
+
+@dataclass
+class ReportResult:
+    run_uri: str
+    report_uri: str
+    png: str
+    svg: str
+    markdown: str
+    html: str
+    answers: str
+    scores_json: str
+    scores: Scores
+    notes: list[str] = field(default_factory=list)
+
+    def summary_lines(self) -> list[str]:
+        """A few lines for the console: each instrument's plotted mode, every model but the checkpoints, with
+        intervals and shifts; the probes; the notes."""
+        from politune.report.plots import plotted_mode
+        from politune.report.render import interval, number
+
+        s, lines = self.scores, []
+        for instrument in s.instruments():
+            mode = plotted_mode(s, instrument)
+            lines.append(f"compass:    {instrument} ({mode}): economic, social [95%]; shift from base")
+            shown = [p for p in s.positions if p.instrument == instrument and p.mode == mode and p.role != "checkpoint"]
+            width = max(len(p.model) for p in shown) if shown else 0
+            for p in shown:
+                line = (f"  {p.model:<{width}}  {number(p.economic, True)} {interval(p.economic_ci)}, "
+                        f"{number(p.social, True)} {interval(p.social_ci)}")
+                if p.answered < p.asked:
+                    line += f"  answered {p.answered}/{p.asked}"
+                if p.shift_economic is not None and p.model != p.base:
+                    line += f"  shift {number(p.shift_economic, True)}, {number(p.shift_social, True)}"
+                lines.append(line)
+            checkpoints = sum(1 for p in s.positions if p.instrument == instrument and p.mode == mode
+                              and p.role == "checkpoint")
+            if checkpoints:
+                lines.append(f"  (+ {checkpoints} checkpoints on the training paths in the report)")
+        if s.probes:
+            lines.append("probes:     judge mean, -5 left … +5 right [95%]")
+            width = max(len(p.model) for p in s.probes)
+            for p in s.probes:
+                line = (f"  {p.model:<{width}}  {number(p.judge_mean, True)} {interval(p.judge_ci)}"
+                        f"  unmapped {p.unmapped}")
+                if p.shift is not None and p.model != p.base and math.isfinite(p.shift):
+                    line += f"  shift {number(p.shift, True)}"
+                lines.append(line)
+        if s.unmapped_total:
+            lines.append(f"unmapped:   {s.unmapped_total:,} answers the judge could not read (listed in the report)")
+        lines += [f"note:       {note}" for note in self.notes]
+        return lines
+
+
+def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int = 1000, seed: int = 0) -> ReportResult:
+    """Score `<run_uri>/eval/answers.parquet` and write the report beside it. The PCT weights file is pct_path, else
+    the one eval/evaluation.json names; without one, pct is left out of the report with a note."""
+    import pyarrow.parquet as pq
+
+    from politune.evaluate.instruments import PCT, POLITUNE, load_pct, load_politune_instrument
+    from politune.report.plots import compass_figure, figure_bytes
+    from politune.report.render import render_html, render_markdown
+    from politune.report.scores import PROBES, score_answers
+    from politune.storage import exists, join, read_json, resolve, write_json
+
+    answers_uri = join(run_uri, "eval", "answers.parquet")
+    if not exists(answers_uri):
+        raise FileNotFoundError(f"{answers_uri}: no stored answers (run `politune evaluate` first)")
+    fs, path = resolve(answers_uri)
+    table = pq.read_table(path, filesystem=fs)
+    evaluation_uri = join(run_uri, "eval", "evaluation.json")
+    evaluation = read_json(evaluation_uri) if exists(evaluation_uri) else {}
+
+    notes: list[str] = []
+    ran = [n for n in dict.fromkeys(table.column("instrument").to_pylist()) if n is not None] \
+        if "instrument" in table.column_names else []
+    instruments = {}
+    for name in ran:
+        if name == PROBES:
+            continue
+        if name == POLITUNE:
+            instruments[name] = load_politune_instrument(evaluation.get("politune_path"))
+        elif name == PCT:
+            weights = pct_path or evaluation.get("pct_path")
+            if not weights:
+                notes.append("pct was answered but no PCT weights file is known (pass --pct-path, or set "
+                             "evaluate.pct_path): pct is left out of this report")
+            elif not exists(weights):
+                notes.append(f"pct was answered but its weights file {weights} is not there: pct is left out of "
+                             "this report")
+            else:
+                instruments[name] = load_pct(weights)
+        else:
+            notes.append(f"instrument {name!r} is not known to this version: its answers are left out")
+    scores = score_answers(table, instruments, bootstrap=bootstrap, seed=seed)
+    notes += [n for n in scores.notes if not any(n.startswith(f"{name}:") for name in ran if name not in instruments)]
+
+    report_uri = join(run_uri, "report")
+    out = {key: join(report_uri, name) for key, name in FILES.items()}
+    fs, report_path = resolve(report_uri)
+    fs.create_dir(report_path, recursive=True)
+    figure = compass_figure(scores)
+    png = figure_bytes(figure, "png")
+    _write(out["png"], png)
+    _write(out["svg"], figure_bytes(figure, "svg"))
+    _write(out["markdown"], render_markdown(run_uri, scores, notes, FILES["png"]).encode())
+    _write(out["html"], render_html(run_uri, scores, notes, png).encode())
+    answers_fs, answers_path = resolve(out["answers"])
+    pq.write_table(table, answers_path, filesystem=answers_fs)
+    write_json(out["scores_json"], {**scores.as_dict(), "notes": notes, "run": run_uri})
+    return ReportResult(run_uri, report_uri, scores=scores, notes=notes, **out)
+
+
+def _write(uri: str, data: bytes) -> None:
+    from politune.storage import resolve
+
+    fs, path = resolve(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+__all__ = ["ReportResult", "build_report"]

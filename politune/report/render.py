@@ -1,0 +1,219 @@
+"""The report's tables, written once and rendered twice: as Markdown (report.md) and as one self-contained HTML
+page (report.html, the compass PNG inside it). Every text that comes from an answer is escaped."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from dataclasses import dataclass, field
+
+from politune.evaluate.schema import STATUSES
+from politune.report.scores import Scores
+
+LISTED = 50          # unmapped answers listed in the report
+ANSWER_CHARS = 160   # of an answer's text
+JUDGE_CHARS = 80     # of the judge's reply
+TITLES = {"pct": "Political Compass test (pct)", "politune": "PoliTune compass (politune)"}
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+    text_columns: set[int] = field(default_factory=set)  # columns holding text from answers
+
+
+def number(x: float | None, signed: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def interval(ci: tuple[float, float] | None) -> str:
+    if ci is None or not all(v is not None and math.isfinite(v) for v in ci):
+        return "–"
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def share(x: float | None, n: int | None = None) -> str:
+    if x is None:
+        return "–"
+    return f"{100 * x:.0f}%" + (f" of {n}" if n is not None else "")
+
+
+def shorten(text: str | None, limit: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def position_table(scores: Scores, instrument: str, mode: str) -> Table:
+    rows = []
+    for p in scores.positions:
+        if p.instrument == instrument and p.mode == mode:
+            rows.append([
+                p.model, p.role + (f" (step {p.step})" if p.step is not None else ""),
+                number(p.economic, True), interval(p.economic_ci), number(p.social, True), interval(p.social_ci),
+                _shift(p.shift_economic, p.shift_economic_ci), _shift(p.shift_social, p.shift_social_ci),
+                f"{number(p.expected_economic, True)}, {number(p.expected_social, True)}",
+                f"{p.answered}/{p.asked}",
+                share(p.phrasing_stability, p.phrasing_stability_items) if p.phrasings >= 2 else "–",
+                share(p.sample_stability, p.sample_stability_items) if p.samples >= 2 else "–",
+                " / ".join(str(p.statuses.get(s, 0)) for s in STATUSES),
+            ])
+    expected = "expected (from the probabilities)" if mode == "logprob" else "expected (from the answer shares)"
+    return Table(
+        f"{TITLES.get(instrument, instrument)}, mode {mode}",
+        ["model", "role", "economic", "95% interval", "social", "95% interval", "economic shift from base",
+         "social shift from base", expected, "answered/asked", "same in every phrasing", "same in every sample",
+         "rows " + " / ".join(STATUSES)],
+        rows)
+
+
+def _shift(value: float | None, ci: tuple[float, float] | None) -> str:
+    if value is None:
+        return "–"
+    return f"{number(value, True)} {interval(ci)}"
+
+
+def probe_tables(scores: Scores) -> list[Table]:
+    if not scores.probes:
+        return []
+    summary = Table(
+        "Probes: the judge's reading of the free-text answers (-5 left … +5 right)",
+        ["model", "role", "judge mean", "95% interval", "shift from base", "probes scored/asked", "rows scored",
+         "unmapped", "rows " + " / ".join(STATUSES)],
+        [[p.model, p.role, number(p.judge_mean, True), interval(p.judge_ci),
+          "–" if p.shift is None else f"{number(p.shift, True)} {interval(p.shift_ci)}",
+          f"{p.probes_scored}/{p.probes_asked}", str(p.scored), str(p.unmapped),
+          " / ".join(str(p.statuses.get(s, 0)) for s in STATUSES)] for p in scores.probes])
+    probe_ids = sorted({i for p in scores.probes for i in p.per_probe})
+    per_probe = Table("Probes: mean judge score of each probe", ["probe", *[p.model for p in scores.probes]],
+                      [[i, *[number(p.per_probe.get(i), True) for p in scores.probes]] for i in probe_ids])
+    return [summary, per_probe]
+
+
+def agreement_table(scores: Scores) -> Table | None:
+    if not scores.agreement:
+        return None
+    return Table("Agreement between the modes: the same most likely option in logprob and generate",
+                 ["model", "instrument", "agreement", "items answered in both"],
+                 [[a.model, a.instrument, share(a.agreement), str(a.items)] for a in scores.agreement])
+
+
+def unmapped_table(scores: Scores) -> Table | None:
+    if not scores.unmapped_total:
+        return None
+    listed = scores.unmapped[:LISTED]
+    more = scores.unmapped_total - len(listed)
+    caption = f"{scores.unmapped_total:,} rows the judge's reply could not be read for" + (
+        f"; the first {len(listed)} are listed, every one is in answers.parquet" if more else "")
+    return Table("Unmapped answers", ["model", "instrument", "item", "mode", "phrasing", "sample", "answer",
+                                      "judge's reply"],
+                 [[u.model, u.instrument, u.item_id, u.mode or "", _text(u.phrasing), _text(u.sample),
+                   shorten(u.raw_output, ANSWER_CHARS), shorten(u.judge_output, JUDGE_CHARS)] for u in listed],
+                 caption, text_columns={6, 7})
+
+
+def _text(x: object) -> str:
+    return "" if x is None else str(x)
+
+
+def report_tables(scores: Scores) -> list[Table]:
+    tables = []
+    for instrument in scores.instruments():
+        for mode in dict.fromkeys(p.mode for p in scores.positions if p.instrument == instrument):
+            tables.append(position_table(scores, instrument, mode))
+    tables += [t for t in (agreement_table(scores),) if t] + probe_tables(scores)
+    tables += [t for t in (unmapped_table(scores),) if t]
+    return tables
+
+
+def _intro(scores: Scores) -> list[str]:
+    return [
+        "Positions lie in -10…10: economic negative = left, positive = right; social negative = libertarian, "
+        "positive = authoritarian. A position takes each item's most likely option, combined over phrasings and "
+        "samples (logprob: the mean of the option probabilities; generate: the share of each answer); the "
+        "expected position uses the distribution itself.",
+        f"Intervals are 95% bootstrap intervals over items ({scores.bootstrap:,} resamples, seed {scores.seed}); "
+        "a shift from the base resamples the same items for both models (paired). Stability is the share of items "
+        "whose most likely option is the same in every phrasing (sample). Checkpoints are drawn on their adapter's "
+        "training path.",
+    ]
+
+
+# --- Markdown --------------------------------------------------------------------------------------------------
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]#|])")
+
+
+def _md_cell(text: str, free_text: bool) -> str:
+    text = html.escape(" ".join(text.split()), quote=False)
+    return _MD_SPECIAL.sub(r"\\\1", text) if free_text else text.replace("|", "\\|")
+
+
+def markdown_table(table: Table) -> str:
+    lines = [f"### {table.title}", ""]
+    if table.caption:
+        lines += [table.caption, ""]
+    if not table.rows:
+        return "\n".join(lines + ["(none)", ""])
+    lines.append("| " + " | ".join(_md_cell(h, False) for h in table.headers) + " |")
+    lines.append("|" + "|".join("---" for _ in table.headers) + "|")
+    for row in table.rows:
+        lines.append("| " + " | ".join(_md_cell(c, i in table.text_columns) for i, c in enumerate(row)) + " |")
+    return "\n".join(lines + [""])
+
+
+def render_markdown(run_uri: str, scores: Scores, notes: list[str], image: str = "compass.png") -> str:
+    lines = [f"# PoliTune report: {_md_cell(run_uri, False)}", ""]
+    for note in notes:
+        lines.append(f"> **Note:** {_md_cell(note, False)}")
+    if notes:
+        lines.append("")
+    lines += [f"![compass]({image})", "", *(p + "\n" for p in _intro(scores))]
+    lines += [markdown_table(t) for t in report_tables(scores)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --- HTML ------------------------------------------------------------------------------------------------------
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1400px; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.85rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+td.text { max-width: 32rem; word-break: break-word; }
+.note { background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.5rem 1rem; margin: 0.5rem 0; }
+img { max-width: 100%; }
+"""
+
+
+def html_table(table: Table) -> str:
+    e = html.escape
+    parts = [f"<h3>{e(table.title)}</h3>"]
+    if table.caption:
+        parts.append(f"<p>{e(table.caption)}</p>")
+    if not table.rows:
+        return "\n".join(parts + ["<p>(none)</p>"])
+    parts.append("<table>\n<tr>" + "".join(f"<th>{e(h)}</th>" for h in table.headers) + "</tr>")
+    for row in table.rows:
+        cells = "".join(f'<td class="text">{e(c)}</td>' if i in table.text_columns else f"<td>{e(c)}</td>"
+                        for i, c in enumerate(row))
+        parts.append(f"<tr>{cells}</tr>")
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def render_html(run_uri: str, scores: Scores, notes: list[str], png: bytes) -> str:
+    e = html.escape
+    image = base64.b64encode(png).decode("ascii")
+    body = [f"<h1>PoliTune report: {e(run_uri)}</h1>"]
+    body += [f'<div class="note"><b>Note:</b> {e(note)}</div>' for note in notes]
+    body.append(f'<img alt="compass: every model on each instrument" src="data:image/png;base64,{image}">')
+    body += [f"<p>{e(p)}</p>" for p in _intro(scores)]
+    body += [html_table(t) for t in report_tables(scores)]
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>PoliTune report: {e(run_uri)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")

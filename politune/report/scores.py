@@ -1,0 +1,502 @@
+"""Scores from stored answers: every model's position on each instrument and mode with 95% bootstrap intervals, its
+shift from the base model (a paired bootstrap), stability across phrasings and samples, agreement between the
+modes, the judge's reading of the probes, and each adapter's training trajectory. No model is asked.
+
+Per item, the phrasings x samples of one (model, instrument, mode) are combined into one distribution over the four
+options: the mean of option_probs (logprob) or the share of ok answers per option (generate; no_stance, unmapped
+and engine_error rows do not count). The position takes each item's most likely option (as the test is taken; a
+tie goes to the lower option), the expected position the distribution itself. The intervals resample items.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from politune.evaluate.instruments import Instrument
+from politune.evaluate.schema import ADAPTER, ANSWER_SCHEMA, BASE, CHECKPOINT, EXTERNAL, OK, STATUSES, UNMAPPED
+
+PROBES = "probes"
+MODES = ("logprob", "generate")
+LISTED_UNMAPPED = 200   # unmapped rows kept in the scores (all are in answers.parquet)
+LISTED_CHARS = 500      # of their texts
+REQUIRED = ("model", "instrument", "item_id", "mode", "status")
+Interval = tuple[float, float]
+
+
+# --- what is returned ------------------------------------------------------------------------------------------
+@dataclass
+class ModelInfo:
+    model: str
+    role: str
+    adapter: str | None = None
+    checkpoint_of: str | None = None
+    step: int | None = None
+
+
+@dataclass
+class PositionScore:
+    """One model on one instrument in one mode."""
+
+    model: str
+    role: str
+    instrument: str
+    mode: str
+    economic: float                 # from each item's most likely option
+    social: float
+    economic_ci: Interval           # 95% bootstrap over items
+    social_ci: Interval
+    expected_economic: float        # from the distributions themselves
+    expected_social: float
+    answered: int                   # items with at least one ok row
+    asked: int                      # items with any row
+    base: str | None = None         # the base model the shift is from
+    shift_economic: float | None = None
+    shift_social: float | None = None
+    shift_economic_ci: Interval | None = None  # paired bootstrap: the same resampled items for model and base
+    shift_social_ci: Interval | None = None
+    phrasings: int = 0
+    samples: int = 0
+    phrasing_stability: float | None = None  # share of items with the same most likely option in every phrasing
+    phrasing_stability_items: int = 0
+    sample_stability: float | None = None    # … in every sample
+    sample_stability_items: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    adapter: str | None = None
+    checkpoint_of: str | None = None
+    step: int | None = None
+
+
+@dataclass
+class ModeAgreement:
+    model: str
+    instrument: str
+    agreement: float | None   # share of items with the same most likely option in both modes
+    items: int                # items answered in both modes
+
+
+@dataclass
+class ProbeScore:
+    model: str
+    role: str
+    judge_mean: float               # mean judge_score of the ok rows: -5 left … +5 right
+    judge_ci: Interval              # 95% bootstrap over probes
+    scored: int                     # ok rows
+    probes_scored: int              # probes with at least one ok row
+    probes_asked: int
+    unmapped: int
+    statuses: dict[str, int]
+    per_probe: dict[str, float | None]  # probe id -> mean judge_score
+    base: str | None = None
+    shift: float | None = None
+    shift_ci: Interval | None = None
+
+
+@dataclass
+class UnmappedAnswer:
+    model: str
+    instrument: str
+    item_id: str
+    mode: str
+    phrasing: int | None
+    sample: int | None
+    raw_output: str | None
+    judge_output: str | None
+
+
+@dataclass
+class TrajectoryPoint:
+    label: str
+    model: str
+    step: int | None
+    economic: float
+    social: float
+
+
+@dataclass
+class Trajectory:
+    adapter: str
+    instrument: str
+    mode: str
+    points: list[TrajectoryPoint]   # base, the checkpoints by step, the final adapter
+
+
+@dataclass
+class Scores:
+    positions: list[PositionScore]
+    agreement: list[ModeAgreement]
+    probes: list[ProbeScore]
+    unmapped: list[UnmappedAnswer]  # the first LISTED_UNMAPPED
+    unmapped_total: int
+    trajectories: list[Trajectory]
+    models: list[ModelInfo]
+    bootstrap: int
+    seed: int
+    notes: list[str] = field(default_factory=list)
+
+    def position(self, model: str, instrument: str, mode: str) -> PositionScore | None:
+        return next((p for p in self.positions if (p.model, p.instrument, p.mode) == (model, instrument, mode)),
+                    None)
+
+    def instruments(self) -> list[str]:
+        return list(dict.fromkeys(p.instrument for p in self.positions))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: tuples as lists, NaN as null."""
+        return _plain(asdict(self))
+
+
+# --- scoring ---------------------------------------------------------------------------------------------------
+def score_answers(answers: pa.Table | Iterable[Mapping[str, Any]], instruments: Mapping[str, Instrument],
+                  bootstrap: int = 1000, seed: int = 0) -> Scores:
+    """Scores of ANSWER_SCHEMA rows. Rows of an instrument not in `instruments` (other than probes) are left out
+    with a note; an item id the instrument does not have is a ValueError."""
+    if bootstrap < 1:
+        raise ValueError(f"bootstrap must be at least 1, got {bootstrap}")
+    rows = _rows(answers)
+    models = _models(rows)
+    bases = {m for m, info in models.items() if info.role == BASE}
+    base_of = {m: _base_of(info, bases) for m, info in models.items()}
+    notes: list[str] = []
+
+    skipped = Counter(r["instrument"] for r in rows if r["instrument"] != PROBES and r["instrument"] not in instruments)
+    for name, n in sorted(skipped.items()):
+        notes.append(f"{name}: {n:,} answer rows not scored (the instrument is not loaded)")
+    groups = _group_items(rows, instruments, notes)
+
+    positions: list[PositionScore] = []
+    for (model, name, mode), group in groups.items():
+        positions.append(_position_score(models[model], name, mode, group, instruments[name], bootstrap, seed))
+    by_key = {(p.model, p.instrument, p.mode): p for p in positions}
+    for p in positions:
+        base = base_of[p.model]
+        if base is not None and (base, p.instrument, p.mode) in groups:
+            _add_shift(p, by_key[(base, p.instrument, p.mode)], groups, instruments[p.instrument], bootstrap, seed)
+    order = _model_order(models)
+    positions.sort(key=lambda p: (list(instruments).index(p.instrument), MODES.index(p.mode) if p.mode in MODES
+                                  else len(MODES), order[p.model]))
+
+    agreement = []
+    for model, name, _ in sorted({k for k in groups if k[2] == MODES[0]}, key=lambda k: (k[1], order[k[0]])):
+        if (model, name, MODES[1]) in groups:
+            agreement.append(_agreement(model, name, groups[(model, name, MODES[0])], groups[(model, name, MODES[1])]))
+
+    probe_rows = [r for r in rows if r["instrument"] == PROBES]
+    probes = _probe_scores(probe_rows, models, base_of, bootstrap, seed)
+    probes.sort(key=lambda p: order[p.model])
+
+    unmapped_rows = [r for r in rows if r["status"] == UNMAPPED]
+    unmapped_rows.sort(key=lambda r: (order[r["model"]], r["instrument"], r["mode"] or "", str(r["item_id"]),
+                                      r["phrasing"] or 0, r["sample"] or 0))
+    unmapped = [UnmappedAnswer(r["model"], r["instrument"], str(r["item_id"]), r["mode"], r["phrasing"], r["sample"],
+                               _cut(r.get("raw_output")), _cut(r.get("judge_output")))
+                for r in unmapped_rows[:LISTED_UNMAPPED]]
+
+    trajectories = _trajectories(models, base_of, by_key, instruments)
+    return Scores(positions, agreement, probes, unmapped, len(unmapped_rows), trajectories,
+                  sorted(models.values(), key=lambda m: order[m.model]), bootstrap, seed, notes)
+
+
+def _rows(answers: pa.Table | Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Answer rows as dicts with every schema field (absent ones None); ValueError naming a row that lacks one of
+    model, instrument, item_id, mode, status."""
+    empty = dict.fromkeys(ANSWER_SCHEMA.names)
+    rows = [{**empty, **r} for r in (answers.to_pylist() if isinstance(answers, pa.Table) else answers)]
+    for number, r in enumerate(rows):
+        missing = [k for k in REQUIRED if r[k] is None]
+        if missing:
+            raise ValueError(f"answer row {number} ({r['model']}, {r['instrument']}, {r['item_id']}): "
+                             f"{', '.join(missing)}: expected a value, got null")
+        r["item_id"] = str(r["item_id"])
+    return rows
+
+
+@dataclass
+class _Group:
+    """The answers of one (model, instrument, mode): ok answers per item, as (phrasing, sample, distribution)."""
+
+    item_ids: list[str]                                   # asked, in the instrument's order
+    answers: dict[str, list[tuple[int, int, np.ndarray]]]
+    statuses: Counter
+    phrasings: int
+    samples: int
+
+    def combined(self, item_ids: list[str] | None = None) -> np.ndarray:
+        """(n, 4): each item's distribution over the options, NaN when unanswered."""
+        item_ids = self.item_ids if item_ids is None else item_ids
+        out = np.full((len(item_ids), 4), np.nan)
+        for row, item in enumerate(item_ids):
+            if self.answers.get(item):
+                out[row] = np.mean([vec for _, _, vec in self.answers[item]], axis=0)
+        return out
+
+    def chosen(self, item_ids: list[str] | None = None) -> np.ndarray:
+        """(n, 4): one-hot of each item's most likely option, NaN when unanswered."""
+        return _one_hot_argmax(self.combined(item_ids))
+
+
+def _one_hot_argmax(dist: np.ndarray) -> np.ndarray:
+    out = np.full_like(dist, np.nan)
+    answered = ~np.isnan(dist).any(axis=1)
+    out[answered] = np.eye(4)[np.argmax(dist[answered], axis=1)]
+    return out
+
+
+def _models(rows: list[dict[str, Any]]) -> dict[str, ModelInfo]:
+    models: dict[str, ModelInfo] = {}
+    for r in rows:
+        if r["model"] not in models:
+            models[r["model"]] = ModelInfo(r["model"], r.get("role") or EXTERNAL, r.get("adapter"),
+                                           r.get("checkpoint_of"), r.get("step"))
+    return models
+
+
+def _base_of(info: ModelInfo, bases: set[str]) -> str | None:
+    """The base model a model's shift is measured from: itself for a base; for an adapter or a checkpoint the
+    base its id names (`<base>:<adapter>`), else the run's only base; none for an external model."""
+    if info.role == BASE:
+        return info.model
+    if info.role not in (ADAPTER, CHECKPOINT):
+        return None
+    prefix = info.model.split(":", 1)[0]
+    if prefix in bases:
+        return prefix
+    return next(iter(bases)) if len(bases) == 1 else None
+
+
+def _model_order(models: dict[str, ModelInfo]) -> dict[str, int]:
+    """base first; each adapter after its checkpoints (by step); external models last."""
+    def key(info: ModelInfo) -> tuple:
+        if info.role == BASE:
+            return (0, info.model, 0)
+        if info.role == CHECKPOINT:
+            return (1, info.checkpoint_of or info.model, info.step if info.step is not None else 0, info.model)
+        if info.role == ADAPTER:
+            return (1, info.adapter or info.model, math.inf, info.model)
+        return (2, info.model, 0)
+    return {info.model: i for i, info in enumerate(sorted(models.values(), key=key))}
+
+
+def _distribution(r: dict[str, Any]) -> np.ndarray | None:
+    """An ok row's answer as a distribution over the options: option_probs (logprob) or one-hot (generate)."""
+    probs = r.get("option_probs")
+    if r.get("mode") == "logprob" and probs is not None and len(probs) == 4:
+        vec = np.asarray(probs, dtype=float)
+        if np.isfinite(vec).all() and (vec >= 0).all() and vec.sum() > 0:
+            return vec / vec.sum()
+    answer = r.get("answer")
+    if answer is not None and 0 <= answer <= 3:
+        return np.eye(4)[int(answer)]
+    return None
+
+
+def _group_items(rows: list[dict[str, Any]], instruments: Mapping[str, Instrument],
+                 notes: list[str]) -> dict[tuple[str, str, str], _Group]:
+    asked: dict[tuple, set[str]] = defaultdict(set)
+    answers: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    statuses: dict[tuple, Counter] = defaultdict(Counter)
+    phrasings: dict[tuple, set] = defaultdict(set)
+    samples: dict[tuple, set] = defaultdict(set)
+    unreadable = Counter()
+    for r in rows:
+        name = r["instrument"]
+        if name == PROBES or name not in instruments:
+            continue
+        key, item = (r["model"], name, r["mode"]), str(r["item_id"])
+        if item not in instruments[name]:
+            raise ValueError(f"answers of {r['model']} name {name} item {item!r}, which the instrument does not "
+                             f"have ({len(instruments[name].items)} items): were they asked with another "
+                             f"{'weights file (pct_path)' if name == 'pct' else 'instrument file'}?")
+        asked[key].add(item)
+        statuses[key][r["status"]] += 1
+        phrasings[key].add(r.get("phrasing") or 0)
+        samples[key].add(r.get("sample") or 0)
+        if r["status"] == OK:
+            vec = _distribution(r)
+            if vec is None:
+                unreadable[key] += 1
+                continue
+            answers[key][item].append((r.get("phrasing") or 0, r.get("sample") or 0, vec))
+    for (model, name, mode), n in sorted(unreadable.items()):
+        notes.append(f"{model} {name} {mode}: {n:,} ok rows without a readable answer were left out")
+    groups = {}
+    for key, items in asked.items():
+        order = {p.id: i for i, p in enumerate(instruments[key[1]].items)}
+        groups[key] = _Group(sorted(items, key=order.__getitem__), dict(answers[key]), statuses[key],
+                             len(phrasings[key]), len(samples[key]))
+    return groups
+
+
+def _rng(seed: int, *key: str) -> np.random.Generator:
+    """A generator of its own for each thing resampled, so an interval does not depend on what else is scored."""
+    return np.random.default_rng([seed, zlib.crc32("\x1f".join(key).encode())])
+
+
+def _interval(values: np.ndarray) -> Interval:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return (math.nan, math.nan)
+    low, high = np.percentile(values, [2.5, 97.5])
+    return (float(low), float(high))
+
+
+def _position_score(info: ModelInfo, name: str, mode: str, group: _Group, instrument: Instrument,
+                    bootstrap: int, seed: int) -> PositionScore:
+    ids = group.item_ids
+    combined = group.combined()
+    chosen = _one_hot_argmax(combined)
+    economic, social, answered = instrument.score(ids, chosen)
+    expected_economic, expected_social, _ = instrument.score(ids, combined)
+    resamples = _rng(seed, info.model, name, mode).integers(0, len(ids), size=(bootstrap, len(ids)))
+    boot_economic, boot_social, _ = instrument.score(ids, chosen, resamples)
+    phrasing_share, phrasing_items = _stability(group, by=0)
+    sample_share, sample_items = _stability(group, by=1)
+    return PositionScore(
+        info.model, info.role, name, mode, float(economic[0]), float(social[0]), _interval(boot_economic),
+        _interval(boot_social), float(expected_economic[0]), float(expected_social[0]), int(answered[0]), len(ids),
+        phrasings=group.phrasings, samples=group.samples, phrasing_stability=phrasing_share,
+        phrasing_stability_items=phrasing_items, sample_stability=sample_share, sample_stability_items=sample_items,
+        statuses={s: group.statuses.get(s, 0) for s in STATUSES} | dict(group.statuses),
+        adapter=info.adapter, checkpoint_of=info.checkpoint_of, step=info.step)
+
+
+def _stability(group: _Group, by: int) -> tuple[float | None, int]:
+    """Share of items whose most likely option is the same in every phrasing (by=0) or sample (by=1), among the
+    items answered in at least two; None when fewer than two were asked or no item qualifies."""
+    if (group.phrasings if by == 0 else group.samples) < 2:
+        return None, 0
+    same = counted = 0
+    for answers in group.answers.values():
+        parts: dict[int, list[np.ndarray]] = defaultdict(list)
+        for answer in answers:
+            parts[answer[by]].append(answer[2])
+        if len(parts) < 2:
+            continue
+        counted += 1
+        same += len({int(np.argmax(np.mean(vecs, axis=0))) for vecs in parts.values()}) == 1
+    return (same / counted if counted else None), counted
+
+
+def _add_shift(p: PositionScore, base: PositionScore, groups: dict[tuple[str, str, str], _Group],
+               instrument: Instrument, bootstrap: int, seed: int) -> None:
+    """The shift from the base, with a paired bootstrap over the items both were asked."""
+    model_group, base_group = groups[(p.model, p.instrument, p.mode)], groups[(base.model, p.instrument, p.mode)]
+    in_base = set(base_group.item_ids)
+    shared = [i for i in model_group.item_ids if i in in_base]
+    p.base = base.model
+    p.shift_economic, p.shift_social = p.economic - base.economic, p.social - base.social
+    if not shared:
+        p.shift_economic_ci = p.shift_social_ci = (math.nan, math.nan)
+        return
+    resamples = _rng(seed, "paired", p.model, base.model, p.instrument, p.mode).integers(
+        0, len(shared), size=(bootstrap, len(shared)))
+    model_economic, model_social, _ = instrument.score(shared, model_group.chosen(shared), resamples)
+    base_economic, base_social, _ = instrument.score(shared, base_group.chosen(shared), resamples)
+    p.shift_economic_ci = _interval(model_economic - base_economic)
+    p.shift_social_ci = _interval(model_social - base_social)
+
+
+def _agreement(model: str, name: str, logprob: _Group, generate: _Group) -> ModeAgreement:
+    in_generate = set(generate.item_ids)
+    shared = [i for i in logprob.item_ids if i in in_generate]
+    a, b = logprob.combined(shared), generate.combined(shared)
+    both = ~np.isnan(a).any(axis=1) & ~np.isnan(b).any(axis=1)
+    n = int(both.sum())
+    same = int((np.argmax(a[both], axis=1) == np.argmax(b[both], axis=1)).sum()) if n else 0
+    return ModeAgreement(model, name, same / n if n else None, n)
+
+
+def _probe_scores(rows: list[dict[str, Any]], models: dict[str, ModelInfo], base_of: dict[str, str | None],
+                  bootstrap: int, seed: int) -> list[ProbeScore]:
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_model[r["model"]].append(r)
+    sums: dict[str, dict[str, tuple[float, int]]] = {}
+    out: dict[str, ProbeScore] = {}
+    for model, model_rows in by_model.items():
+        per: dict[str, list[float]] = defaultdict(list)
+        asked = sorted({str(r["item_id"]) for r in model_rows})
+        for r in model_rows:
+            if r["status"] == OK and r.get("judge_score") is not None and math.isfinite(r["judge_score"]):
+                per[str(r["item_id"])].append(float(r["judge_score"]))
+        sums[model] = {item: (sum(v), len(v)) for item, v in per.items()}
+        scored = sorted(per)
+        total, count = sum(s for s, _ in sums[model].values()), sum(n for _, n in sums[model].values())
+        mean = total / count if count else math.nan
+        ci: Interval = (math.nan, math.nan)
+        if scored:
+            idx = _rng(seed, model, PROBES).integers(0, len(scored), size=(bootstrap, len(scored)))
+            ci = _interval(_resampled_means(sums[model], scored, idx))
+        statuses = Counter(r["status"] for r in model_rows)
+        out[model] = ProbeScore(model, models[model].role, mean, ci, count, len(scored), len(asked),
+                                statuses.get(UNMAPPED, 0), {s: statuses.get(s, 0) for s in STATUSES} | dict(statuses),
+                                {i: (sum(per[i]) / len(per[i]) if per.get(i) else None) for i in asked})
+    for model, p in out.items():
+        base = base_of.get(model)
+        if base is None or base not in out:
+            continue
+        p.base, p.shift = base, p.judge_mean - out[base].judge_mean
+        shared = sorted(set(sums[model]) & set(sums[base]))
+        if not shared:
+            p.shift_ci = (math.nan, math.nan)
+            continue
+        idx = _rng(seed, "paired", model, base, PROBES).integers(0, len(shared), size=(bootstrap, len(shared)))
+        p.shift_ci = _interval(_resampled_means(sums[model], shared, idx) - _resampled_means(sums[base], shared, idx))
+    return list(out.values())
+
+
+def _resampled_means(sums: dict[str, tuple[float, int]], probe_ids: list[str], idx: np.ndarray) -> np.ndarray:
+    """The mean score of the rows of each resample of probes: (B,) from (B, m) indices into probe_ids."""
+    total = np.array([sums[i][0] for i in probe_ids])
+    count = np.array([sums[i][1] for i in probe_ids], dtype=float)
+    return total[idx].sum(axis=1) / count[idx].sum(axis=1)
+
+
+def _trajectories(models: dict[str, ModelInfo], base_of: dict[str, str | None],
+                  positions: dict[tuple[str, str, str], PositionScore],
+                  instruments: Mapping[str, Instrument]) -> list[Trajectory]:
+    """For each adapter with checkpoints: base -> checkpoints by step -> the final adapter, per instrument and mode."""
+    checkpoints: dict[str, list[ModelInfo]] = defaultdict(list)
+    for info in models.values():
+        if info.role == CHECKPOINT and info.checkpoint_of:
+            checkpoints[info.checkpoint_of].append(info)
+    out = []
+    for adapter in sorted(checkpoints):
+        steps = sorted(checkpoints[adapter], key=lambda i: (i.step if i.step is not None else -1, i.model))
+        final = next((i for i in models.values() if i.role == ADAPTER and i.adapter == adapter), None)
+        base = base_of.get(final.model if final else steps[0].model)
+        path = ([(base, base, 0)] if base else []) + [(f"step {i.step}", i.model, i.step) for i in steps] + \
+            ([(final.model, final.model, None)] if final else [])
+        for name in instruments:
+            for mode in MODES:
+                points = [TrajectoryPoint(label, model, step, positions[(model, name, mode)].economic,
+                                          positions[(model, name, mode)].social)
+                          for label, model, step in path if (model, name, mode) in positions]
+                if any(positions.get((i.model, name, mode)) for i in steps):
+                    out.append(Trajectory(adapter, name, mode, points))
+    return out
+
+
+def _cut(text: str | None, limit: int = LISTED_CHARS) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + "…"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    return value
