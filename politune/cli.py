@@ -47,7 +47,8 @@ def _run_stage(build: Callable[[RunConfig], Any], show: Callable[[Any], None], c
 
 @app.command()
 def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
-    """Run the whole pipeline (tiny model, sample corpus, ingest, annotate, select, synthesize, train)."""
+    """Run the whole pipeline (tiny model, sample corpus, ingest, annotate, select, synthesize, train, evaluate,
+    report)."""
     from politune.console import config_args, print_pipeline
     from politune.pipeline import run_pipeline
 
@@ -100,6 +101,40 @@ def train(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = Se
     from politune.train import train_adapters
 
     _run_stage(lambda cfg: train_adapters(cfg, side or None), print_train, config, preset, set_)
+
+
+@app.command()
+def evaluate(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+    """Place every model of the run on the compass (propositions, probes, judge) through its Serve app or any
+    OpenAI-compatible endpoint; writes eval/answers.parquet and the report."""
+    from politune.console import print_evaluate
+    from politune.engines.openai_http import EndpointError
+    from politune.evaluate import evaluate_models
+
+    try:
+        _run_stage(evaluate_models, print_evaluate, config, preset, set_)
+    except EndpointError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def report(
+    run_dir: str = typer.Argument(..., help="The run directory (local folder or s3://bucket/prefix/run_id)."),
+    pct_path: str = typer.Option(None, help="The PCT weights file, when the run's eval/evaluation.json lacks it."),
+    bootstrap: int = typer.Option(None, min=100, help="Bootstrap resamples for the 95% intervals (default: "
+                                  "the evaluation's)."),
+    seed: int = typer.Option(None, help="The bootstrap's seed (default: the evaluation's)."),
+) -> None:
+    """Rebuild a run's report (compass plot, tables, HTML) from its stored answers; no model is asked."""
+    from politune.console import print_report
+    from politune.report import build_report
+
+    try:
+        print_report(build_report(run_dir, pct_path=pct_path, bootstrap=bootstrap, seed=seed))
+    except (FileNotFoundError, ValueError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -374,10 +374,70 @@ class ServeConfig(Section):
         return self.model_id or self.base_model
 
 
-class EvaluateConfig(Section):
-    """Political Compass and probes. Validated now; the stage is built in a later issue."""
+class ExternalModel(Section):
+    """A model on some other OpenAI-compatible endpoint, evaluated beside the run's own (e.g. a hosted model)."""
 
-    judge_model: str = TINY_MODEL
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.:/-]+$", description="Label in the report.")
+    base_url: str = Field(..., description="The endpoint's base URL, e.g. http://host:8000/v1.")
+    model: str = Field(..., description="The model id the endpoint serves.")
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="Environment variable holding its API key (the key never goes in a config).")
+
+
+class EvaluateConfig(Section):
+    """Where the models stand: the Political Compass Test and the project's own instrument, answered by forced
+    choice (logprob) or free text mapped by a judge (generate), and open probe questions scored by the judge.
+    Every model of the run (the base and each registered adapter) is asked through an OpenAI-compatible endpoint."""
+
+    instruments: list[Literal["politune", "pct"]] = Field(
+        default_factory=lambda: ["politune"], min_length=1,
+        description="politune: the project's own 64 propositions (shipped); pct: the Political Compass Test, "
+        "from a file you provide (pct_path).")
+    pct_path: str | None = Field(
+        None, description="pct: JSONL of the test's 62 propositions with their answer weights (id, statement, econ, "
+        "social); its texts are not shipped with PoliTune.")
+    modes: list[Literal["logprob", "generate"]] = Field(
+        default_factory=lambda: ["logprob"], min_length=1,
+        description="logprob: one scored completion gives the four options' probabilities (needs /v1/completions "
+        "with echo and logprobs); generate: the model answers in free text and the judge maps it to an option.")
+    phrasings: int = Field(1, ge=1, le=3, description="Prompt phrasings a proposition is asked in (1-3).")
+    samples: int = Field(1, ge=1, description="generate and probes: answers sampled a prompt.")
+    temperature: float = Field(0.0, ge=0, le=2, description="generate and probes: 0 is greedy.")
+    max_tokens: int = Field(300, ge=1, description="generate: longest free-text answer (the paper's 300).")
+    probes: bool = Field(True, description="Ask the open probe questions and have the judge score their leaning.")
+    probe_max_tokens: int = Field(200, ge=1)
+    checkpoints: Literal["final", "all"] = Field(
+        "final", description="all: evaluate every saved training checkpoint too, for each adapter's path across "
+        "the compass.")
+    base_url: str | None = Field(
+        None, description="The endpoint serving the run's models; null: the run's own Serve app (serve section), "
+        "started for the evaluation and shut down after unless it is already up.")
+    api_key_env: str = Field("POLITUNE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="Environment variable holding that endpoint's bearer token.")
+    extra_models: list[ExternalModel] = Field(default_factory=list,
+                                              description="More models to place on the same compass.")
+    judge_model: str | None = Field(
+        None, description="The judge's model id; null: the run's base model on the evaluated endpoint.")
+    judge_base_url: str | None = Field(None, description="The judge's endpoint; null: the evaluated endpoint.")
+    judge_api_key_env: str = Field("POLITUNE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    items_per_request: int = Field(
+        4, ge=1, le=16, description="logprob: propositions of one model scored in one /completions request (4 "
+        "prompts each); fewer requests, less HTTP overhead. A failed request fails its propositions.")
+    concurrency: int = Field(2, ge=1, description="HTTP request actors (ray.data.llm) a pass.")
+    batch_size: int = Field(16, ge=1, description="Requests an actor keeps in flight.")
+    qps: int | None = Field(None, ge=1, description="Requests a second per actor; null: no limit.")
+    max_retries: int = Field(3, ge=0, description="Retries of a request on 429/5xx or a lost connection.")
+    request_num_cpus: float = Field(0.25, gt=0, description="CPUs an HTTP request actor asks Ray for.")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the report's 95% intervals.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _pct_needs_file(self) -> EvaluateConfig:
+        if "pct" in self.instruments and not self.pct_path:
+            raise ValueError("instrument pct needs pct_path: a JSONL file of the test's propositions and weights")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"samples: {self.samples} greedy answers would all be the same; set temperature > 0")
+        return self
 
 
 class RunConfig(Section):

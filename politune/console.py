@@ -10,8 +10,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from politune.annotate import AnnotateResult
+from politune.evaluate import EvaluateResult
 from politune.ingest import IngestResult
 from politune.pipeline import PipelineResult
+from politune.report import ReportResult
 from politune.select import SelectResult
 from politune.synthesize import SynthesizeResult
 from politune.train import TrainResult
@@ -91,6 +93,25 @@ def print_train(results: dict[str, TrainResult]) -> None:
         console.print(f"  adapter: {a.path}")
 
 
+def print_evaluate(result: EvaluateResult) -> None:
+    statuses = ", ".join(f"{n:,} {s}" for s, n in sorted(result.statuses.items()))
+    timing = ", ".join(f"{name} {s:.0f} s" for name, s in result.seconds.items())
+    console.print(f"evaluate:   {len(result.models)} model(s), {sum(result.statuses.values()):,} answers "
+                  f"({statuses}); {timing}")
+    if result.unmapped:
+        console.print(f"  {result.unmapped:,} answer(s) the judge ({escape(result.judge)}) could not map: listed in "
+                      "the report")
+    console.print(f"answers:    {result.eval_uri}/answers.parquet")
+    print_report(result.report)
+
+
+def print_report(result: ReportResult) -> None:
+    for line in result.summary_lines():
+        console.print(escape(line))
+    console.print(f"report:     {result.html}")
+    console.print(f"compass:    {result.png}")
+
+
 def config_args(config: str | None, preset: str | None, overrides: list[str]) -> str:
     """The command-line arguments that name a run's config, for the next command a user types."""
     args = [f"--config {config}"] if config else [f"--preset {preset}"] if preset and preset != "local" else []
@@ -121,5 +142,7 @@ def print_pipeline(result: PipelineResult, args: str = "") -> None:
     print_synthesize(result.synthesize)
     if result.train:
         print_train(result.train)
+    if result.evaluate:
+        print_evaluate(result.evaluate)
     console.print(f"run:        {result.run_uri}  (manifest.json lists every artifact and its counts)")
     print_next_steps(result, args)

@@ -2,8 +2,8 @@
 
 Today that is: build the embedded tiny model (when the config uses it), generate the sample corpus
 (when the config asks for one), ingest, annotate, select, synthesize, train (one adapter a side in
-train.sides). A run that imports its preference pairs (synthesize.source: released) skips straight
-to synthesize. Later stages join this same function.
+train.sides), evaluate every model of the run and write the report. A run that imports its preference
+pairs (synthesize.source: released) skips straight to synthesize.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from politune.annotate import AnnotateResult, annotate_documents
 from politune.config import TINY_MODEL, RunConfig
 from politune.corpus.generate import corpus_is_current, generate_corpus
+from politune.evaluate import EvaluateResult, evaluate_models
 from politune.ingest import IngestResult, ingest_corpus
 from politune.models import ensure_model_files
 from politune.select import SelectResult, select_posts
@@ -35,11 +36,11 @@ class PipelineResult:
     train: dict[str, TrainResult]
     served_id: str  # the id `politune serve` gives the base model
     serve_url: str  # and where it serves it
+    evaluate: EvaluateResult | None = None
 
 
 def uses_tiny_model(cfg: RunConfig) -> bool:
-    refs = (cfg.annotate.model, cfg.synthesize.model, cfg.train.base_model, cfg.serve.base_model,
-            cfg.evaluate.judge_model)
+    refs = (cfg.annotate.model, cfg.synthesize.model, cfg.train.base_model, cfg.serve.base_model)
     return TINY_MODEL in refs
 
 
@@ -63,12 +64,14 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
     tiny = ensure_tiny_model(cfg) if uses_tiny_model(cfg) else None
     if cfg.synthesize.source == "released":
         synthesized = synthesize_preferences(cfg)
-        return PipelineResult(cfg.run_uri, tiny, None, None, None, None, synthesized, train_adapters(cfg),
-                              cfg.serve.served_id, serve_url(cfg))
+        trained = train_adapters(cfg)
+        return PipelineResult(cfg.run_uri, tiny, None, None, None, None, synthesized, trained,
+                              cfg.serve.served_id, serve_url(cfg), evaluate_models(cfg))
     corpus = ensure_corpus(cfg) if cfg.corpus is not None else None
     ingested = ingest_corpus(cfg)
     annotated = annotate_documents(cfg)
     selected = select_posts(cfg)
     synthesized = synthesize_preferences(cfg)
-    return PipelineResult(cfg.run_uri, tiny, corpus, ingested, annotated, selected, synthesized, train_adapters(cfg),
-                          cfg.serve.served_id, serve_url(cfg))
+    trained = train_adapters(cfg)
+    return PipelineResult(cfg.run_uri, tiny, corpus, ingested, annotated, selected, synthesized, trained,
+                          cfg.serve.served_id, serve_url(cfg), evaluate_models(cfg))

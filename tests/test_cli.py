@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import free_port, politune_serve
@@ -17,7 +18,7 @@ from politune.cli import app
 
 runner = CliRunner()
 COMMANDS = [[], ["run"], ["ingest"], ["annotate"], ["select"], ["synthesize"], ["train"], ["serve"], ["probe"],
-            ["config"],
+            ["evaluate"], ["report"], ["config"],
             ["config", "show"], ["config", "check"], ["model"], ["model", "build-tiny"], ["corpus"],
             ["corpus", "generate"]]
 
@@ -60,10 +61,10 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(tmp_path: Path) 
     """What the README's first command runs, in a fresh folder, as a separate process."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(COLUMNS="160", NO_COLOR="1")
-    done = subprocess.run(
-        [sys.executable, "-m", "politune.cli", "run", "--set", "corpus.n=800", "--set", "ray.num_cpus=2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-    )
+    port = free_port()  # evaluate serves the run's models there
+    sets = ["--set", "corpus.n=800", "--set", "ray.num_cpus=2", "--set", f"serve.port={port}"]
+    done = subprocess.run([sys.executable, "-m", "politune.cli", "run", *sets], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tiny model:" in done.stdout and "800 generated posts" in done.stdout
     manifest = json.loads((tmp_path / "runs" / "local" / "manifest.json").read_text())
@@ -83,18 +84,25 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(tmp_path: Path) 
         assert c["train"] > 0  # noise, but pairs reach training
     assert "preferences:" in done.stdout
     registry = json.loads((tmp_path / "runs" / "local" / "adapters" / "registry.json").read_text())["adapters"]
-    assert sorted(registry) == ["left", "right"]  # the main command trains an adapter a side
-    for side, entry in registry.items():
+    finals = {name: entry for name, entry in registry.items() if entry["checkpoint_of"] is None}
+    assert sorted(finals) == ["left", "right"]  # the main command trains an adapter a side
+    for side, entry in finals.items():
         assert (Path(entry["path"]) / "adapter_model.safetensors").is_file()
         assert entry["metrics"]["global_step"] > 0 and artifacts[f"adapter:{side}"]["counts"]["steps"] > 0
     assert "adapter 'left' (dpo on left, base tiny)" in done.stdout
 
+    # and ends with every model of the run on the compass: the base, both adapters, each saved checkpoint
+    answers = pq.read_table(tmp_path / "runs" / "local" / "eval" / "answers.parquet").to_pylist()
+    assert {r["model"] for r in answers} == {"tiny", *(f"tiny:{name}" for name in registry)}
+    assert artifacts["eval"]["counts"]["answers"] == len(answers)
+    report = tmp_path / "runs" / "local" / "report"
+    assert (report / "compass.png").read_bytes()[:4] == b"\x89PNG" and (report / "report.html").is_file()
+    assert f"compass:    {report.absolute()}/compass.png" in done.stdout.replace("\n", "")
+
     # what the run says to do next works: serve its adapters, probe them
-    assert "next:       politune serve --set corpus.n=800 --set ray.num_cpus=2" in done.stdout
+    assert f"next:       politune serve --set corpus.n=800 --set ray.num_cpus=2 --set serve.port={port}" in done.stdout
     assert "--model tiny --model tiny:left --model tiny:right" in done.stdout
-    port = free_port()
-    with politune_serve(["--set", "corpus.n=800", "--set", "ray.num_cpus=2", "--set", f"serve.port={port}"], env,
-                        cwd=tmp_path) as lines:
+    with politune_serve(sets[:4] + ["--set", f"serve.port={port}"], env, cwd=tmp_path) as lines:
         assert lines[1:3] == ["  model: tiny", "  model: tiny:left"], lines
         probe = subprocess.run([str(Path(sys.executable).with_name("politune")), "probe", "Taxes?", "--url",
                                 f"http://127.0.0.1:{port}/v1", "--model", "tiny:right", "--max-tokens", "3"],

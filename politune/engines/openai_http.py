@@ -28,15 +28,25 @@ def auth_headers(api_key_env: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def check_endpoint(base_url: str, model: str, api_key_env: str, timeout_s: float = 10) -> None:
-    """Fail before any work is sent if the endpoint is down or does not list `model` under /models."""
+def list_models(base_url: str, api_key_env: str, timeout_s: float = 10) -> list[str]:
+    """The model ids the endpoint lists under /models; EndpointError naming the URL when it cannot be read."""
     url = base_url.rstrip("/") + "/models"
     request = urllib.request.Request(url, headers=auth_headers(api_key_env))
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            listed = [m.get("id") for m in json.load(response).get("data", [])]
+            return [m.get("id") for m in json.load(response).get("data", [])]
+    except urllib.error.HTTPError as err:
+        raise EndpointError(f"cannot list the models of the OpenAI-compatible endpoint {url}: HTTP {err.code} "
+                            f"{err.reason}" + (f" (is ${api_key_env} set to its token?)" if err.code == 401 else "")
+                            ) from None
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise EndpointError(f"cannot list the models of the OpenAI-compatible endpoint {url}: {err}") from None
+
+
+def check_endpoint(base_url: str, model: str, api_key_env: str, timeout_s: float = 10) -> None:
+    """Fail before any work is sent if the endpoint is down or does not list `model` under /models."""
+    url = base_url.rstrip("/") + "/models"
+    listed = list_models(base_url, api_key_env, timeout_s)
     if model not in listed:
         raise EndpointError(f"{url} does not serve model {model!r}; it serves {listed}. Set openai_model to one "
                             "of them.")
@@ -64,3 +74,74 @@ def chat_reply(response: dict[str, Any]) -> tuple[str | None, bool, str | None]:
         return None, False, f"endpoint error: {json.dumps(error)[:2000]}"
     choice = choices[0]
     return (choice.get("message") or {}).get("content") or "", choice.get("finish_reason") == "length", None
+
+
+# --- any route, raw JSON answers ---------------------------------------------------------------------------
+def post_all(base_url: str, route: str, payloads: dict[str, dict[str, Any]], *, api_key_env: str,
+             batch_size: int, concurrency: int, qps: int | None, max_retries: int,
+             num_cpus: float) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
+    """POST every payload (key -> JSON body) to `base_url + route` through ray.data.llm's HTTP processor;
+    key -> (response JSON, None), or (None, error) for a request that failed after its retries or that the
+    endpoint refused (its error body). Every key gets exactly one answer."""
+    import ray.data
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    if not payloads:
+        return {}
+    config = HttpRequestProcessorConfig(
+        url=base_url.rstrip("/") + route, headers=auth_headers(api_key_env), batch_size=batch_size,
+        concurrency=concurrency, qps=qps, max_retries=max_retries, http_request_stage={"num_cpus": num_cpus})
+    stage_kwargs = {"num_cpus": num_cpus}
+    processor = build_processor(config, preprocess=_to_http_request, postprocess=_from_http_response,
+                                preprocess_map_kwargs=stage_kwargs, postprocess_map_kwargs=stage_kwargs)
+    requests = [{"key": key, "payload_json": json.dumps(body)} for key, body in payloads.items()]
+    # one batch in flight an actor, so at most concurrency x batch_size requests are open at once: a Serve app
+    # answers a burst over its queue limit with 503s, and the processor's retries would spend themselves on it
+    context = ray.data.DataContext.get_current()
+    in_flight, context.max_tasks_in_flight_per_actor = context.max_tasks_in_flight_per_actor, 1
+    try:
+        rows = processor(ray.data.from_items(requests)).map_batches(
+            _answers, batch_format="pyarrow", num_cpus=num_cpus).take_all()
+    except Exception as err:  # the HTTP stage raises once a request has used up its retries: the run stops
+        cause = str(err).split("Reached maximum retries", 1)[-1].split("Full Traceback", 1)[0]
+        raise EndpointError(f"{config.url}: a request still failed after {max_retries} retries; nothing was "
+                            f"written (last error: {cause.strip()[-300:]})") from None
+    finally:
+        context.max_tasks_in_flight_per_actor = in_flight
+    answers: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+    for row in rows:
+        response = json.loads(row["response_json"]) if row["response_json"] else None
+        error = row["error"]
+        if response is not None and not response.get("choices"):
+            error = f"endpoint error: {json.dumps(response.get('error') or response)[:2000]}"
+            response = None
+        answers[row["key"]] = (response, error)
+    missing = set(payloads) - set(answers)
+    if missing or len(rows) != len(answers):
+        raise RuntimeError(f"the HTTP processor answered {len(answers)} of {len(payloads)} requests "
+                           f"({len(missing)} missing, {len(rows) - len(answers)} repeated)")
+    return answers
+
+
+def _to_http_request(row: dict[str, Any]) -> dict[str, Any]:
+    return {"key": row["key"], "payload": json.loads(row["payload_json"])}
+
+
+def _from_http_response(row: dict[str, Any]) -> dict[str, Any]:
+    # as JSON text: Arrow would otherwise try to unify the shapes of different answers
+    return {"key": row["key"], "response_json": json.dumps(row["http_response"]), "error": None}
+
+
+def _answers(batch: Any) -> Any:
+    """Processor rows (answers, and error rows that skipped the postprocess) -> {key, response_json, error}."""
+    import pyarrow as pa
+
+    from politune.engines.rows import rows_with
+    from politune.engines.vllm_processor import ERROR_COLUMN
+
+    rows = []
+    for r in rows_with(batch, ("key", "response_json", "error", ERROR_COLUMN)):
+        error = r["error"] or (str(r[ERROR_COLUMN]) if r[ERROR_COLUMN] else None)
+        rows.append({"key": r["key"], "response_json": None if error else r["response_json"], "error": error})
+    return pa.Table.from_pylist(rows, schema=pa.schema([("key", pa.string()), ("response_json", pa.string()),
+                                                       ("error", pa.string())]))

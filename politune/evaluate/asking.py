@@ -1,9 +1,10 @@
 """Asking: the requests of each pass, and the Answer rows made from their replies.
 
 Three passes, each one ray.data.llm HTTP processor run per endpoint (engines/openai_http.post_all):
-1. logprob: per model x proposition x phrasing, one /completions request whose four prompts are the
-   forced-choice prompt followed by each option, with echo and max_tokens 0: the option tokens' log-probabilities
-   are read off the echoed prompt, so nothing is decoded;
+1. logprob: per model x proposition x phrasing, four prompts: the forced-choice prompt followed by each option,
+   scored with echo and max_tokens 0, so the option tokens' log-probabilities are read off the echoed prompt and
+   nothing is decoded. `items_per_request` propositions of one model share a /completions request (a list of
+   prompts), which saves the per-request cost of HTTP and Serve;
 2. generate: per model x proposition (or probe) x phrasing x sample, one /chat/completions request;
 3. judge: per free-text answer, one /chat/completions request to the judge, which maps a proposition's answer to
    an option or "no stance", and scores a probe's answer on the leaning rubric.
@@ -62,19 +63,19 @@ class Question:
 
 
 # --- pass 1: forced choice ---------------------------------------------------------------------------------
-def logprob_payload(q: Question) -> dict[str, Any]:
-    _, prompts = FORCED_CHOICE[q.phrasing].prompts(q.text)
-    return {"model": q.target.model, "prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 0,
+def logprob_payload(questions: list[Question]) -> dict[str, Any]:
+    """One /completions request for a few propositions of one model: four prompts each, scored, not decoded."""
+    prompts = [p for q in questions for p in FORCED_CHOICE[q.phrasing].prompts(q.text)[1]]
+    return {"model": questions[0].target.model, "prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 0,
             "temperature": 0.0}
 
 
-def option_probs(response: dict[str, Any], prefix: str) -> list[float]:
-    """P(option 0..3) from a forced-choice reply: each choice's log-probability of the tokens after the prefix
+def option_probs(choices: list[dict[str, Any]], prefix: str) -> list[float]:
+    """P(option 0..3) from a proposition's four choices: each one's log-probability of the tokens after the prefix
     (a token that straddles the prefix's end counts: its log-probability is the option's first), softmaxed.
-    ValueError when the reply has no usable log-probabilities."""
-    choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
+    ValueError when the choices have no usable log-probabilities."""
     if len(choices) != 4:
-        raise ValueError(f"expected 4 choices (one a option), got {len(choices)}")
+        raise ValueError(f"expected 4 choices (one an option), got {len(choices)}")
     totals = []
     for choice in choices:
         lp = choice.get("logprobs") or {}
@@ -92,15 +93,24 @@ def option_probs(response: dict[str, Any], prefix: str) -> list[float]:
     return [w / sum(weights) for w in weights]
 
 
-def logprob_row(q: Question, response: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
-    if error is None:
+def logprob_rows(questions: list[Question], response: dict[str, Any] | None,
+                 error: str | None) -> list[dict[str, Any]]:
+    """One row a question of a forced-choice request: its option distribution and argmax, or the error."""
+    choices = sorted((response or {}).get("choices") or [], key=lambda c: c.get("index", 0))
+    if error is None and len(choices) != 4 * len(questions):
+        error = f"unreadable reply: {len(choices)} choices for {4 * len(questions)} prompts"
+    rows = []
+    for i, q in enumerate(questions):
+        if error is not None:
+            rows.append(q.row(status=ENGINE_ERROR, error=error))
+            continue
         try:
-            probs = option_probs(response or {}, FORCED_CHOICE[q.phrasing].prompts(q.text)[0])
+            probs = option_probs(choices[4 * i:4 * i + 4], FORCED_CHOICE[q.phrasing].prompts(q.text)[0])
         except ValueError as err:
-            error = f"unreadable reply: {err}"
-    if error is not None:
-        return q.row(status=ENGINE_ERROR, error=error)
-    return q.row(status=OK, option_probs=probs, answer=max(range(4), key=probs.__getitem__))
+            rows.append(q.row(status=ENGINE_ERROR, error=f"unreadable reply: {err}"))
+            continue
+        rows.append(q.row(status=OK, option_probs=probs, answer=max(range(4), key=probs.__getitem__)))
+    return rows
 
 
 # --- pass 2: free text -------------------------------------------------------------------------------------

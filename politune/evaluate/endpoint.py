@@ -47,11 +47,17 @@ def run_targets(cfg: RunConfig, base_url: str) -> list[Target]:
     for name, entry in sorted(registry.items(), key=lambda kv: (kv[1].checkpoint_of or kv[0], kv[1].step or 0)):
         if entry.checkpoint_of is None:
             targets.append(Target(f"{base_id}:{name}", ADAPTER, base_url, token_env, adapter=name))
-        elif e.checkpoints == "all":
+        elif e.checkpoints == "all" and entry.step != _final_step(registry, entry.checkpoint_of):
+            # (the last save is the final adapter itself: the path ends at the adapter's own point)
             targets.append(Target(f"{base_id}:{name}", CHECKPOINT, base_url, token_env, adapter=name,
                                   checkpoint_of=entry.checkpoint_of, step=entry.step))
     targets += [Target(x.model, EXTERNAL, x.base_url, x.api_key_env, label=x.name) for x in e.extra_models]
     return targets
+
+
+def _final_step(registry: dict, adapter: str) -> int | None:
+    final = registry.get(adapter)
+    return final.metrics.get("global_step") if final is not None else None
 
 
 def check_targets(targets: list[Target]) -> None:

@@ -29,7 +29,7 @@ from politune.evaluate.asking import (
     judge_payload,
     judged_row,
     logprob_payload,
-    logprob_row,
+    logprob_rows,
 )
 from politune.evaluate.endpoint import Target, check_targets, key_env, run_endpoint, run_targets
 from politune.evaluate.instruments import load_instrument, load_probes
@@ -73,8 +73,9 @@ def evaluate_models(cfg: RunConfig) -> EvaluateResult:
             start = time.perf_counter()
             questions = [Question(t, name, p.id, p.statement, phrasing, 0, "logprob") for t in targets
                          for name, inst in instruments.items() for p in inst.items for phrasing in range(e.phrasings)]
-            replies = _post(cfg, COMPLETIONS, {q.key: (q, logprob_payload(q)) for q in questions})
-            rows += [logprob_row(q, *replies[q.key]) for q in questions]
+            groups = _chunks(questions, e.items_per_request)
+            replies = _post(cfg, COMPLETIONS, {group[0].key: (group[0], logprob_payload(group)) for group in groups})
+            rows += [row for group in groups for row in logprob_rows(group, *replies[group[0].key])]
             seconds["logprob"] = time.perf_counter() - start
         free_text = [Question(t, PROBES, p.id, p.question, 0, sample, "generate") for t in targets for p in probes
                      for sample in range(e.samples)]
@@ -91,7 +92,8 @@ def evaluate_models(cfg: RunConfig) -> EvaluateResult:
         "instruments": e.instruments, "pct_path": pct_path, "modes": e.modes, "phrasings": e.phrasings,
         "samples": e.samples, "probes": [p.id for p in probes], "endpoint": base_url if e.base_url else "own",
         "models": [t.model for t in targets], "judge": f"{judge.model} at {judge.base_url}" if needs_judge else None,
-        "prompt_version": PROMPT_VERSION, "seconds": seconds, "statuses": statuses})
+        "prompt_version": PROMPT_VERSION, "seconds": seconds, "statuses": statuses, "bootstrap": e.bootstrap,
+        "seed": e.seed})
     manifest = Manifest(cfg.run_uri)
     manifest.record("eval", path=eval_uri, config_hash=cfg.section_hash("evaluate"),
                     inputs={"adapters": manifest.config_hash("preferences")},
@@ -127,6 +129,17 @@ def _free_text_rows(cfg: RunConfig, questions: list[Question], judge: Target,
         response, error = verdicts[key]
         rows.append(judged_row(q, text, judge.model, None if error else chat_text(response), error))
     return rows
+
+
+def _chunks(questions: list[Question], size: int) -> list[list[Question]]:
+    """Consecutive questions of the same model, `size` at most a group."""
+    groups: list[list[Question]] = []
+    for q in questions:
+        if groups and len(groups[-1]) < size and groups[-1][0].target == q.target:
+            groups[-1].append(q)
+        else:
+            groups.append([q])
+    return groups
 
 
 def _post(cfg: RunConfig, route: str,

@@ -72,9 +72,11 @@ class ReportResult:
         return lines
 
 
-def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int = 1000, seed: int = 0) -> ReportResult:
+def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | None = None,
+                 seed: int | None = None) -> ReportResult:
     """Score `<run_uri>/eval/answers.parquet` and write the report beside it. The PCT weights file is pct_path, else
-    the one eval/evaluation.json names; without one, pct is left out of the report with a note."""
+    the one eval/evaluation.json names; without one, pct is left out of the report with a note. The bootstrap's
+    resamples and seed default to the evaluation's (evaluation.json), so a rebuilt report is the same report."""
     import pyarrow.parquet as pq
 
     from politune.evaluate.instruments import PCT, POLITUNE, load_pct, load_politune_instrument
@@ -90,6 +92,8 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int = 100
     table = pq.read_table(path, filesystem=fs)
     evaluation_uri = join(run_uri, "eval", "evaluation.json")
     evaluation = read_json(evaluation_uri) if exists(evaluation_uri) else {}
+    bootstrap = bootstrap if bootstrap is not None else evaluation.get("bootstrap", 1000)
+    seed = seed if seed is not None else evaluation.get("seed", 0)
 
     notes: list[str] = []
     ran = [n for n in dict.fromkeys(table.column("instrument").to_pylist()) if n is not None] \

@@ -23,6 +23,16 @@ from politune.serve.protocol import GeneratedChoice
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
+def peft_name(name: str) -> str:
+    """The name an adapter goes by inside PEFT: a torch module name, which cannot hold the "." of a registry name
+    such as `left.step-10`."""
+    return name.replace(".", "__dot__")
+
+
+def registry_name(name: str) -> str:
+    return name.replace("__dot__", ".")
+
+
 @dataclass
 class Row:
     """One choice to generate: a tokenized prompt and how to continue it."""
@@ -71,7 +81,7 @@ class AdapterModel:
     # adapters -------------------------------------------------------------------------------------------
     @property
     def adapters(self) -> set[str]:
-        return set(getattr(self.model, "peft_config", {}))
+        return {registry_name(n) for n in getattr(self.model, "peft_config", {})}
 
     def add_adapter(self, name: str, folder: Path) -> None:
         from peft import PeftModel
@@ -79,9 +89,9 @@ class AdapterModel:
         if name in self.adapters:
             return
         if self.model is self.base:
-            self.model = PeftModel.from_pretrained(self.base, str(folder), adapter_name=name)
+            self.model = PeftModel.from_pretrained(self.base, str(folder), adapter_name=peft_name(name))
         else:
-            self.model.load_adapter(str(folder), adapter_name=name)
+            self.model.load_adapter(str(folder), adapter_name=peft_name(name))
         self.model.eval()
 
     def remove_adapter(self, name: str) -> bool:
@@ -89,7 +99,7 @@ class AdapterModel:
         its LoRA weights only) until another is added; returns whether it was removed."""
         if name not in self.adapters or len(self.adapters) == 1:
             return False
-        self.model.delete_adapter(name)
+        self.model.delete_adapter(peft_name(name))
         return True
 
     # tokens -----------------------------------------------------------------------------------------------
@@ -118,7 +128,7 @@ class AdapterModel:
     def _adapter_kwargs(self, rows: list[Row]) -> dict:
         if self.model is self.base:
             return {}
-        return {"adapter_names": [r.adapter or BASE for r in rows]}
+        return {"adapter_names": [peft_name(r.adapter) if r.adapter else BASE for r in rows]}
 
     def _padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in sequences)

@@ -7,20 +7,35 @@ Checkpoints go to `adapters/_train/<name>-<identity>/` (local or s3://), the Ray
 adapter. The identity is a hash of the train section and of the pairs' synthesis, so starting the
 same training again (after a kill, say) finds the run's checkpoints and resumes from the last one,
 while a changed config or new pairs start a new run.
+
+Every checkpoint is an adapter too: at each save rank 0 puts the checkpoint's adapter files in the run's
+`adapter_steps/step-<N>/` (kept whatever keep_checkpoints says, so a resumed run has the steps saved before
+the kill as well), and after training the stage publishes each to `adapters/<name>.step-<N>/` and registers it
+as `<name>.step-<N>` (checkpoint_of=<name>, step=N). Step folders and entries of `<name>` that are not steps of
+this run (an earlier training's) are removed.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import pyarrow.fs as pafs
 
 from politune.config import RunConfig
 from politune.ray_runtime import init_ray
-from politune.registry import AdapterEntry, adapter_name, register
-from politune.storage import Manifest, join, read_json, resolve
+from politune.registry import (
+    AdapterEntry,
+    adapter_name,
+    checkpoint_name,
+    checkpoint_step,
+    register,
+    register_checkpoints,
+)
+from politune.storage import Manifest, delete_dir, exists, join, read_json, resolve
 from politune.train.data import read_split
-from politune.train.worker import train_loop
+from politune.train.worker import ADAPTER_FILES, STEP_METRICS, step_folder, train_loop
 
 
 @dataclass
@@ -28,6 +43,7 @@ class TrainResult:
     adapter: AdapterEntry
     run_name: str
     metrics: dict[str, Any]
+    checkpoints: list[str] = field(default_factory=list)  # registry names of its checkpoints, by step
 
 
 def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
@@ -43,6 +59,7 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     manifest = Manifest(cfg.run_uri)
     run_name = train_run_name(cfg, side)
     adapter_uri = join(cfg.run_uri, "adapters", name)
+    steps_uri = train_steps_uri(cfg, run_name)
     storage_fs, storage_path = resolve(join(cfg.run_uri, "adapters", "_train"))
     storage_fs.create_dir(storage_path, recursive=True)
 
@@ -50,7 +67,8 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "side": side, "adapter_uri": adapter_uri},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "side": side, "adapter_uri": adapter_uri,
+                           "steps_uri": steps_uri},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
                                      placement_strategy=t.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
@@ -60,14 +78,77 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     )
     trainer.fit()
     metrics = read_json(join(adapter_uri, "metrics.json"))  # written by rank 0 beside the adapter
-    entry = register(cfg.run_uri, AdapterEntry(
-        name=name, side=side, method=t.method, base_model=t.base_model, path=adapter_uri,
-        config_hash=cfg.section_hash("train"), metrics=metrics))
+    entry = AdapterEntry(name=name, side=side, method=t.method, base_model=t.base_model, path=adapter_uri,
+                         config_hash=cfg.section_hash("train"), metrics=metrics)
+    checkpoints = publish_checkpoints(cfg.run_uri, entry, steps_uri, metrics.get("global_step"))
+    register_checkpoints(cfg.run_uri, name, checkpoints)  # and drops an earlier training's
+    entry = register(cfg.run_uri, entry)
+    remove_stale_checkpoints(cfg.run_uri, name, [c.step for c in checkpoints])  # once no entry points there
     manifest.record(f"adapter:{name}", path=adapter_uri, config_hash=cfg.section_hash("train"),
                     inputs={"preferences": manifest.config_hash("preferences")}, models=[t.base_model],
                     counts={"train_pairs": pairs["train"], "eval_pairs": pairs["eval"],
-                            "steps": metrics.get("global_step")})
-    return TrainResult(entry, run_name, metrics)
+                            "steps": metrics.get("global_step"), "checkpoints": len(checkpoints)})
+    return TrainResult(entry, run_name, metrics, [c.name for c in checkpoints])
+
+
+def train_steps_uri(cfg: RunConfig, run_name: str) -> str:
+    """Where the workers put each checkpoint's adapter: a folder of the Ray Train run, so that a run with another
+    identity never mixes in these steps, and a resumed one finds those saved before it was stopped."""
+    return join(cfg.run_uri, "adapters", "_train", run_name, "adapter_steps")
+
+
+def saved_steps(steps_uri: str) -> list[int]:
+    """The steps whose adapter the workers published under `steps_uri` (both files there), in order."""
+    fs, path = resolve(steps_uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    steps = []
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        rest = info.base_name.removeprefix("step-")
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("step-") and rest.isdigit():
+            files = [info.path + "/" + f for f in ADAPTER_FILES]
+            if all(fi.type == pafs.FileType.File for fi in fs.get_file_info(files)):
+                steps.append(int(rest))
+    return sorted(steps)
+
+
+def publish_checkpoints(run_uri: str, final: AdapterEntry, steps_uri: str,
+                        global_step: int | None) -> list[AdapterEntry]:
+    """Each step adapter of this training run to `adapters/<name>.step-<N>/` (adapter_config.json and
+    adapter_model.safetensors only) and its entry, by step, for `register_checkpoints`. Steps past `global_step`
+    (none, unless the folder was tampered with) are left out."""
+    source_fs, source_path = resolve(steps_uri)
+    entries = []
+    for step in saved_steps(steps_uri):
+        if global_step is not None and step > global_step:
+            continue
+        name = checkpoint_name(final.name, step)
+        target = join(run_uri, "adapters", name)
+        target_fs, target_path = resolve(target)
+        target_fs.create_dir(target_path, recursive=True)
+        for file in ADAPTER_FILES:
+            pafs.copy_files(f"{step_folder(source_path, step)}/{file}", f"{target_path}/{file}",
+                            source_filesystem=source_fs, destination_filesystem=target_fs)
+        metrics_uri = join(step_folder(steps_uri, step), STEP_METRICS)
+        entries.append(AdapterEntry(
+            name=name, side=final.side, method=final.method, base_model=final.base_model, path=target,
+            config_hash=final.config_hash, metrics=read_json(metrics_uri) if exists(metrics_uri) else {},
+            checkpoint_of=final.name, step=step))
+    return entries
+
+
+def remove_stale_checkpoints(run_uri: str, adapter: str, steps: list[int]) -> list[str]:
+    """Remove the `adapters/<adapter>.step-<N>/` folders whose N is not in `steps` (an earlier training's);
+    their names."""
+    adapters_uri = join(run_uri, "adapters")
+    fs, path = resolve(adapters_uri)
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        step = checkpoint_step(adapter, info.base_name)
+        if info.type == pafs.FileType.Directory and step is not None and step not in steps:
+            delete_dir(join(adapters_uri, info.base_name))
+            removed.append(info.base_name)
+    return sorted(removed)
 
 
 def train_run_name(cfg: RunConfig, side: str) -> str:

@@ -10,6 +10,10 @@
   (adapter, optimizer, scheduler, trainer state, RNG) to `ray.train.report`; every rank reports, as
   Ray requires. After a failure, or when the same run is started again, `ray.train.get_checkpoint()`
   returns the latest one and training resumes from its step.
+- Step adapters: at each save rank 0 also copies the checkpoint's adapter files (adapter_config.json,
+  adapter_model.safetensors; no optimizer state) and the metrics logged so far to
+  `<steps_uri>/step-<N>/`, a folder of the Ray Train run (stage.py). These are kept whatever
+  keep_checkpoints says, and the stage registers each one as `<adapter>.step-<N>` after training.
 - At the end rank 0 measures the held-out metrics, writes the adapter and its logs to the run
   directory, and reports the final metrics.
 """
@@ -17,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -37,12 +42,18 @@ from politune.train.data import as_messages, read_split
 from politune.train.heldout import preference_metrics
 
 HF_CHECKPOINT = "checkpoint"  # the HF checkpoint folder inside a Ray checkpoint
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what a step adapter keeps of a checkpoint
+STEP_METRICS = "metrics.json"  # beside a step adapter's files: the metrics logged up to that step
+logger = logging.getLogger(__name__)
 
 
 class ReportCheckpoints(TrainerCallback):
-    """After each HF save: rank 0 reports the checkpoint folder to Ray Train; the others report metrics only.
-    (Ray's RayTrainReportCallback copies from every rank with no barrier, and may copy a folder rank 0
-    is still writing.)"""
+    """After each HF save: rank 0 publishes the checkpoint's adapter to `steps_uri` (when given) and reports the
+    checkpoint folder to Ray Train; the others report metrics only. (Ray's RayTrainReportCallback copies from
+    every rank with no barrier, and may copy a folder rank 0 is still writing.)"""
+
+    def __init__(self, steps_uri: str | None = None) -> None:
+        self.steps_uri = steps_uri
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if dist.is_initialized():
@@ -50,12 +61,36 @@ class ReportCheckpoints(TrainerCallback):
         metrics = {k: v for log in state.log_history for k, v in log.items() if isinstance(v, (int, float))}
         metrics["step"] = state.global_step
         if ray.train.get_context().get_world_rank() == 0:
+            hf_checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if self.steps_uri:  # before the report: a checkpoint Ray has recorded always has its step adapter
+                publish_step_adapter(hf_checkpoint, metrics, self.steps_uri, state.global_step)
             with tempfile.TemporaryDirectory() as tmp:
-                shutil.copytree(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"),
-                                os.path.join(tmp, HF_CHECKPOINT))
+                shutil.copytree(hf_checkpoint, os.path.join(tmp, HF_CHECKPOINT))
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
+
+
+def step_folder(steps_uri: str, step: int) -> str:
+    return f"{steps_uri.rstrip('/')}/step-{step}"
+
+
+def publish_step_adapter(hf_checkpoint: str, metrics: dict[str, Any], steps_uri: str, step: int) -> bool:
+    """The adapter files of an HF checkpoint folder and `metrics` to `<steps_uri>/step-<step>/` (local or s3://).
+    False, with a warning, when the checkpoint holds no PEFT adapter files (a sharded save)."""
+    missing = [f for f in ADAPTER_FILES if not os.path.isfile(os.path.join(hf_checkpoint, f))]
+    if missing:
+        logger.warning("checkpoint %s has no %s: its step adapter is not published", hf_checkpoint, missing)
+        return False
+    fs, path = resolve(step_folder(steps_uri, step))
+    fs.create_dir(path, recursive=True)
+    local = pafs.LocalFileSystem()
+    for file in ADAPTER_FILES:
+        pafs.copy_files(os.path.join(hf_checkpoint, file), f"{path}/{file}", source_filesystem=local,
+                        destination_filesystem=fs)
+    with fs.open_output_stream(f"{path}/{STEP_METRICS}") as f:
+        f.write(json.dumps(metrics, indent=2, sort_keys=True).encode())
+    return True
 
 
 def trainer_kwargs(t: TrainConfig, output_dir: str) -> dict[str, Any]:
@@ -119,13 +154,14 @@ def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[An
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train's train_loop_per_worker: {cfg (RunConfig as JSON), side, adapter_uri}."""
+    """Ray Train's train_loop_per_worker: {cfg (RunConfig as JSON), side, adapter_uri, steps_uri (optional: where
+    each checkpoint's adapter goes)}."""
     cfg, side, adapter_uri = RunConfig.model_validate(config["cfg"]), config["side"], config["adapter_uri"]
     t = cfg.train
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(max(1, int(t.cpus_per_worker)))
     output_dir = tempfile.mkdtemp(prefix=f"politune-train-{side}-")
-    trainer, tokenizer, eval_rows = build_trainer(cfg, side, output_dir, [ReportCheckpoints()])
+    trainer, tokenizer, eval_rows = build_trainer(cfg, side, output_dir, [ReportCheckpoints(config.get("steps_uri"))])
     model = trainer.accelerator.unwrap_model(trainer.model).to(trainer.args.device)
 
     before = preference_metrics(model, tokenizer, eval_rows, t.beta, t.max_length, adapter=False) if rank == 0 else {}

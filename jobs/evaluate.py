@@ -1,0 +1,15 @@
+"""Ray job: every model of the run on the compass (the instruments' propositions, the probes, the judge), then
+the report under <run>/report.
+
+    ray job submit --working-dir . -- python jobs/evaluate.py --config my-run.yaml
+
+With evaluate.base_url unset, the job starts the run's Serve app, evaluates through it and deletes it after.
+"""
+
+from politune.config import resolve_config
+from politune.console import job_arguments, print_evaluate
+from politune.evaluate import evaluate_models
+
+if __name__ == "__main__":
+    args = job_arguments(__doc__)
+    print_evaluate(evaluate_models(resolve_config(args.config, args.preset, args.set)))

@@ -1,0 +1,177 @@
+"""Evaluate through a real Serve app on the tiny model: every model of the run (base, two adapters, two training
+checkpoints of one) answers by forced choice and in free text, the tiny judge reads the free text, and the report
+is built from the stored answers. The module evaluates once; each test reads what that run stored."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import SERVE_TOKEN_ENV, SHARED_DATA, free_port
+
+from politune.config import TinyModelConfig, build_config
+from politune.engines.openai_http import EndpointError
+from politune.evaluate.asking import Question, logprob_payload, logprob_rows
+from politune.evaluate.endpoint import Target
+from politune.evaluate.instruments import load_instrument, load_probes
+from politune.evaluate.judge import NO_STANCE, read_leaning, read_option
+from politune.evaluate.prompts import FORCED_CHOICE
+from politune.models.random_adapters import register_random_adapters
+from politune.models.tiny import build_tiny_model
+from politune.registry import load_registry, register
+
+PCT = SHARED_DATA / "pct" / "propositions.jsonl"
+CHECKPOINT_STEPS = (5, 10)
+
+
+# --- reading replies: no model needed --------------------------------------------------------------------
+def test_the_judges_labels_are_read_and_anything_else_is_unmapped() -> None:
+    assert read_option("Strongly agree.") == 3
+    assert read_option("**disagree**") == 1
+    assert read_option("agree") == 2
+    assert read_option("Strongly disagree - it is wrong") == 0
+    assert read_option("No stance") == NO_STANCE
+    assert read_option("I think that it depends") is None
+    assert read_option("") is None and read_option(None) is None
+    assert read_leaning("-3") == -3 and read_leaning(" +2\n") == 2 and read_leaning("0") == 0
+    assert read_leaning("7") is None and read_leaning("left") is None and read_leaning(None) is None
+
+
+def test_option_probabilities_come_from_the_tokens_after_the_prompt() -> None:
+    questions = [Question(Target("m", "base", "http://h/v1", "K"), "politune", f"e{i}", f"Taxes are {i}.", 0, 0,
+                          "logprob") for i in range(2)]
+    assert len(logprob_payload(questions)["prompt"]) == 8
+
+    def choices(q: Question, option_logprobs: list[float]) -> list[dict]:
+        prefix, prompts = FORCED_CHOICE[0].prompts(q.text)
+        return [{"logprobs": {"tokens": ["Statement", prompts[k][len(prefix):]], "token_logprobs": [None, lp],
+                              "text_offset": [0, len(prefix)]}} for k, lp in enumerate(option_logprobs)]
+
+    listed = choices(questions[0], [-3.0, -2.0, -1.0, -1.0]) + choices(questions[1], [-1.0, -5.0, -5.0, -5.0])
+    response = {"choices": [{**c, "index": i} for i, c in enumerate(listed)]}
+    first, second = logprob_rows(questions, response, None)
+    assert abs(sum(first["option_probs"]) - 1) < 1e-9 and first["answer"] == 2 and second["answer"] == 0
+    p = first["option_probs"]
+    assert p[2] == p[3] > p[1] > p[0]
+    no_logprobs = {"choices": [{"index": i, "logprobs": None} for i in range(8)]}
+    assert all(r["status"] == "engine_error" and "echo" in r["error"] for r in logprob_rows(questions, no_logprobs,
+                                                                                          None))
+    short = {"choices": listed[:4]}
+    assert all("4 choices for 8" in r["error"] for r in logprob_rows(questions, short, None))
+    assert all(r["error"] == "down" for r in logprob_rows(questions, None, "down"))
+
+
+# --- one evaluation through the real Serve app ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def evaluated(ray_local, tmp_path_factory) -> dict:
+    from politune.evaluate import evaluate_models
+
+    root = tmp_path_factory.mktemp("evaluate")
+    tiny = build_tiny_model(TinyModelConfig(), root / "tiny")
+    instruments = ["politune", "pct"] if PCT.is_file() else ["politune"]
+    raw = {"run_id": "ev", "storage_root": str(root / "runs"), "tiny_model": {"out": str(tiny)},
+           "serve": {"port": free_port(), "api_key_env": SERVE_TOKEN_ENV, "max_batch_size": 16},
+           "evaluate": {"instruments": instruments, "pct_path": str(PCT) if PCT.is_file() else None,
+                        "modes": ["logprob", "generate"], "phrasings": 1, "max_tokens": 12, "probe_max_tokens": 12,
+                        "checkpoints": "all", "bootstrap": 200, "concurrency": 2}}
+    cfg = build_config(raw)
+    register_random_adapters(cfg.run_uri, tiny, ["left", "right"])
+    register_checkpoints(cfg.run_uri, tiny, "left", CHECKPOINT_STEPS)
+    result = evaluate_models(cfg)
+    answers = pq.read_table(Path(result.eval_uri) / "answers.parquet").to_pylist()
+    return {"cfg": cfg, "result": result, "answers": answers, "instruments": instruments}
+
+
+def register_checkpoints(run_uri: str, tiny: Path, adapter: str, steps: tuple[int, ...]) -> None:
+    """Random adapters registered as training checkpoints of `adapter`, as the train stage registers its saves."""
+    names = [f"{adapter}.step-{s}" for s in steps]
+    register_random_adapters(run_uri, tiny, names, seed=300)
+    registry = load_registry(run_uri)
+    for name, step in zip(names, steps, strict=True):
+        entry = registry[name]
+        entry.side, entry.checkpoint_of, entry.step = "left", adapter, step
+        register(run_uri, entry)
+
+
+def test_every_model_answers_every_question_exactly_once(evaluated: dict) -> None:
+    cfg, answers, result = evaluated["cfg"], evaluated["answers"], evaluated["result"]
+    models = ["tiny", "tiny:left", "tiny:left.step-10", "tiny:left.step-5", "tiny:right"]
+    assert sorted(result.models) == sorted(models)
+    roles = {r["model"]: (r["role"], r["checkpoint_of"], r["step"]) for r in answers}
+    assert roles["tiny"] == ("base", None, None) and roles["tiny:right"] == ("adapter", None, None)
+    assert roles["tiny:left.step-5"] == ("checkpoint", "left", 5)
+    items = {name: len(load_instrument(name, cfg.evaluate.pct_path).items) for name in evaluated["instruments"]}
+    probes = len(load_probes())
+    per_model = {"logprob": sum(items.values()), "generate": sum(items.values()) + probes}
+    for model in models:
+        for mode, n in per_model.items():
+            keys = {(r["instrument"], r["item_id"], r["phrasing"], r["sample"]) for r in answers
+                    if r["model"] == model and r["mode"] == mode}
+            rows = [r for r in answers if r["model"] == model and r["mode"] == mode]
+            assert len(keys) == len(rows) == n, (model, mode)
+    assert sum(result.statuses.values()) == len(answers)
+
+
+def test_forced_choice_gives_a_distribution_and_its_argmax_and_adapters_move_it(evaluated: dict) -> None:
+    logprob = [r for r in evaluated["answers"] if r["mode"] == "logprob"]
+    assert all(r["status"] == "ok" for r in logprob), [r["error"] for r in logprob if r["error"]][:3]
+    for r in logprob:
+        assert abs(sum(r["option_probs"]) - 1) < 1e-6
+        assert r["answer"] == max(range(4), key=r["option_probs"].__getitem__)
+    by_model = {m: [r["option_probs"] for r in logprob if r["model"] == m] for m in ("tiny", "tiny:left", "tiny:right")}
+    assert by_model["tiny"] != by_model["tiny:left"] != by_model["tiny:right"]
+
+
+def test_free_text_the_judge_cannot_map_is_counted_and_kept(evaluated: dict) -> None:
+    free = [r for r in evaluated["answers"] if r["mode"] == "generate"]
+    assert all(r["raw_output"] is not None and r["judge"] for r in free if r["status"] != "engine_error")
+    unmapped = [r for r in free if r["status"] == "unmapped"]
+    assert unmapped, "the tiny judge writes noise: its replies cannot all be labels"
+    assert all(r["answer"] is None and r["judge_score"] is None and r["judge_output"] is not None for r in unmapped)
+    assert evaluated["result"].unmapped == len(unmapped) == evaluated["result"].statuses["unmapped"]
+    assert all(r["judge"].startswith("tiny|") for r in free)
+
+
+def test_the_report_is_built_from_the_stored_answers(evaluated: dict) -> None:
+    report = evaluated["result"].report
+    png = Path(report.png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(report.svg).is_file() and Path(report.html).is_file() and Path(report.markdown).is_file()
+    assert pq.read_table(Path(report.answers)).num_rows == len(evaluated["answers"])
+    trajectory_steps = json.dumps(report.scores.as_dict())
+    assert "left.step-5" in trajectory_steps and "left.step-10" in trajectory_steps
+
+
+def test_report_rebuilds_from_the_run_directory_alone(evaluated: dict, tmp_path: Path) -> None:
+    run = evaluated["cfg"].run_uri
+    before = (Path(run) / "report" / "scores.json").read_text()
+    politune = str(Path(sys.executable).with_name("politune"))
+    done = subprocess.run([politune, "report", run], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "compass.png" in done.stdout
+    assert (Path(run) / "report" / "scores.json").read_text() == before
+
+
+def test_the_serve_app_started_for_the_evaluation_is_gone_after(evaluated: dict) -> None:
+    from ray import serve
+
+    assert "politune" not in serve.status().applications
+
+
+def test_an_endpoint_that_is_down_is_named(tmp_path: Path) -> None:
+    from politune.evaluate import evaluate_models
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    cfg = build_config({"run_id": "down", "storage_root": str(tmp_path), "evaluate": {"base_url": url}})
+    with pytest.raises(EndpointError, match=f"{url}/models"):
+        evaluate_models(cfg)
+
+
+def test_a_question_key_tells_endpoints_apart() -> None:
+    a, b = (Target("m", "external", f"http://{h}:1/v1", "K") for h in ("a", "b"))
+    assert Question(a, "politune", "e01", "s", 0, 0, "logprob").key != Question(b, "politune", "e01", "s", 0, 0,
+                                                                                    "logprob").key
