@@ -7,9 +7,11 @@ In one run, on one local Ray (2 CPUs), through the run's own Serve app over HTTP
 Compass propositions (../shared/data/pct; without it, the first 62 of the project's own instrument) answered
 1. by logprob: one scored completion a proposition (four option prompts, echo, no decoding);
 2. by generate: a free-text answer of up to 300 tokens, as the paper asked, then the judge's mapping of it.
-It prints the time of each pass, the ratio generate ÷ logprob (goal >= 10), and the share of items on which both
-give the same option (among the items both answered). The model has random weights: the times are what the two
-methods cost; the agreement of a random model's answers means nothing, and its judge maps almost nothing.
+The Serve app is started once and a warm-up evaluation runs first, so neither pass pays for start-up the other
+does not. It prints the time of each pass, the ratio generate ÷ logprob (goal >= 10), the fixed cost of any pass
+(a one-request ray.data.llm processor run), and the share of items on which both modes give the same option
+(among the items both answered). The model has random weights: the times are what the two methods cost; the
+agreement of a random model's answers means nothing, and its judge maps almost nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -41,7 +44,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=300)
     args = parser.parse_args()
 
+    from politune.engines.openai_http import post_all
     from politune.evaluate import evaluate_models
+    from politune.evaluate.asking import Question, logprob_payload
+    from politune.evaluate.endpoint import Target
+    from politune.serve.app import start_serving
 
     with tempfile.TemporaryDirectory(prefix="politune-bench-") as tmp:
         root = Path(tmp)
@@ -55,6 +62,15 @@ def main() -> None:
                          "probes": False, "checkpoints": "final", "bootstrap": 100}})
         if instrument == "politune":
             print("../shared/data/pct not found: the project's own instrument (64 items) stands in")
+        serving = start_serving(cfg)  # evaluate finds it up and reuses it
+        evaluate_models(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(
+            update={"modes": ["logprob"], "max_tokens": 4})}))  # warm-up: workers import what the passes need
+        start = time.perf_counter()
+        one = Question(Target(cfg.serve.served_id, "base", serving.base_url, "POLITUNE_API_KEY"), "politune", "x",
+                       "Taxes should be lower.", 0, 0, "logprob")
+        post_all(serving.base_url, "/completions", {"one": logprob_payload([one])}, api_key_env="POLITUNE_API_KEY",
+                 batch_size=1, concurrency=cfg.evaluate.concurrency, qps=None, max_retries=0, num_cpus=0.25)
+        fixed = time.perf_counter() - start
         result = evaluate_models(cfg)
         answers = result.report.scores
         s = result.seconds
@@ -67,8 +83,10 @@ def main() -> None:
         print(f"{'logprob':<22}{s['logprob']:>9.1f}")
         print(f"{'generate':<22}{s['generate']:>9.1f}")
         print(f"{'judge (maps the text)':<22}{s['judge']:>9.1f}")
+        print(f"{'(fixed cost of a pass)':<22}{fixed:>9.1f}")
         print(f"generate ÷ logprob: {s['generate'] / s['logprob']:.1f}x (answers alone), "
               f"{free_text / s['logprob']:.1f}x (with the judge); goal >= 10x")
+        print(f"net of the fixed cost: {(s['generate'] - fixed) / (s['logprob'] - fixed):.1f}x (answers alone)")
         for a in agreement:
             shown = f"{a.agreement:.2f}" if a.agreement is not None else "n/a"
             print(f"same option in both modes: {shown} of the {a.items} items both answered "

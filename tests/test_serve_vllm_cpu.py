@@ -156,6 +156,33 @@ def test_base_and_adapter_answer_with_different_logprobs(server: Server) -> None
     assert first[0] != pytest.approx(first[1]) and first[1] != pytest.approx(first[3])
 
 
+def test_evaluate_places_base_and_adapters_by_forced_choice_through_it(server: Server, ray_local,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`politune evaluate` against ray.serve.llm: vLLM scores the option prompts (echo, max_tokens 0), every
+    proposition of every model is one ok row, and the report is written beside the run on S3."""
+    import pyarrow.parquet as pq
+
+    from politune.config import build_config
+    from politune.evaluate import evaluate_models
+    from politune.storage import resolve
+
+    monkeypatch.setenv("EVAL_TEST_TOKEN", TOKEN)
+    storage_root, run_id = server.run_uri.rsplit("/", 1)
+    cfg = build_config({"run_id": run_id, "storage_root": storage_root, "tiny_model": {"out": str(server.tiny_dir)},
+                        "evaluate": {"base_url": server.url, "api_key_env": "EVAL_TEST_TOKEN", "modes": ["logprob"],
+                                     "phrasings": 1, "probes": False, "bootstrap": 100}})
+    result = evaluate_models(cfg)
+    assert sorted(result.models) == ["tiny", "tiny:left", "tiny:right"]
+    assert result.statuses == {"ok": 3 * 64}
+    fs, path = resolve(f"{server.run_uri}/eval/answers.parquet")
+    rows = pq.read_table(path, filesystem=fs).to_pylist()
+    by_model = {m: [r["option_probs"] for r in rows if r["model"] == m] for m in result.models}
+    assert by_model["tiny"] != by_model["tiny:left"] != by_model["tiny:right"]
+    assert all(abs(sum(p) - 1) < 1e-6 for probs in by_model.values() for p in probs)
+    png_fs, png_path = resolve(result.report.png)
+    assert result.report.png.startswith("s3://") and png_fs.get_file_info(png_path).size > 1000
+
+
 def test_concurrent_requests_for_base_and_adapters_each_get_their_own_model(server: Server) -> None:
     """vllm_device cpu runs one sequence a step, so vLLM's CPU kernels never see a batch mixing base and LoRA."""
     alone = {m: completion(server, m)["logprobs"]["top_logprobs"] for m in ("tiny", "tiny:left", "tiny:right")}
