@@ -421,10 +421,11 @@ class EvaluateConfig(Section):
     judge_base_url: str | None = Field(None, description="The judge's endpoint; null: the evaluated endpoint.")
     judge_api_key_env: str = Field("POLITUNE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     items_per_request: int = Field(
-        4, ge=1, le=16, description="logprob: propositions of one model scored in one /completions request (4 "
+        1, ge=1, le=16, description="logprob: propositions of one model scored in one /completions request (4 "
         "prompts each); fewer requests, less HTTP overhead. A failed request fails its propositions.")
     concurrency: int = Field(2, ge=1, description="HTTP request actors (ray.data.llm) a pass.")
-    batch_size: int = Field(16, ge=1, description="Requests an actor keeps in flight.")
+    batch_size: int = Field(2, ge=1, description="Requests an HTTP actor keeps open at once: concurrency x batch_size "
+                            "is what the endpoint is sent at a time (the tiny model's hf app is fastest at about 4).")
     qps: int | None = Field(None, ge=1, description="Requests a second per actor; null: no limit.")
     max_retries: int = Field(3, ge=0, description="Retries of a request on 429/5xx or a lost connection.")
     request_num_cpus: float = Field(0.25, gt=0, description="CPUs an HTTP request actor asks Ray for.")

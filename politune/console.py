@@ -98,9 +98,6 @@ def print_evaluate(result: EvaluateResult) -> None:
     timing = ", ".join(f"{name} {s:.0f} s" for name, s in result.seconds.items())
     console.print(f"evaluate:   {len(result.models)} model(s), {sum(result.statuses.values()):,} answers "
                   f"({statuses}); {timing}")
-    if result.unmapped:
-        console.print(f"  {result.unmapped:,} answer(s) the judge ({escape(result.judge)}) could not map: listed in "
-                      "the report")
     console.print(f"answers:    {result.eval_uri}/answers.parquet")
     print_report(result.report)
 

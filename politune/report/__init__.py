@@ -42,7 +42,7 @@ class ReportResult:
         s, lines = self.scores, []
         for instrument in s.instruments():
             mode = plotted_mode(s, instrument)
-            lines.append(f"compass:    {instrument} ({mode}): economic, social [95%]; shift from base")
+            lines.append(f"position:   {instrument} ({mode}): economic, social [95%]; shift from base")
             shown = [p for p in s.positions if p.instrument == instrument and p.mode == mode and p.role != "checkpoint"]
             width = max(len(p.model) for p in shown) if shown else 0
             for p in shown:

@@ -22,6 +22,7 @@ QUADRANTS = (  # (x, y) of the lower-left corner, colour, name
     (0.0, -LIMIT, "#dcc6f0", "libertarian right"),
 )
 TITLES = {"pct": "Political Compass test", "politune": "PoliTune compass"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
 
 
 def plotted_mode(scores: Scores, instrument: str) -> str | None:
@@ -49,9 +50,13 @@ def compass_figure(scores: Scores) -> Figure:
         for t in scores.trajectories:
             if t.instrument == name and t.mode == mode:
                 _path(ax, t, colours, roles)
-        for p in scores.positions:
-            if p.instrument == name and p.mode == mode and p.role != CHECKPOINT:
-                _point(ax, p, colours[p.model])
+        drawn: list[tuple[float, float]] = []
+        points = [p for p in scores.positions if p.instrument == name and p.mode == mode and p.role != CHECKPOINT]
+        for i, p in enumerate(points):
+            _point(ax, p, colours[p.model], MARKERS[i % len(MARKERS)], size=9 - 5 * i / max(1, len(points) - 1),
+                   drawn=drawn)
+        if points:  # points on top of each other stay told apart by marker and size
+            ax.legend(loc="lower left", bbox_to_anchor=(0.0, 0.06), fontsize=7, framealpha=0.85, markerscale=0.8)
     return fig
 
 
@@ -93,15 +98,19 @@ def _frame(ax, title: str) -> None:
     ax.set_title(title)
 
 
-def _point(ax, p: PositionScore, colour: str) -> None:
+def _point(ax, p: PositionScore, colour: str, marker: str, size: float, drawn: list[tuple[float, float]]) -> None:
+    """A model's point with its intervals; its name beside it unless an earlier point sits there (the legend
+    names every one)."""
     if not (math.isfinite(p.economic) and math.isfinite(p.social)):
         return
     xerr = _err(p.economic, p.economic_ci)
     yerr = _err(p.social, p.social_ci)
-    ax.errorbar([p.economic], [p.social], xerr=xerr, yerr=yerr, fmt="o", ms=6, color=colour, ecolor=colour,
-                elinewidth=1, capsize=3, zorder=4, mec="black", mew=0.6)
-    ax.annotate(p.model, (p.economic, p.social), xytext=(6, 5), textcoords="offset points", fontsize=8, zorder=5,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+    ax.errorbar([p.economic], [p.social], xerr=xerr, yerr=yerr, fmt=marker, ms=size, color=colour, ecolor=colour,
+                elinewidth=1, capsize=3, zorder=4, mec="black", mew=0.6, label=p.model)
+    if all(math.dist((p.economic, p.social), other) > 1.0 for other in drawn):
+        ax.annotate(p.model, (p.economic, p.social), xytext=(6, 5), textcoords="offset points", fontsize=8,
+                    zorder=5, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+    drawn.append((p.economic, p.social))
 
 
 def _err(value: float, ci: tuple[float, float]) -> list[list[float]] | None:
