@@ -175,3 +175,42 @@ def test_a_question_key_tells_endpoints_apart() -> None:
     a, b = (Target("m", "external", f"http://{h}:1/v1", "K") for h in ("a", "b"))
     assert Question(a, "politune", "e01", "s", 0, 0, "logprob").key != Question(b, "politune", "e01", "s", 0, 0,
                                                                                     "logprob").key
+
+
+def test_the_readmes_cluster_evaluation_config_builds(tmp_path: Path) -> None:
+    import re
+
+    from politune.config import load_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"```yaml\n(# evaluate-8b\.yaml.*?)```", readme, re.S).group(1)
+    (tmp_path / "evaluate-8b.yaml").write_text(example)
+    e = load_config(tmp_path / "evaluate-8b.yaml").evaluate
+    assert e.instruments == ["politune", "pct"] and e.modes == ["logprob", "generate"] and e.checkpoints == "all"
+    assert e.judge_base_url.startswith("http://") and e.base_url.endswith("/v1")
+
+
+def test_the_base_every_final_adapter_checkpoints_when_asked_and_extra_models_are_targets(tmp_path: Path) -> None:
+    from politune.evaluate.endpoint import run_targets
+    from politune.registry import AdapterEntry
+
+    raw = {"run_id": "t", "storage_root": str(tmp_path), "evaluate": {"extra_models": [
+        {"name": "hosted", "base_url": "http://elsewhere:9/v1", "model": "big-model", "api_key_env": "HOSTED_KEY"}]}}
+    cfg = build_config(raw)
+    for name, checkpoint_of, step in (("left", None, None), ("left.step-5", "left", 5), ("left.step-10", "left", 10)):
+        register(cfg.run_uri, AdapterEntry(name=name, side="left", method="dpo", base_model="tiny", path="-",
+                                           config_hash="-", metrics={"global_step": 10} if step is None else {},
+                                           checkpoint_of=checkpoint_of, step=step))
+    register(cfg.run_uri, AdapterEntry(name="other", side="left", method="dpo", base_model="another-base", path="-",
+                                       config_hash="-"))
+    final = [(t.model, t.role) for t in run_targets(cfg, "http://own:1/v1")]
+    assert final == [("tiny", "base"), ("tiny:left", "adapter"), ("big-model", "external")]
+    cfg = build_config({**raw, "evaluate": {**raw["evaluate"], "checkpoints": "all"}})
+    targets = run_targets(cfg, "http://own:1/v1")
+    # step 10 is the final adapter's last save: the path ends at the adapter's own point
+    assert [(t.model, t.step) for t in targets] == [("tiny", None), ("tiny:left", None), ("tiny:left.step-5", 5),
+                                                    ("big-model", None)]
+    external = targets[-1]
+    assert (external.base_url, external.api_key_env, external.label) == ("http://elsewhere:9/v1", "HOSTED_KEY",
+                                                                       "hosted")
+    assert Question(external, "politune", "e01", "s", 0, 0, "logprob").row(status="ok")["model"] == "hosted"
