@@ -59,7 +59,8 @@ def http_processor_config(base_url: str, api_key_env: str, batch_size: int, conc
 
     return HttpRequestProcessorConfig(
         url=chat_url(base_url), headers=auth_headers(api_key_env), batch_size=batch_size,
-        concurrency=concurrency, qps=qps, max_retries=max_retries)
+        concurrency=concurrency, qps=qps, max_retries=max_retries,
+        session_factory=partial(ConcurrentPosts, limit=batch_size))
 
 
 def chat_payload(model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:

@@ -95,11 +95,29 @@ def run_endpoint(cfg: RunConfig) -> Iterator[str]:
     from ray import serve
 
     from politune.models import ensure_model_files
+    from politune.ray_runtime import init_ray
     from politune.serve.app import APP_NAME, start_serving
 
     ensure_model_files(cfg, "serve.base_model", cfg.serve.base_model)
+    init_ray(cfg)
+    serve_was_up = _serve_is_running()
     serving = start_serving(cfg)
     try:
         yield serving.base_url
     finally:
-        serve.delete(APP_NAME)
+        if serve_was_up:
+            serve.delete(APP_NAME)  # other applications may be served beside it: only ours goes
+        else:
+            serve.shutdown()  # Serve was started for this evaluation: its proxy goes too, freeing serve.port
+
+
+def _serve_is_running() -> bool:
+    """Whether this Ray cluster already runs Serve (its controller actor exists)."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
