@@ -20,10 +20,6 @@ class EndpointError(RuntimeError):
     """The endpoint cannot be used: unreachable, or it does not serve the model."""
 
 
-def chat_url(base_url: str) -> str:
-    return base_url.rstrip("/") + "/chat/completions"
-
-
 def auth_headers(api_key_env: str) -> dict[str, str]:
     key = os.environ.get(api_key_env)
     return {"Authorization": f"Bearer {key}"} if key else {}
@@ -54,12 +50,14 @@ def check_endpoint(base_url: str, model: str, api_key_env: str, timeout_s: float
 
 
 def http_processor_config(base_url: str, api_key_env: str, batch_size: int, concurrency: int, qps: int | None,
-                          max_retries: int) -> Any:
+                          max_retries: int, route: str = "/chat/completions", num_cpus: float | None = None) -> Any:
+    """ray.data.llm's HTTP processor for `base_url + route`, its batches sent together (ConcurrentPosts)."""
     from ray.data.llm import HttpRequestProcessorConfig
 
+    stage = {"num_cpus": num_cpus} if num_cpus is not None else True
     return HttpRequestProcessorConfig(
-        url=chat_url(base_url), headers=auth_headers(api_key_env), batch_size=batch_size,
-        concurrency=concurrency, qps=qps, max_retries=max_retries,
+        url=base_url.rstrip("/") + route, headers=auth_headers(api_key_env), batch_size=batch_size,
+        concurrency=concurrency, qps=qps, max_retries=max_retries, http_request_stage=stage,
         session_factory=partial(ConcurrentPosts, limit=batch_size))
 
 
@@ -86,14 +84,11 @@ def post_all(base_url: str, route: str, payloads: dict[str, dict[str, Any]], *, 
     key -> (response JSON, None), or (None, error) for a request that failed after its retries or that the
     endpoint refused (its error body). Every key gets exactly one answer."""
     import ray.data
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+    from ray.data.llm import build_processor
 
     if not payloads:
         return {}
-    config = HttpRequestProcessorConfig(
-        url=base_url.rstrip("/") + route, headers=auth_headers(api_key_env), batch_size=batch_size,
-        concurrency=concurrency, qps=qps, max_retries=max_retries, http_request_stage={"num_cpus": num_cpus},
-        session_factory=partial(ConcurrentPosts, limit=batch_size))
+    config = http_processor_config(base_url, api_key_env, batch_size, concurrency, qps, max_retries, route, num_cpus)
     stage_kwargs = {"num_cpus": num_cpus}
     processor = build_processor(config, preprocess=_to_http_request, postprocess=_from_http_response,
                                 preprocess_map_kwargs=stage_kwargs, postprocess_map_kwargs=stage_kwargs)
@@ -102,6 +97,8 @@ def post_all(base_url: str, route: str, payloads: dict[str, dict[str, Any]], *, 
         rows = processor(ray.data.from_items(requests)).map_batches(
             _answers, batch_format="pyarrow", num_cpus=num_cpus).take_all()
     except Exception as err:  # the HTTP stage raises once a request has used up its retries: the run stops
+        if "Reached maximum retries" not in str(err):
+            raise
         cause = str(err).split("Reached maximum retries", 1)[-1].split("Full Traceback", 1)[0]
         raise EndpointError(f"{config.url}: a request still failed after {max_retries} retries; nothing was "
                             f"written (last error: {cause.strip()[-300:]})") from None
