@@ -1,27 +1,29 @@
 """The main job: every stage that exists, in order, on one config.
 
-Today that is: build the embedded tiny model (when the config uses it), generate the sample corpus
-(when the config asks for one), ingest, annotate, select, synthesize, train (one adapter a side in
-train.sides), evaluate every model of the run and write the report. A run that imports its preference
-pairs (synthesize.source: released) skips straight to synthesize.
+Today that is: ingest, annotate, select, synthesize, train (one adapter a side in train.sides), evaluate every
+model of the run and write the report. Before the first stage starts, every stage's inputs are made ready and
+every model reference is checked (prepare.py): the tiny model is built when the config uses it, the sample corpus
+generated when the config asks for one. A run that imports its preference pairs (synthesize.source: released)
+skips straight to synthesize.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from politune.annotate import AnnotateResult, annotate_documents
-from politune.config import TINY_MODEL, RunConfig
-from politune.corpus.generate import corpus_is_current, generate_corpus
+from politune.command import StageFailed
+from politune.config import RunConfig
 from politune.evaluate import EvaluateResult, evaluate_models
 from politune.ingest import IngestResult, ingest_corpus
-from politune.models import ensure_model_files
+from politune.prepare import pipeline_stages, prepare_stages
 from politune.select import SelectResult, select_posts
 from politune.synthesize import SynthesizeResult, synthesize_preferences
 from politune.train import TrainResult, train_adapters
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,39 +41,25 @@ class PipelineResult:
     evaluate: EvaluateResult | None = None
 
 
-def uses_tiny_model(cfg: RunConfig) -> bool:
-    refs = (cfg.annotate.model, cfg.synthesize.model, cfg.train.base_model, cfg.serve.base_model)
-    return TINY_MODEL in refs
-
-
-def ensure_tiny_model(cfg: RunConfig) -> str:
-    return ensure_model_files(cfg, "tiny_model", TINY_MODEL)
-
-
-def ensure_corpus(cfg: RunConfig) -> dict[str, Any]:
-    c = cfg.corpus
-    assert c is not None
-    if not corpus_is_current(c.out, c.n, c.seed, c.format):
-        return generate_corpus(c.n, c.out, seed=c.seed, fmt=c.format, rows_per_file=c.rows_per_file)
-    return json.loads((Path(c.out) / "corpus.json").read_text())
-
-
 def serve_url(cfg: RunConfig) -> str:
     return f"http://{cfg.serve.host}:{cfg.serve.port}/v1"
 
 
+def _stage(name: str, build: Callable[[RunConfig], T], cfg: RunConfig) -> T:
+    try:
+        return build(cfg)
+    except Exception as err:
+        raise StageFailed(name) from err
+
+
 def run_pipeline(cfg: RunConfig) -> PipelineResult:
-    tiny = ensure_tiny_model(cfg) if uses_tiny_model(cfg) else None
-    if cfg.synthesize.source == "released":
-        synthesized = synthesize_preferences(cfg)
-        trained = train_adapters(cfg)
-        return PipelineResult(cfg.run_uri, tiny, None, None, None, None, synthesized, trained,
-                              cfg.serve.served_id, serve_url(cfg), evaluate_models(cfg))
-    corpus = ensure_corpus(cfg) if cfg.corpus is not None else None
-    ingested = ingest_corpus(cfg)
-    annotated = annotate_documents(cfg)
-    selected = select_posts(cfg)
-    synthesized = synthesize_preferences(cfg)
-    trained = train_adapters(cfg)
-    return PipelineResult(cfg.run_uri, tiny, corpus, ingested, annotated, selected, synthesized, trained,
-                          cfg.serve.served_id, serve_url(cfg), evaluate_models(cfg))
+    stages = pipeline_stages(cfg)
+    prepared = prepare_stages(cfg, *stages)
+    ingested = _stage("ingest", ingest_corpus, cfg) if "ingest" in stages else None
+    annotated = _stage("annotate", annotate_documents, cfg) if "annotate" in stages else None
+    selected = _stage("select", select_posts, cfg) if "select" in stages else None
+    synthesized = _stage("synthesize", synthesize_preferences, cfg)
+    trained = _stage("train", train_adapters, cfg)
+    evaluated = _stage("evaluate", evaluate_models, cfg)
+    return PipelineResult(cfg.run_uri, prepared.tiny_model, prepared.corpus, ingested, annotated, selected,
+                          synthesized, trained, cfg.serve.served_id, serve_url(cfg), evaluated)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from politune.config import TinyModelConfig
-from politune.models import generate_text, load_causal_lm
+from politune.models.loading import generate_text, load_causal_lm
 from politune.models.tiny import build_tiny_model, folder_digest, tiny_model_is_current
 
 

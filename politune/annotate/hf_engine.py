@@ -21,7 +21,7 @@ import torch
 from politune.annotate.parse import ParseError, expected_and_argmax, parse_scores
 from politune.annotate.prompts import SCALES, answer_token_ids, generate_messages, prompt_version, scale_messages
 from politune.annotate.schema import annotation_row
-from politune.models import load_causal_lm
+from politune.models.loading import load_causal_lm
 
 log = logging.getLogger(__name__)
 

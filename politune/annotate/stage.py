@@ -34,6 +34,7 @@ from politune.annotate.schema import ANNOTATION_SCHEMA, STATUSES
 from politune.annotate.vllm_engine import VLLMEngine
 from politune.config import RunConfig
 from politune.models import resolve_model
+from politune.prepare import prepares
 from politune.ray_runtime import init_ray
 from politune.storage import Manifest, exists, join, read_json, resolve, write_json
 
@@ -50,6 +51,7 @@ class AnnotateResult:
     statuses: dict[str, int]
 
 
+@prepares("annotate")
 def annotate_documents(cfg: RunConfig) -> AnnotateResult:
     init_ray(cfg)
     documents_uri, annotations_uri = join(cfg.run_uri, "documents"), join(cfg.run_uri, "annotations")

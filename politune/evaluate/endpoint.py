@@ -94,11 +94,9 @@ def run_endpoint(cfg: RunConfig) -> Iterator[str]:
         return
     from ray import serve
 
-    from politune.models import ensure_model_files
     from politune.ray_runtime import init_ray
     from politune.serve.app import APP_NAME, start_serving
 
-    ensure_model_files(cfg, "serve.base_model", cfg.serve.base_model)
     init_ray(cfg)
     serve_was_up = _serve_is_running()
     serving = start_serving(cfg)

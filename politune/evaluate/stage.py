@@ -35,6 +35,7 @@ from politune.evaluate.endpoint import Target, check_targets, key_env, run_endpo
 from politune.evaluate.instruments import load_instrument, load_probes
 from politune.evaluate.prompts import PROMPT_VERSION
 from politune.evaluate.schema import ANSWER_SCHEMA, ENGINE_ERROR
+from politune.prepare import prepares
 from politune.ray_runtime import init_ray
 from politune.report import ReportResult, build_report
 from politune.storage import Manifest, join, resolve, write_json
@@ -53,6 +54,7 @@ class EvaluateResult:
     judge: str = ""
 
 
+@prepares("evaluate")
 def evaluate_models(cfg: RunConfig) -> EvaluateResult:
     cfg = cfg.with_absolute_paths()
     e = cfg.evaluate

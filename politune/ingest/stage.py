@@ -31,6 +31,7 @@ from politune.config import RunConfig
 from politune.ingest.dedup import collect_quarantine, dedup_bucket
 from politune.ingest.readers import CorpusDatasource, CorpusFile, list_source_files
 from politune.ingest.schema import DOCUMENT_SCHEMA, QUARANTINE_PART
+from politune.prepare import prepares
 from politune.ray_runtime import init_ray
 from politune.storage import Manifest, delete_dir, join, resolve
 
@@ -50,6 +51,7 @@ class IngestResult:
         return {k: sum(c[k] for c in self.counts.values()) for k in keys}
 
 
+@prepares("ingest")
 def ingest_corpus(cfg: RunConfig) -> IngestResult:
     if not cfg.sources:
         raise ValueError("ingest needs sources: the config lists none (sources: [{name, paths, shape}])")

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from politune.config import TinyModelConfig
 from politune.corpus.generate import sample_texts
@@ -83,12 +86,24 @@ def build_tiny_model(cfg: TinyModelConfig, out: str | Path | None = None) -> Pat
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    with _no_progress_bars():  # "Writing model shards" for a file that takes a millisecond
+        model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "politune_tiny.json").write_text(json.dumps(
         {"built_by": "politune model build-tiny", "build_version": BUILD_VERSION, "config": cfg.model_dump(),
          "parameters": sum(p.numel() for p in model.parameters())}, indent=2, sort_keys=True))
     return out
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def tiny_model_is_current(cfg: TinyModelConfig, out: str | Path | None = None) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 from ray.serve import Application
 
 from politune.config import RunConfig, resolve_config
+from politune.prepare import prepares
 from politune.serve.guard import ModelCatalog
 
 APP_NAME = "politune"
@@ -38,6 +39,7 @@ class Serving:
     model_ids: list[str]
 
 
+@prepares("serve")
 def start_serving(cfg: RunConfig) -> Serving:
     """Deploy the app on the configured Ray (a local one on 127.0.0.1 unless RAY_ADDRESS is set), its HTTP proxy
     bound to serve.host:serve.port; returns once every replica is up."""

@@ -30,6 +30,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from politune.config import RunConfig
+from politune.models import resolve_model
 from politune.serve.guard import APIError, ModelCatalog, ServedModel, bearer_check, overloaded
 from politune.serve.hf_model import HFModelServer, ServeMetrics
 from politune.serve.protocol import (
@@ -178,5 +179,5 @@ def build_hf_app(cfg: RunConfig) -> Application:
                             "target_ongoing_requests": s.target_ongoing_requests},
         max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests,
         ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
-    ).bind(data)
+    ).bind(data, resolve_model(s.base_model, cfg))
     return OpenAIIngress.bind(model, data)

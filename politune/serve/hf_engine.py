@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from politune.models import load_causal_lm
+from politune.models.loading import load_causal_lm
 from politune.serve.protocol import GeneratedChoice
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch

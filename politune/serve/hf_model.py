@@ -20,7 +20,6 @@ import torch
 from ray import serve
 
 from politune.config import RunConfig
-from politune.models import resolve_model
 from politune.registry import load_registry
 from politune.serve.guard import ADAPTER_NAME
 from politune.serve.hf_engine import AdapterModel, Row
@@ -65,12 +64,13 @@ class _HeldAdapter:
 
 @serve.deployment(name="model")
 class HFModelServer:
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], model_path: str) -> None:
+        """`model_path`: the base's folder or hub id, resolved where the app was built (resolve_model)."""
         run = RunConfig.model_validate(cfg)
         s = run.serve
         torch.set_num_threads(s.num_threads or max(1, int(s.cpus_per_replica)))
         self.serve_cfg, self.run_uri = s, run.run_uri
-        self.engine = AdapterModel(resolve_model(s.base_model, run), "cuda" if s.gpus_per_replica else "cpu")
+        self.engine = AdapterModel(model_path, "cuda" if s.gpus_per_replica else "cpu")
         self.downloads = Path(tempfile.mkdtemp(prefix="politune-adapters-"))
         self.held: set[str] = set()
         self.cancelled: set[str] = set()

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from politune.models import load_causal_lm
+from politune.models.loading import load_causal_lm
 from politune.synthesize.drafts import PAIR_DRAFT_SCHEMA, draft, failed, first_line
 from politune.synthesize.prompts import answer_conversations, instruction_messages
 

@@ -27,6 +27,7 @@ import ray.data
 
 from politune.config import RunConfig
 from politune.models import resolve_model
+from politune.prepare import prepares
 from politune.ray_runtime import init_ray
 from politune.storage import Manifest, delete_dir, exists, join, resolve
 from politune.synthesize.clean import DROP_REASONS, GENERATION_DROP_REASONS, clean_pairs
@@ -59,6 +60,7 @@ class SynthesizeResult:
     sides: dict[str, SideCounts]
 
 
+@prepares("synthesize")
 def synthesize_preferences(cfg: RunConfig) -> SynthesizeResult:
     s = cfg.synthesize
     out_uri = join(cfg.run_uri, "preferences")

@@ -24,6 +24,8 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from politune.config import RunConfig
+from politune.models import resolve_model
+from politune.prepare import prepares
 from politune.ray_runtime import init_ray
 from politune.registry import (
     AdapterEntry,
@@ -46,6 +48,7 @@ class TrainResult:
     checkpoints: list[str] = field(default_factory=list)  # registry names of its checkpoints, by step
 
 
+@prepares("train")
 def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
@@ -68,7 +71,7 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "side": side, "adapter_uri": adapter_uri,
-                           "steps_uri": steps_uri},
+                           "steps_uri": steps_uri, "model_path": resolve_model(t.base_model, cfg)},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
                                      placement_strategy=t.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
