@@ -6,10 +6,13 @@ the report under <run>/report.
 With evaluate.base_url unset, the job starts the run's Serve app, evaluates through it and deletes it after.
 """
 
-from politune.config import resolve_config
+import sys
+
+from politune.command import run_command
 from politune.console import job_arguments, print_evaluate
 from politune.evaluate import evaluate_models
 
 if __name__ == "__main__":
     args = job_arguments(__doc__)
-    print_evaluate(evaluate_models(resolve_config(args.config, args.preset, args.set)))
+    sys.exit(run_command(("evaluate",), lambda cfg: print_evaluate(evaluate_models(cfg)),
+                         args.config, args.preset, args.set, verbose=args.verbose))

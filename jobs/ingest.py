@@ -3,10 +3,13 @@
     ray job submit --working-dir . -- python jobs/ingest.py --config my-run.yaml
 """
 
-from politune.config import resolve_config
+import sys
+
+from politune.command import run_command
 from politune.console import job_arguments, print_ingest
 from politune.ingest import ingest_corpus
 
 if __name__ == "__main__":
     args = job_arguments(__doc__)
-    print_ingest(ingest_corpus(resolve_config(args.config, args.preset, args.set)))
+    sys.exit(run_command(("ingest",), lambda cfg: print_ingest(ingest_corpus(cfg)),
+                         args.config, args.preset, args.set, verbose=args.verbose))

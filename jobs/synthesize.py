@@ -3,10 +3,13 @@
     ray job submit --working-dir . -- python jobs/synthesize.py --config my-run.yaml
 """
 
-from politune.config import resolve_config
+import sys
+
+from politune.command import run_command
 from politune.console import job_arguments, print_synthesize
 from politune.synthesize import synthesize_preferences
 
 if __name__ == "__main__":
     args = job_arguments(__doc__)
-    print_synthesize(synthesize_preferences(resolve_config(args.config, args.preset, args.set)))
+    sys.exit(run_command(("synthesize",), lambda cfg: print_synthesize(synthesize_preferences(cfg)),
+                         args.config, args.preset, args.set, verbose=args.verbose))

@@ -5,18 +5,13 @@
 Submitting the same job again after it was killed resumes from its last checkpoint.
 """
 
-import argparse
+import sys
 
-from politune.config import resolve_config
-from politune.console import print_train
+from politune.command import run_command
+from politune.console import job_arguments, print_train
 from politune.train import train_adapters
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config")
-    parser.add_argument("--preset")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD.PATH=VALUE")
-    parser.add_argument("--side", action="append", choices=["left", "right"],
-                        help="repeatable; default: the config's train.sides")
-    args = parser.parse_args()
-    print_train(train_adapters(resolve_config(args.config, args.preset, args.set), args.side))
+    args = job_arguments(__doc__, sides=True)
+    sys.exit(run_command(("train",), lambda cfg: print_train(train_adapters(cfg, args.side)), args.config,
+                         args.preset, args.set, verbose=args.verbose))

@@ -24,6 +24,8 @@ app.add_typer(corpus_app, name="corpus")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Run config YAML file.")
 PresetOpt = typer.Option(None, "--preset", "-p", help=f"Shipped preset: {', '.join(PRESETS)} (default local).")
 SetOpt = typer.Option([], "--set", "-s", help="Override a field: FIELD.PATH=VALUE (repeatable).")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Stream Ray's and the workers' output here too (also: "
+                          "POLITUNE_VERBOSE=1); by default it stays in Ray's log files and a failure is told once.")
 
 
 def _config(config: str | None, preset: str | None, overrides: list[str]) -> RunConfig:
@@ -34,88 +36,112 @@ def _config(config: str | None, preset: str | None, overrides: list[str]) -> Run
         raise typer.Exit(2) from None
 
 
-def _run_stage(build: Callable[[RunConfig], Any], show: Callable[[Any], None], config: str | None,
-               preset: str | None, overrides: list[str]) -> None:
-    """Resolve the config, run a stage's builder, print its summary; input problems exit 1 with the message."""
-    cfg = _config(config, preset, overrides)
-    try:
-        show(build(cfg))
-    except (FileNotFoundError, ValueError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(1) from None
+Stages = tuple[str, ...] | Callable[[RunConfig], tuple[str, ...]]
+
+
+def _run(stages: Stages, run: Callable[[RunConfig], Any], config: str | None, preset: str | None,
+         overrides: list[str], verbose: bool, **options: Any) -> None:
+    """A command over `stages` (command.py): config, preparation, run; a failure exits 1 with one message."""
+    from politune.command import run_command
+
+    code = run_command(stages, run, config, preset, overrides, verbose=verbose, **options)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
-def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt) -> None:
     """Run the whole pipeline (tiny model, sample corpus, ingest, annotate, select, synthesize, train, evaluate,
     report)."""
-    from politune.console import config_args, print_pipeline
-    from politune.pipeline import run_pipeline
+    def run_all(cfg: RunConfig) -> None:
+        from politune.console import config_args, print_pipeline
+        from politune.pipeline import run_pipeline
 
-    _run_stage(run_pipeline, lambda result: print_pipeline(result, config_args(config, preset, set_)), config,
-               preset, set_)
+        print_pipeline(run_pipeline(cfg), config_args(config, preset, set_))
+
+    from politune.prepare import pipeline_stages
+
+    _run(pipeline_stages, run_all, config, preset, set_, verbose, announce=False, name="run")
 
 
 @app.command()
-def ingest(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+def ingest(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+           verbose: bool = VerboseOpt) -> None:
     """Read the configured sources into documents/ and quarantine/ under the run directory."""
-    from politune.console import print_ingest
-    from politune.ingest import ingest_corpus
+    def run_ingest(cfg: RunConfig) -> None:
+        from politune.console import print_ingest
+        from politune.ingest import ingest_corpus
 
-    _run_stage(ingest_corpus, print_ingest, config, preset, set_)
+        print_ingest(ingest_corpus(cfg))
+
+    _run(("ingest",), run_ingest, config, preset, set_, verbose)
 
 
 @app.command()
-def annotate(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+def annotate(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+             verbose: bool = VerboseOpt) -> None:
     """Score every document for ideology, relevance and quality with the configured LLM (resumable)."""
-    from politune.annotate import annotate_documents
-    from politune.console import print_annotate
+    def run_annotate(cfg: RunConfig) -> None:
+        from politune.annotate import annotate_documents
+        from politune.console import print_annotate
 
-    _run_stage(annotate_documents, print_annotate, config, preset, set_)
+        print_annotate(annotate_documents(cfg))
+
+    _run(("annotate",), run_annotate, config, preset, set_, verbose)
 
 
 @app.command("select")
-def select_(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+def select_(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+            verbose: bool = VerboseOpt) -> None:
     """Choose each side's training posts from the annotations (thresholds, quantiles or source)."""
-    from politune.console import print_select
-    from politune.select import select_posts
+    def run_select(cfg: RunConfig) -> None:
+        from politune.console import print_select
+        from politune.select import select_posts
 
-    _run_stage(select_posts, print_select, config, preset, set_)
+        print_select(select_posts(cfg))
+
+    _run(("select",), run_select, config, preset, set_, verbose)
 
 
 @app.command()
-def synthesize(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+def synthesize(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+               verbose: bool = VerboseOpt) -> None:
     """Each side's preference pairs (written from the selected posts, or imported), cleaned and split."""
-    from politune.console import print_synthesize
-    from politune.synthesize import synthesize_preferences
+    def run_synthesize(cfg: RunConfig) -> None:
+        from politune.console import print_synthesize
+        from politune.synthesize import synthesize_preferences
 
-    _run_stage(synthesize_preferences, print_synthesize, config, preset, set_)
+        print_synthesize(synthesize_preferences(cfg))
+
+    _run(("synthesize",), run_synthesize, config, preset, set_, verbose)
 
 
 @app.command()
 def train(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
           side: list[str] = typer.Option([], "--side", help="left or right (repeatable; default: train.sides)."),
-          ) -> None:
+          verbose: bool = VerboseOpt) -> None:
     """Train one LoRA adapter a side (DPO or SFT) under Ray Train and register it; resumes a killed run."""
-    from politune.console import print_train
-    from politune.train import train_adapters
+    def run_train(cfg: RunConfig) -> None:
+        from politune.console import print_train
+        from politune.train import train_adapters
 
-    _run_stage(lambda cfg: train_adapters(cfg, side or None), print_train, config, preset, set_)
+        print_train(train_adapters(cfg, side or None))
+
+    _run(("train",), run_train, config, preset, set_, verbose)
 
 
 @app.command()
-def evaluate(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+def evaluate(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+             verbose: bool = VerboseOpt) -> None:
     """Place every model of the run on the compass (propositions, probes, judge) through its Serve app or any
     OpenAI-compatible endpoint; writes eval/answers.parquet and the report."""
-    from politune.console import print_evaluate
-    from politune.engines.openai_http import EndpointError
-    from politune.evaluate import evaluate_models
+    def run_evaluate(cfg: RunConfig) -> None:
+        from politune.console import print_evaluate
+        from politune.evaluate import evaluate_models
 
-    try:
-        _run_stage(evaluate_models, print_evaluate, config, preset, set_)
-    except EndpointError as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(1) from None
+        print_evaluate(evaluate_models(cfg))
+
+    _run(("evaluate",), run_evaluate, config, preset, set_, verbose)
 
 
 @app.command()
@@ -138,41 +164,38 @@ def report(
 
 
 @app.command()
-def serve(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt) -> None:
+def serve(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+          verbose: bool = VerboseOpt) -> None:
     """Serve the base model and every registered adapter behind an OpenAI-compatible endpoint (Ray Serve).
 
     On a local Ray this runs until Ctrl-C; with RAY_ADDRESS set it deploys to that cluster and returns."""
-    import os
-    import signal
-    import time
+    def run_serve(cfg: RunConfig) -> None:
+        import os
+        import signal
+        import time
 
-    from politune.models import ensure_model_files
-    from politune.serve.app import APP_NAME, start_serving
+        from politune.serve.app import APP_NAME, start_serving
 
-    cfg = _config(config, preset, set_)
-    try:
-        ensure_model_files(cfg, "serve.base_model", cfg.serve.base_model)
         serving = start_serving(cfg)
-    except (FileNotFoundError, ValueError, ImportError) as err:  # ImportError: backend vllm without vLLM
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"serving at {serving.base_url}  (backend {cfg.serve.backend}, run {cfg.run_uri})")
-    for model_id in serving.model_ids:
-        typer.echo(f"  model: {model_id}")
-    typer.echo(f'probe:   politune probe "What do you think of taxes?" --url {serving.base_url} '
-               f"--model {serving.model_ids[-1]}")
-    if os.environ.get("RAY_ADDRESS") or cfg.ray.address:
-        typer.echo(f"deployed as Serve application {APP_NAME!r}; it keeps running on the cluster")
-        return
-    typer.echo("Ctrl-C stops it.", err=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as Ctrl-C does
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve as ray_serve
+        typer.echo(f"serving at {serving.base_url}  (backend {cfg.serve.backend}, run {cfg.run_uri})")
+        for model_id in serving.model_ids:
+            typer.echo(f"  model: {model_id}")
+        typer.echo(f'probe:   politune probe "What do you think of taxes?" --url {serving.base_url} '
+                   f"--model {serving.model_ids[-1]}")
+        if os.environ.get("RAY_ADDRESS") or cfg.ray.address:
+            typer.echo(f"deployed as Serve application {APP_NAME!r}; it keeps running on the cluster")
+            return
+        typer.echo("Ctrl-C stops it.", err=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as Ctrl-C does
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            from ray import serve as ray_serve
 
-        ray_serve.shutdown()
+            ray_serve.shutdown()
+
+    _run(("serve",), run_serve, config, preset, set_, verbose)
 
 
 @app.command()
@@ -231,13 +254,22 @@ def config_check(file: Path = typer.Argument(..., help="Run config YAML to valid
 
 
 @model_app.command("build-tiny")
-def model_build_tiny(out: Path = typer.Option(..., help="Folder to write the model to."),
-                     seed: int = typer.Option(0, help="Same seed, byte-identical model.")) -> None:
-    """Build the tiny Llama-architecture model and its tokenizer (no download)."""
-    from politune.config import TinyModelConfig
-    from politune.models.tiny import build_tiny_model, folder_digest
+def model_build_tiny(
+    config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+    out: Path = typer.Option(None, help="Folder to write the model to (default: the config's tiny_model.out)."),
+    seed: int = typer.Option(None, help="Same seed, byte-identical model (default: the config's tiny_model.seed)."),
+    force: bool = typer.Option(False, "--force", help="Build even when the folder already holds this model."),
+) -> None:
+    """Build the tiny Llama-architecture model and its tokenizer (no download); the config's by default."""
+    from politune.models.tiny import build_tiny_model, folder_digest, tiny_model_is_current
 
-    folder = build_tiny_model(TinyModelConfig(out=str(out), seed=seed))
+    cfg = _config(config, preset, set_)
+    update = {k: v for k, v in (("out", str(out) if out else None), ("seed", seed)) if v is not None}
+    tiny = cfg.tiny_model.model_copy(update=update)
+    if not force and tiny_model_is_current(tiny):
+        typer.echo(f"up to date: {tiny.out} (digest {folder_digest(tiny.out)[:12]}; --force rebuilds it)")
+        return
+    folder = build_tiny_model(tiny)
     info = json.loads((folder / "politune_tiny.json").read_text())
     typer.echo(f"built {folder} ({info['parameters']:,} parameters, digest {folder_digest(folder)[:12]})")
 

@@ -21,13 +21,18 @@ from politune.train import TrainResult
 console = Console()
 
 
-def job_arguments(description: str) -> argparse.Namespace:
-    """The arguments every job in jobs/ takes (the same as the CLI's)."""
+def job_arguments(description: str, sides: bool = False) -> argparse.Namespace:
+    """The arguments every job in jobs/ takes (the same as the CLI's); `sides`: train's --side too."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="run config YAML (default: the `local` preset)")
     parser.add_argument("--preset", help="a shipped preset: local, llama3-8b, mistral-7b")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD.PATH=VALUE",
                         help="override one config field (repeatable)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="stream Ray's and the workers' output into the job log too")
+    if sides:
+        parser.add_argument("--side", action="append", choices=["left", "right"],
+                            help="repeatable; default: the config's train.sides")
     return parser.parse_args()
 
 

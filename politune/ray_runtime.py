@@ -1,5 +1,8 @@
 """The one place that connects to Ray: a cluster when RAY_ADDRESS (or ray.address) is set, else a
-local Ray on 127.0.0.1 whose files live under the run directory."""
+local Ray on 127.0.0.1 whose files live under the run directory.
+
+Workers' output stays in Ray's log files unless POLITUNE_VERBOSE is set (`--verbose`): a failure is told once,
+by the command (command.py), with the path of the failed worker's log, not once a worker, retry and node."""
 
 from __future__ import annotations
 
@@ -43,6 +46,11 @@ def ray_temp_dir(cfg: RunConfig) -> Path:
     return short
 
 
+def verbose() -> bool:
+    """Whether Ray's and the workers' output is streamed to this console (POLITUNE_VERBOSE, `--verbose`)."""
+    return os.environ.get("POLITUNE_VERBOSE", "") not in ("", "0")
+
+
 def init_ray(cfg: RunConfig) -> str:
     """Connect to Ray once per process; return the address joined or 'local'."""
     if ray.is_initialized():
@@ -51,7 +59,8 @@ def init_ray(cfg: RunConfig) -> str:
     runtime_env = {"env_vars": env_vars} if env_vars else None
     address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose())
+        _quiet_unless_verbose()
         return address
     # A laptop run stays on loopback and needs no token (nothing listens beyond 127.0.0.1).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -64,6 +73,47 @@ def init_ray(cfg: RunConfig) -> str:
         _node_ip_address="127.0.0.1",
         _temp_dir=str(temp_dir),
         runtime_env=runtime_env,
+        log_to_driver=verbose(),
     )
+    _quiet_unless_verbose()
     log.info("started a local Ray on 127.0.0.1 (files in %s)", temp_dir)
     return "local"
+
+
+def logs_dir() -> Path | None:
+    """This node's Ray log folder (`<session>/logs`) while Ray is connected; the workers' files are there."""
+    node = ray._private.worker._global_node  # Ray has no public accessor; ray.data's get_log_directory reads it too
+    return Path(node.get_logs_dir_path()) if node is not None else None
+
+
+def _quiet_unless_verbose() -> None:
+    """Beyond the workers' output (log_to_driver), Ray's driver prints failures itself: Ray Data logs each failed
+    operator and the tracebacks it hides from users' frames, and the driver's error listener prints the raylet's
+    retry notices with the worker's traceback. The command tells the failure once (command.py), so unless
+    verbose these go only to files: Ray Data's own ray-data.log, and `politune-driver.log` in the logs folder."""
+    if verbose():
+        return
+    import ray._private.worker as ray_worker
+
+    for handler in logging.getLogger("ray.data").handlers:  # configured when ray.data is imported, as stages do
+        if isinstance(handler, logging.StreamHandler):  # the console, not its SessionFileHandler
+            handler.addFilter(_below_error)
+    if getattr(ray_worker.print_to_stdstream, "politune_quiet", False):
+        return
+    printer = ray_worker.print_to_stdstream
+
+    def to_file(data: dict, ignore_prefix: bool) -> None:
+        folder = logs_dir()
+        if data.get("pid") != "raylet" or folder is None:
+            printer(data, ignore_prefix)
+            return
+        with open(folder / "politune-driver.log", "a") as out:
+            out.writelines(f"{line}\n" for line in data.get("lines", []))
+
+    to_file.politune_quiet = True  # type: ignore[attr-defined]
+    # the listener looks the function up at each message (ray 2.60, ray/_private/worker.py listen_error_messages)
+    ray_worker.print_to_stdstream = to_file
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR

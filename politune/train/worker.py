@@ -36,7 +36,9 @@ from ray.train import Checkpoint
 from transformers import TrainerCallback
 
 from politune.config import RunConfig, TrainConfig
-from politune.models import load_causal_lm, resolve_model
+from politune.failures import WorkerFailure
+from politune.models import resolve_model
+from politune.models.loading import load_causal_lm
 from politune.storage import resolve
 from politune.train.data import as_messages, read_split
 from politune.train.heldout import preference_metrics
@@ -133,13 +135,14 @@ def lora_config(t: TrainConfig) -> Any:
                       target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM")
 
 
-def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[Any]) -> tuple[Any, Any, list]:
+def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[Any],
+                  model_path: str | None = None) -> tuple[Any, Any, list]:
     """(TRL trainer, tokenizer, eval rows) for one side."""
     from datasets import Dataset
     from trl import DPOTrainer, SFTTrainer
 
     t = cfg.train
-    model, tokenizer = load_causal_lm(resolve_model(t.base_model, cfg),
+    model, tokenizer = load_causal_lm(model_path or resolve_model(t.base_model, cfg),
                                       dtype=torch.bfloat16 if t.use_gpu and t.bf16 is not False else torch.float32)
     train_rows, eval_rows = (read_split(cfg.run_uri, side, split) for split in ("train", "eval"))
     if not train_rows:
@@ -155,13 +158,22 @@ def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[An
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: {cfg (RunConfig as JSON), side, adapter_uri, steps_uri (optional: where
-    each checkpoint's adapter goes)}."""
+    each checkpoint's adapter goes)}. A failure is raised as a WorkerFailure that says which rank on which node, since
+    Ray Train hands the driver only the bare exception; the traceback stays in this worker's log."""
+    rank = ray.train.get_context().get_world_rank()
+    try:
+        _train(config, rank)
+    except Exception as err:
+        raise WorkerFailure.from_here(err, f"Ray Train worker (rank {rank}, side {config['side']})") from err
+
+
+def _train(config: dict[str, Any], rank: int) -> None:
     cfg, side, adapter_uri = RunConfig.model_validate(config["cfg"]), config["side"], config["adapter_uri"]
     t = cfg.train
-    rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(max(1, int(t.cpus_per_worker)))
     output_dir = tempfile.mkdtemp(prefix=f"politune-train-{side}-")
-    trainer, tokenizer, eval_rows = build_trainer(cfg, side, output_dir, [ReportCheckpoints(config.get("steps_uri"))])
+    trainer, tokenizer, eval_rows = build_trainer(cfg, side, output_dir, [ReportCheckpoints(config.get("steps_uri"))],
+                                                 config.get("model_path"))
     model = trainer.accelerator.unwrap_model(trainer.model).to(trainer.args.device)
 
     before = preference_metrics(model, tokenizer, eval_rows, t.beta, t.max_length, adapter=False) if rank == 0 else {}
