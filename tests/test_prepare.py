@@ -197,3 +197,13 @@ def test_prepare_builds_the_tiny_model_and_the_corpus_once(tmp_path: Path) -> No
     assert prepare_stages(cfg, "select").tiny_model is None  # select loads no model
     stale = prepare_stages(local_cfg(tmp_path, "tiny_model.seed=1"), "train")  # another model: built anew
     assert stale.tiny_model_built
+
+
+def test_the_tiny_model_named_relatively_or_absolutely_is_built_once(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages hand workers absolute paths (with_absolute_paths); the folder must not be rebuilt back and forth."""
+    monkeypatch.chdir(tmp_path)
+    relative = load_preset("local", [f"storage_root={tmp_path / 'runs'}", "tiny_model.out=models/tiny"])
+    assert prepare_stages(relative, "train").tiny_model_built
+    assert not prepare_stages(relative.with_absolute_paths(), "serve").tiny_model_built
+    assert not prepare_stages(relative, "train").tiny_model_built

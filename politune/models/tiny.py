@@ -107,11 +107,14 @@ def _no_progress_bars() -> Iterator[None]:
 
 
 def tiny_model_is_current(cfg: TinyModelConfig, out: str | Path | None = None) -> bool:
+    """Whether the folder holds the model `cfg` describes. Where it lies is not part of what it is: the same folder
+    named relatively or absolutely (as workers see it) is the same model."""
     marker = Path(out or cfg.out) / "politune_tiny.json"
     if not marker.is_file():
         return False
     info = json.loads(marker.read_text())
-    return info.get("build_version") == BUILD_VERSION and info.get("config") == cfg.model_dump()
+    built = {k: v for k, v in (info.get("config") or {}).items() if k != "out"}
+    return info.get("build_version") == BUILD_VERSION and built == cfg.model_dump(exclude={"out"})
 
 
 def folder_digest(folder: str | Path) -> str:
