@@ -107,7 +107,8 @@ def test_the_pipeline_names_the_stage_that_failed(ray_local) -> None:
         except FileNotFoundError as err:
             raise StageFailed("annotate") from err
     except StageFailed as failed:
-        assert failure_message("run", failed) == "annotate: runs/x/documents does not exist: run `politune ingest` first"
+        message = failure_message("run", failed)
+        assert message == "annotate: runs/x/documents does not exist: run `politune ingest` first"
 
 
 def test_a_bug_is_not_dressed_up_as_a_failure() -> None:
@@ -120,3 +121,13 @@ def test_a_long_message_is_trimmed_and_says_where_the_rest_is() -> None:
     assert text.splitlines()[0] == "ingest failed in a Ray task f (pid 7):"
     assert "line 11" in text and "line 12" not in text and "28 more lines in the full log" in text
     assert text.endswith("full log: /logs/worker-7.err")
+
+
+def test_a_worker_on_another_node_is_found_with_ray_logs(tmp_path: Path) -> None:
+    """No file of that pid in this node's log folder: the message says how to fetch it from its node."""
+    failure = RemoteFailure("Ray Train worker (rank 1, side left)", "OSError", "disk full", pid=4242,
+                            node="10.0.0.7", node_id="ab12")
+    assert worker_log(failure, tmp_path) == "`ray logs worker --pid 4242 --node-id ab12 --err` (or the Ray " \
+                                            "dashboard's Logs tab)"
+    (tmp_path / "worker-77-01000000-4242.err").write_text("Traceback (most recent call last): …")
+    assert worker_log(failure, tmp_path) == str(tmp_path / "worker-77-01000000-4242.err")

@@ -44,7 +44,8 @@ def test_a_missing_local_folder_names_the_field_and_the_path(tmp_path: Path) -> 
 ])
 def test_an_incomplete_folder_says_what_it_lacks(tmp_path: Path, files: list[str], missing: str) -> None:
     folder = model_folder(tmp_path / "model", *files)
-    with pytest.raises(ModelReferenceError, match=rf"annotate\.model: .*not a complete model folder: it has no {missing}"):
+    with pytest.raises(ModelReferenceError, match=rf"annotate\.model: .*not a complete model folder: it has no "
+                       rf"{missing}"):
         check_model_reference("annotate.model", str(folder))
 
 

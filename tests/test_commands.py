@@ -1,0 +1,237 @@
+"""The commands as a user meets them: separate processes in fresh folders, nothing prepared beforehand.
+
+One `politune run` (the README's first command) is shared by the module. Its run directory then feeds each stage
+command run alone in a fresh folder that holds only that stage's input (the tiny model, the corpus and Ray are
+each command's own business); the README's bring-your-own-pairs path runs from nothing; and failures are told
+once: a damaged model inside a Ray Train worker, a model folder that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, free_port, politune_serve
+
+pytestmark = pytest.mark.integration
+
+ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
+       "COLUMNS": "160", "NO_COLOR": "1"}
+DEMO_SETS = ["--set", "corpus.n=800", "--set", "ray.num_cpus=2"]
+
+
+def politune(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "politune.cli", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@dataclass
+class DemoRun:
+    folder: Path
+    done: subprocess.CompletedProcess
+    port: int
+
+    @property
+    def run(self) -> Path:
+        return self.folder / "runs" / "local"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """`politune run` in a fresh folder, as the README's `make demo` runs it (a smaller corpus)."""
+    folder = tmp_path_factory.mktemp("demo")
+    port = free_port()  # evaluate serves the run's models there
+    done = politune(["run", *DEMO_SETS, "--set", f"serve.port={port}"], folder, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return DemoRun(folder, done, port)
+
+
+def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRun) -> None:
+    done, tmp_path, port = demo_run.done, demo_run.folder, demo_run.port
+    sets = [*DEMO_SETS, "--set", f"serve.port={port}"]
+    assert "tiny model:" in done.stdout and "800 generated posts" in done.stdout
+    manifest = json.loads((tmp_path / "runs" / "local" / "manifest.json").read_text())
+    counts = manifest["artifacts"]["documents"]["counts"]["per_source"]
+    assert sum(c["read"] for c in counts.values()) == 800
+    assert (tmp_path / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
+    assert list((tmp_path / "runs" / "local" / "documents").glob("*.parquet"))
+    artifacts = manifest["artifacts"]
+    assert artifacts["annotations"]["counts"]["documents"] == sum(c["kept"] for c in counts.values())
+    kept = artifacts["selected"]["counts"]["kept"]
+    assert kept["left"] == kept["right"] > 0  # the quantile rule carries posts through the tiny model
+    assert "select:" in done.stdout
+    pairs = artifacts["preferences"]["counts"]
+    for side in ("left", "right"):
+        c = pairs[side]
+        assert c["read"] == kept[side] == c["train"] + c["eval"] + sum(c["dropped"].values())
+        assert c["train"] > 0  # noise, but pairs reach training
+    assert "preferences:" in done.stdout
+    registry = json.loads((tmp_path / "runs" / "local" / "adapters" / "registry.json").read_text())["adapters"]
+    finals = {name: entry for name, entry in registry.items() if entry["checkpoint_of"] is None}
+    assert sorted(finals) == ["left", "right"]  # the main command trains an adapter a side
+    for side, entry in finals.items():
+        assert (Path(entry["path"]) / "adapter_model.safetensors").is_file()
+        assert entry["metrics"]["global_step"] > 0 and artifacts[f"adapter:{side}"]["counts"]["steps"] > 0
+    assert "adapter 'left' (dpo on left, base tiny)" in done.stdout
+
+    # and ends with every model of the run on the compass: the base, both adapters, each saved checkpoint
+    answers = pq.read_table(tmp_path / "runs" / "local" / "eval" / "answers.parquet").to_pylist()
+    last = {name: entry["metrics"]["global_step"] for name, entry in finals.items()}
+    steps = {name for name, entry in registry.items() if entry["checkpoint_of"] and entry["step"] != last[
+        entry["checkpoint_of"]]}  # the last save is the final adapter itself, evaluated once
+    assert {r["model"] for r in answers} == {"tiny", "tiny:left", "tiny:right", *(f"tiny:{name}" for name in steps)}
+    assert artifacts["eval"]["counts"]["answers"] == len(answers)
+    report = tmp_path / "runs" / "local" / "report"
+    assert (report / "compass.png").read_bytes()[:4] == b"\x89PNG" and (report / "report.html").is_file()
+    assert f"compass:    {report.absolute()}/compass.png" in done.stdout.replace("\n", "")
+    assert "Traceback" not in done.stdout + done.stderr
+
+    # what the run says to do next works: serve its adapters, probe them
+    assert f"next:       politune serve --set corpus.n=800 --set ray.num_cpus=2 --set serve.port={port}" in done.stdout
+    assert "--model tiny --model tiny:left --model tiny:right" in done.stdout
+    with politune_serve(sets, ENV, cwd=tmp_path) as lines:
+        assert lines[1:3] == ["  model: tiny", "  model: tiny:left"], lines
+        probe = subprocess.run([str(Path(sys.executable).with_name("politune")), "probe", "Taxes?", "--url",
+                                f"http://127.0.0.1:{port}/v1", "--model", "tiny:right", "--max-tokens", "3"],
+                               env=ENV, capture_output=True, text=True, timeout=120)
+        assert probe.returncode == 0 and "tiny:right" in probe.stdout, probe.stderr
+
+
+def fresh_folder_with(demo_run: DemoRun, folder: Path, drop: list[str]) -> Path:
+    """A copy of the demo's run directory alone (no tiny model, no corpus, no Ray files), less `drop`."""
+    run = folder / "runs" / "local"
+    shutil.copytree(demo_run.run, run, ignore=shutil.ignore_patterns("_ray"))
+    for artifact in drop:
+        shutil.rmtree(run / artifact, ignore_errors=True)
+    return run
+
+
+def manifest_counts(run: Path, artifact: str) -> dict:
+    return json.loads((run / "manifest.json").read_text())["artifacts"][artifact]["counts"]
+
+
+# stage -> (the artifacts its command writes, removed from the copy first; more arguments)
+ALONE = {
+    "annotate": (["annotations"], []),
+    "select": (["selected"], []),
+    "synthesize": (["preferences"], []),
+    "train": (["adapters"], ["--side", "left"]),
+    "evaluate": (["eval", "report"], ["--set", "evaluate.probes=false", "--set", "evaluate.phrasings=1",
+                                      "--set", "evaluate.checkpoints=final"]),
+}
+
+
+@pytest.mark.parametrize("stage", list(ALONE))
+def test_a_stage_command_runs_alone_in_a_fresh_folder(demo_run: DemoRun, stage: str, tmp_path: Path) -> None:
+    drop, more = ALONE[stage]
+    run = fresh_folder_with(demo_run, tmp_path, drop)
+    done = politune([stage, *DEMO_SETS, "--set", f"serve.port={free_port()}", *more], tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    tiny = tmp_path / ".politune" / "models" / "tiny"
+    if stage == "select":  # reads annotations only: no model to build
+        assert not tiny.exists()
+        kept = manifest_counts(run, "selected")["kept"]
+        assert kept == manifest_counts(demo_run.run, "selected")["kept"]  # the same rule on the same scores
+        return
+    assert f"tiny model: built {tiny.absolute()}" in done.stdout
+    assert (tiny / "model.safetensors").is_file()
+    if stage == "annotate":
+        kept = sum(c["kept"] for c in manifest_counts(run, "documents")["per_source"].values())
+        assert manifest_counts(run, "annotations")["documents"] == kept
+        assert "0 kept from an earlier run" in done.stdout
+    elif stage == "synthesize":
+        c = manifest_counts(run, "preferences")["left"]
+        assert c["read"] == c["train"] + c["eval"] + sum(c["dropped"].values()) > 0
+    elif stage == "train":
+        registry = json.loads((run / "adapters" / "registry.json").read_text())["adapters"]
+        assert registry["left"]["metrics"]["global_step"] > 0 and "right" not in registry
+    elif stage == "evaluate":
+        models = {r["model"] for r in pq.read_table(run / "eval" / "answers.parquet").to_pylist()}
+        assert models == {"tiny", "tiny:left", "tiny:right"}
+        assert (run / "report" / "compass.png").is_file()
+
+
+def test_ingest_alone_generates_its_corpus(tmp_path: Path) -> None:
+    done = politune(["ingest", "--set", "corpus.n=200", "--set", "ray.num_cpus=2"], tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "corpus:     generated 200 posts in .politune/corpus" in done.stdout
+    counts = manifest_counts(tmp_path / "runs" / "local", "documents")["per_source"]
+    assert sum(c["read"] for c in counts.values()) == 200
+    assert not (tmp_path / ".politune" / "models").exists()  # ingest loads no model
+
+
+def test_serve_alone_builds_its_model_and_answers(demo_run: DemoRun, tmp_path: Path) -> None:
+    fresh_folder_with(demo_run, tmp_path, [])
+    port = free_port()
+    with politune_serve([*DEMO_SETS, "--set", f"serve.port={port}"], ENV, cwd=tmp_path) as lines:
+        assert lines[:3] == [f"serving at http://127.0.0.1:{port}/v1  (backend hf, run runs/local)", "  model: tiny",
+                             "  model: tiny:left"], lines
+        body = json.dumps({"model": "tiny:left", "prompt": "Taxes", "max_tokens": 2}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert json.loads(response.read())["choices"][0]["text"]
+    assert (tmp_path / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
+
+
+def readme_pairs_config() -> str:
+    """The YAML the README's "Bring your own pairs" section tells a user to write."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Bring your own pairs"):]
+    return re.search(r"```yaml\n(# pairs\.yaml\n.*?)```", section, re.S)[1]
+
+
+def test_the_readme_bring_your_own_pairs_path_from_nothing(shared_data: Path, tmp_path: Path) -> None:
+    """As a new user follows it in an empty folder: the config, `politune synthesize`, `politune train`."""
+    config = readme_pairs_config().replace("../shared/data", str(shared_data))
+    (tmp_path / "pairs.yaml").write_text(config)
+    synthesized = politune(["synthesize", "--config", "pairs.yaml"], tmp_path)
+    assert synthesized.returncode == 0, synthesized.stderr[-3000:]
+    assert "left:  2,356 pairs: 2,314 kept (2,079 train, 235 eval)" in synthesized.stdout
+    trained = politune(["train", "--config", "pairs.yaml"], tmp_path)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert "tiny model: built" in trained.stdout and "Traceback" not in trained.stdout + trained.stderr
+    registry = json.loads((tmp_path / "runs" / "released" / "adapters" / "registry.json").read_text())["adapters"]
+    for side, held_out in (("left", 235), ("right", 283)):
+        m = registry[side]["metrics"]
+        assert m["global_step"] == 30 and m["before/pairs"] == held_out
+        assert m["after/preference_accuracy"] > 0.5 > m["before/preference_accuracy"]
+
+
+def test_a_failure_in_a_train_worker_is_told_once(demo_run: DemoRun, tmp_path: Path) -> None:
+    """A model folder that passes the up-front check (config, tokenizer, weights all there) but whose weights are
+    cut short, as by a partial download: every Ray Train attempt fails loading it."""
+    fresh_folder_with(demo_run, tmp_path, ["adapters"])
+    damaged = tmp_path / "damaged"
+    shutil.copytree(demo_run.folder / ".politune" / "models" / "tiny", damaged)
+    with open(damaged / "model.safetensors", "r+b") as weights:
+        weights.truncate(1000)
+    done = politune(["train", *DEMO_SETS, "--side", "left", "--set", "train.base_model=./damaged"], tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]
+    assert re.search(r"error: train failed in a Ray Train worker \(rank 0, side left\) \(pid \d+, node [\d.]+\):", out)
+    assert out.count("Error while deserializing header") == 1  # once, for the three attempts of max_failures 2
+    assert "SafetensorError" in out and "Traceback" not in out
+    log = Path(re.search(r"full log: (\S+)", out)[1])
+    assert "Traceback" in log.read_text() and "SafetensorError" in log.read_text()
+
+
+def test_a_missing_model_folder_fails_before_ray_starts(tmp_path: Path) -> None:
+    start = time.monotonic()
+    done = politune(["train", "--set", f"train.base_model={tmp_path / 'no-such-model'}"], tmp_path, timeout=60)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: train: train.base_model: {tmp_path / 'no-such-model'} does not exist")
+    assert elapsed < 5, elapsed
+    assert not (tmp_path / "runs").exists() and "Ray" not in done.stdout + done.stderr  # Ray never started
