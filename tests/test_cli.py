@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,17 @@ def test_a_missing_source_path_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
                                  f"sources.0.paths=[{tmp_path / 'nowhere'}]"])
     assert result.exit_code == 1
     assert "source 'truthsocial'" in result.output and "nowhere does not exist" in result.output
+
+
+def test_build_tiny_takes_its_folder_from_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"base: local\nrun_id: x\ntiny_model:\n  out: {tmp_path / 'from-config'}\n")
+    built = runner.invoke(app, ["model", "build-tiny", "--config", str(config)])
+    assert built.exit_code == 0 and built.output.startswith(f"built {tmp_path / 'from-config'} (")
+    assert (tmp_path / "from-config" / "model.safetensors").is_file()
+    again = runner.invoke(app, ["model", "build-tiny", "--config", str(config)])
+    assert again.output.startswith(f"up to date: {tmp_path / 'from-config'}")
+    elsewhere = runner.invoke(app, ["model", "build-tiny", "--config", str(config), "--out", str(tmp_path / "o"),
+                                    "--seed", "1"])
+    assert elsewhere.output.startswith(f"built {tmp_path / 'o'} (")
+    assert json.loads((tmp_path / "o" / "politune_tiny.json").read_text())["config"]["seed"] == 1
