@@ -227,6 +227,24 @@ def test_a_failure_in_a_train_worker_is_told_once(demo_run: DemoRun, tmp_path: P
     assert "Traceback" in log.read_text() and "SafetensorError" in log.read_text()
 
 
+def test_a_failure_in_a_ray_data_actor_is_told_once(demo_run: DemoRun, tmp_path: Path) -> None:
+    """The annotator's actors cannot load a damaged model: Ray Data fails the dataset, the raylet reports each
+    retry with the actor's traceback, and Ray Data logs its own report; the console gets one message."""
+    run = fresh_folder_with(demo_run, tmp_path, ["annotations"])
+    damaged = tmp_path / "damaged"
+    shutil.copytree(demo_run.folder / ".politune" / "models" / "tiny", damaged)
+    with open(damaged / "model.safetensors", "r+b") as weights:
+        weights.truncate(1000)
+    done = politune(["annotate", *DEMO_SETS, "--set", "annotate.model=./damaged"], tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]
+    assert "error: annotate failed in a Ray Data actor MapBatches(_HFAnnotatorTable) (pid " in out
+    assert out.count("Error while deserializing header") == 1 and "Traceback" not in out
+    assert re.search(r"full log: (\S+)", out)[1].endswith("ray-data/ray-data.log")
+    # the raylet's retry notices, each with the actor's traceback, went to a file instead
+    assert "Traceback" in next((run / "_ray").rglob("politune-driver.log")).read_text()
+
+
 def test_a_missing_model_folder_fails_before_ray_starts(tmp_path: Path) -> None:
     start = time.monotonic()
     done = politune(["train", "--set", f"train.base_model={tmp_path / 'no-such-model'}"], tmp_path, timeout=60)
