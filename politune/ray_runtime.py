@@ -21,9 +21,13 @@ log = logging.getLogger(__name__)
 
 # Ray puts unix sockets under its temp dir; their paths must stay under ~107 bytes.
 _MAX_TEMP_DIR_CHARS = 40
+# Settings workers need that are not secrets, forwarded in the job's runtime env. Credentials (AWS keys and session
+# token, HF_TOKEN, API keys) never go there: Ray shows a job's runtime env to anyone who reaches the dashboard or
+# the state API. Workers get them the way the platform gives them: on a local Ray (`ray.init` here, or `ray start`)
+# by inheritance from the process that started it; on KubeRay from the pods' environment (the manifests'
+# secretKeyRefs) or a cloud workload identity.
 _FORWARDED_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-    "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HF_TOKEN", "HF_HOME",
+    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HF_HOME", "HF_ENDPOINT",
 )
 
 

@@ -85,7 +85,8 @@ class RayHead:
 
 
 @contextlib.contextmanager
-def ray_head_node(num_cpus: int, multi_node: bool = False) -> Iterator[RayHead]:
+def ray_head_node(num_cpus: int, multi_node: bool = False,
+                  extra_env: dict[str, str] | None = None) -> Iterator[RayHead]:
     """A Ray head on loopback in the foreground (--block): terminating it stops only this cluster.
 
     A single-node head runs on 127.0.0.1 in Ray's one-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).
@@ -98,7 +99,7 @@ def ray_head_node(num_cpus: int, multi_node: bool = False) -> Iterator[RayHead]:
     gcs, dashboard = f"{node_ip}:{free_port()}", free_port()
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if multi_node else "0", "RAY_AUTH_MODE": "disabled",
            # a job's `python` is looked up on the head's PATH: make it this environment's, as in a cluster image
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={gcs.rsplit(':', 1)[1]}", "--dashboard-host=127.0.0.1",
@@ -123,13 +124,15 @@ def ray_head_node(num_cpus: int, multi_node: bool = False) -> Iterator[RayHead]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def submit_job(dashboard: str, env: dict[str, str], entrypoint: list[str],
-               timeout_s: float = 600) -> subprocess.CompletedProcess:
-    """`ray job submit` of this checkout; waits for the job and returns the finished CLI process."""
+def submit_job(dashboard: str, env: dict[str, str], entrypoint: list[str], timeout_s: float = 600,
+               submit_args: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`ray job submit` of this checkout (with `submit_args`, e.g. --runtime-env-json); waits for the job and
+    returns the finished CLI process."""
     deadline = time.time() + 90
     while True:  # the head's job agent starts a little after its dashboard answers
-        done = subprocess.run([RAY, "job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--",
-                               *entrypoint], env=env, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run([RAY, "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
+                               *(submit_args or []), "--", *entrypoint], env=env, capture_output=True, text=True,
+                              timeout=timeout_s)
         if "No available agent to submit job" not in done.stderr or time.time() > deadline:
             return done
         time.sleep(2)

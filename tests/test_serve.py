@@ -258,3 +258,17 @@ def test_politune_serve_and_probe_from_the_command_line(tmp_path: Path, server: 
                                  env={**env, "POLITUNE_API_KEY": "wrong"}, capture_output=True, text=True,
                                  timeout=120)
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr and "cli-token" not in refused.stderr
+
+
+def test_no_token_in_the_logs_or_an_error_body(server: dict) -> None:
+    """After every request of this module (right, wrong and missing tokens among them), neither the expected token
+    nor a wrong one a client sent is in an error body or anywhere in the Ray session's logs (Serve's included)."""
+    from politune.ray_runtime import logs_dir
+
+    wrong = "sk-wrong-" + os.urandom(8).hex()
+    status, body = call(f"{server['url']}/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1}, token=wrong)
+    assert status == 401 and SERVE_TOKEN not in json.dumps(body) and wrong not in json.dumps(body)
+    logs = [p for p in logs_dir().rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.parent.name == "serve" for p in logs)  # Serve's own logs are among them
+    leaks = [str(p) for p in logs if SERVE_TOKEN.encode() in p.read_bytes() or wrong.encode() in p.read_bytes()]
+    assert not leaks, leaks
