@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,6 +111,8 @@ def ray_head_node(num_cpus: int, multi_node: bool = False,
     while True:
         try:
             urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except urllib.error.HTTPError:  # it answers, and asks for Ray's token (RAY_AUTH_MODE=token)
             break
         except OSError:
             if time.time() > deadline or head.poll() is not None:

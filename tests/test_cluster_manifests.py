@@ -110,3 +110,16 @@ def test_serve_local_yaml_deploys_the_hf_app_of_the_local_preset() -> None:
     assert app["import_path"] == "politune.serve.app:build_app"
     assert config["http_options"]["host"] == "127.0.0.1"  # a laptop's server is not exposed
     assert resolve_config(None, app["args"]["preset"], app["args"]["set"]).serve.backend == "hf"
+
+
+def test_every_cluster_asks_for_rays_token_auth() -> None:
+    """The job API, the dashboard and the client port of each cluster refuse callers without Ray's token, which
+    comes from a Kubernetes secret; the head, where job drivers check gated model ids, holds HF_TOKEN."""
+    cluster = yaml.safe_load((REPO / "cluster" / "raycluster.yaml").read_text())
+    service = yaml.safe_load((REPO / "cluster" / "rayservice.yaml").read_text())
+    for spec in (cluster["spec"], service["spec"]["rayClusterConfig"]):
+        assert spec["authOptions"] == {"mode": "token", "secretName": "politune-ray-auth"}
+        head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert "HF_TOKEN" in {e["name"] for e in head.get("env", [])}
+    job = yaml.safe_load((REPO / "cluster" / "rayjob-pipeline.yaml").read_text())
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}  # its token auth

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
 import yaml
-from conftest import ray_head_node, submit_job
+from conftest import RAY, ray_head_node, submit_job
 
 from politune.corpus.generate import generate_corpus
 
@@ -83,3 +85,21 @@ def test_a_job_leaves_no_credential_where_cluster_users_can_read(s3_endpoint: st
     assert not leaks, f"credentials readable by cluster users: {leaks}"
     # the control: what a runtime env holds is displayed there, and the scan sees it
     assert control in jobs_api.decode() and control in state
+
+
+def test_a_head_with_token_auth_takes_jobs_only_with_the_token(tmp_path: Path) -> None:
+    """What the KubeRay manifests turn on (RAY_AUTH_MODE=token), on a real head on loopback: the job API refuses a
+    caller without the token, and `ray job submit` works with the README's two variables set."""
+    token = os.urandom(16).hex()
+    with ray_head_node(num_cpus=1, extra_env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}) as head:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{head.dashboard}/api/jobs/", timeout=30)
+        assert refused.value.code in (401, 403)
+        stranger = {k: v for k, v in head.env.items() if k != "RAY_AUTH_TOKEN"}
+        anonymous = subprocess.run([RAY, "job", "submit", "--address", head.dashboard, "--", "python", "-c", "1"],
+                                   env={**stranger, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+                                   timeout=120)
+        assert anonymous.returncode != 0
+        with_token = submit_job(head.dashboard, head.env, ["python", "-c", "print('ran with the token')"])
+        assert with_token.returncode == 0 and "ran with the token" in with_token.stdout, with_token.stderr[-2000:]
+        assert token not in with_token.stdout + with_token.stderr
