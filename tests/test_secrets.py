@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -103,3 +104,18 @@ def test_a_head_with_token_auth_takes_jobs_only_with_the_token(tmp_path: Path) -
         with_token = submit_job(head.dashboard, head.env, ["python", "-c", "print('ran with the token')"])
         assert with_token.returncode == 0 and "ran with the token" in with_token.stdout, with_token.stderr[-2000:]
         assert token not in with_token.stdout + with_token.stderr
+
+
+def test_an_s3_error_and_config_show_name_no_credential(s3_endpoint: str, tmp_path: Path) -> None:
+    secrets = markers()
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **secrets, "AWS_ENDPOINT_URL": s3_endpoint}
+    politune = [sys.executable, "-m", "politune.cli"]
+    failed = subprocess.run([*politune, "ingest", "--set", "corpus.n=20", "--set", "ray.num_cpus=1", "--set",
+                             "storage_root=s3://no-such-bucket/runs"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert failed.returncode == 1 and "no-such-bucket" in failed.stderr  # the error names what failed...
+    assert not found_in(failed.stdout + failed.stderr, secrets)           # ...and no credential
+    shown = subprocess.run([*politune, "config", "show", "llama3-8b"], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0 and "api_key_env: POLITUNE_API_KEY" in shown.stdout
+    assert not found_in(shown.stdout + shown.stderr, secrets)
