@@ -16,18 +16,11 @@ from collections.abc import Callable, Sequence
 import typer
 
 from politune.config import ConfigError, RunConfig, resolve_config
+from politune.failures import StageFailed
 from politune.models.references import ModelReferenceError
 from politune.prepare import Prepared, prepare_stages
 
 EXIT_FAILED, EXIT_BAD_CONFIG = 1, 2
-
-
-class StageFailed(Exception):
-    """Raised by a run of several stages (the pipeline) from the failure of one, so the message can name it."""
-
-    def __init__(self, stage: str) -> None:
-        super().__init__(f"stage {stage} failed")
-        self.stage = stage
 
 
 def run_command(stages: Sequence[str] | Callable[[RunConfig], Sequence[str]], run: Callable[[RunConfig], object],

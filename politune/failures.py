@@ -26,6 +26,14 @@ _RAY_WRAPPERS = ("ray.exceptions.", "UserCodeException", "RayTaskError", "RayDat
 MAX_MESSAGE_LINES = 12
 
 
+class StageFailed(Exception):
+    """Raised by a run of several stages (the pipeline) from the failure of one, so the message can name it."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"stage {stage} failed")
+        self.stage = stage
+
+
 class WorkerFailure(Exception):
     """An exception raised in a Ray worker, with where it happened. Picklable, and it keeps no traceback object:
     the worker's log has the whole traceback (it is raised `from` the original)."""

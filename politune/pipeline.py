@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from politune.annotate import AnnotateResult, annotate_documents
-from politune.command import StageFailed
 from politune.config import RunConfig
 from politune.evaluate import EvaluateResult, evaluate_models
+from politune.failures import StageFailed
 from politune.ingest import IngestResult, ingest_corpus
 from politune.prepare import pipeline_stages, prepare_stages
 from politune.select import SelectResult, select_posts

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from politune.command import StageFailed, failure_message
-from politune.failures import RemoteFailure, WorkerFailure, remote_failure, worker_log
+from politune.command import failure_message
+from politune.failures import RemoteFailure, StageFailed, WorkerFailure, remote_failure, worker_log
 from politune.ray_runtime import logs_dir
 
 pytestmark = pytest.mark.integration
