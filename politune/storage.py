@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,66 @@ def s3_filesystem() -> pafs.S3FileSystem:
     if region:
         kwargs["region"] = region
     return pafs.S3FileSystem(**kwargs)
+
+
+# What an S3 client says when the storage, not the data, is at fault: the same patterns Ray Data retries on
+# (DataContext.retried_io_errors), and a refused or reset connection.
+OUTAGE_MARKERS = ("AWS Error NETWORK_CONNECTION", "AWS Error INTERNAL_FAILURE", "AWS Error SLOW_DOWN",
+                  "AWS Error SERVICE_UNAVAILABLE", "AWS Error UNKNOWN (HTTP status 503)", "curlCode: 7",
+                  "Couldn't connect to server", "Connection refused", "Connection reset by peer")
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether an error (or one it was raised from, or a Ray Train worker's) says the storage did not answer."""
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if any(marker in str(e) for marker in OUTAGE_MARKERS):
+            return True
+        todo += [e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
+    return False
+
+
+def storage_endpoint() -> str:
+    """Where s3:// goes, for messages: the endpoint URL without any user:password part, or AWS S3."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return "AWS S3"
+    parsed = urlparse(endpoint)
+    return parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl() \
+        if parsed.hostname else endpoint
+
+
+class StorageUnavailable(OSError):
+    """The storage stopped answering while a stage read or wrote an artifact, after the clients' retries."""
+
+
+@contextmanager
+def outages_named(stage: str, artifact: str, uri: str, rerun: str) -> Iterator[None]:
+    """Turn a storage outage anywhere in a stage into one error naming the endpoint, the artifact and what a rerun
+    does. `rerun` finishes "run the same command again when the storage answers: it ..."."""
+    try:
+        yield
+    except Exception as err:
+        if not is_outage(err) or isinstance(err, StorageUnavailable):
+            raise
+        raise StorageUnavailable(
+            f"storage at {storage_endpoint()} stopped answering while {stage} was making {artifact} ({uri}), "
+            f"after retries: {_aws_error(err)}. {artifact} is not recorded as done; run the same command again "
+            f"when the storage answers: it {rerun}") from err
+
+
+def _aws_error(err: BaseException) -> str:
+    text = str(err)
+    for e in (err.__cause__, err.__context__):
+        if e is not None:
+            text += "\n" + str(e)
+    found = re.search(r"AWS Error [^\n]*", text) or re.search(r"[^\n]*(Connection refused|reset by peer)[^\n]*", text)
+    return (found.group(0) if found else text.strip().splitlines()[-1]).strip()[:300]
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -116,6 +179,14 @@ class Manifest:
         self.data["artifacts"][artifact] = entry
         write_json(self.uri, self.data)
         return entry
+
+    def forget(self, *artifacts: str) -> None:
+        """Drop artifacts about to be rewritten: an artifact is complete only while the manifest records it, so a
+        stage that stops halfway leaves nothing a later stage (or a rerun) would take for done."""
+        if any(a in self.data["artifacts"] for a in artifacts):
+            for a in artifacts:
+                self.data["artifacts"].pop(a, None)
+            write_json(self.uri, self.data)
 
     def artifact(self, name: str) -> dict[str, Any] | None:
         return self.data["artifacts"].get(name)

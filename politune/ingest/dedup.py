@@ -59,7 +59,8 @@ def dedup_bucket(fs: pafs.FileSystem, bucket_dir: str, out_path: str, dedup: boo
 
 @ray.remote(num_cpus=1)
 def collect_quarantine(fs: pafs.FileSystem, part_dir: str | None, out_path: str) -> dict[str, Any]:
-    """Write the quarantined rows, sorted by (source, file, row); return counts by source and reason.
+    """Write the quarantined rows, sorted by (source, file, row). Returns, by source, counts by reason
+    (`reasons`) and the files that could not be read to their end with why (`damaged_files`).
     Always writes a file (an empty one when nothing was quarantined), so readers find the artifact."""
     if part_dir is None:
         table = QUARANTINE_SCHEMA.empty_table()
@@ -68,12 +69,15 @@ def collect_quarantine(fs: pafs.FileSystem, part_dir: str | None, out_path: str)
         table = table.sort_by([("source", "ascending"), ("file", "ascending"), ("row", "ascending")])
     pq.write_table(table, out_path, filesystem=fs)
     by_reason: dict[str, Counter] = {}
-    for source, field, reason in zip(table["source"].to_pylist(), table["field"].to_pylist(),
-                                     table["reason"].to_pylist(), strict=True):
+    damaged: dict[str, dict[str, str]] = {}
+    for source, file, field, reason in zip(table["source"].to_pylist(), table["file"].to_pylist(),
+                                           table["field"].to_pylist(), table["reason"].to_pylist(), strict=True):
         # Reasons that quote a number (a length, a field count) are grouped by their general kind.
         kind = f"{field}: {_reason_kind(reason)}"
         by_reason.setdefault(source, Counter())[kind] += 1
-    return {source: dict(counts) for source, counts in by_reason.items()}
+        if field == "(file)":
+            damaged.setdefault(source, {})[file] = reason
+    return {"reasons": {source: dict(counts) for source, counts in by_reason.items()}, "damaged_files": damaged}
 
 
 def _reason_kind(reason: str) -> str:
@@ -83,4 +87,10 @@ def _reason_kind(reason: str) -> str:
         return "wrong number of CSV fields"
     if reason.startswith("not valid JSON"):
         return "not valid JSON"
+    if reason.startswith("damaged:"):
+        return "damaged file (the rest of it)"
+    if reason.startswith("vanished"):
+        return "file vanished after it was listed"
+    if reason.startswith("could not be opened"):
+        return "file could not be opened"
     return reason

@@ -3,16 +3,28 @@
 A file is streamed in batches, never loaded whole. Every record becomes exactly one staging row:
 a Document with its dedup bucket, or a quarantined row with file, row, field and reason. Nothing a
 file holds is skipped silently, blank lines included.
+
+A damaged file costs only itself: the rows read before the damage are kept, and the rest of the file
+becomes one quarantined row (field `(file)`) naming where reading stopped and why. That covers a
+truncated or corrupt compressed stream, a file that is not Parquet or whose footer is cut, a file that
+vanished or became unreadable after it was listed, and a zero-byte file. A storage outage is not
+damage: it is raised, so Ray Data retries the read (storage.is_outage).
+
+Text files in UTF-8 (with or without a byte-order mark) and UTF-16/32 (with a BOM, or UTF-16 without
+one) are read; the encoding is told from the file's first bytes.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import gzip
 import io
 import json
 import sys
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -23,7 +35,7 @@ from ray.data.datasource import FileBasedDatasource
 from politune.config import SourceConfig
 from politune.ingest.schema import QUARANTINE_PART, RAW_MAX_CHARS, STAGING_SCHEMA
 from politune.ingest.shapes import BadRow, RecordMapper, text_hash
-from politune.storage import resolve
+from politune.storage import is_outage, resolve
 
 EXTENSIONS = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl",
@@ -80,29 +92,108 @@ def list_source_files(source: SourceConfig) -> tuple[pafs.FileSystem, list[Corpu
     return fs, files
 
 
-def iter_jsonl(f: Any) -> Iterator[tuple[int, dict[str, Any] | None, str, BadRow | None]]:
-    for row, line in enumerate(io.BufferedReader(f), start=1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            yield row, None, line.decode("utf-8", "replace"), BadRow("(line)", f"not valid UTF-8 ({err.reason})")
-            continue
-        if not text.strip():
-            yield row, None, text, BadRow("(line)", "blank line")
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            yield row, None, text, BadRow("(line)", f"not valid JSON: {err.msg} at column {err.colno}")
-            continue
-        if not isinstance(record, dict):
-            yield row, None, text, BadRow("(line)", f"expected a JSON object, got {type(record).__name__}")
-            continue
-        yield row, record, text, None
+Record = tuple[int, dict[str, Any] | None, str, BadRow | None]  # (row, record, raw text, why it is bad)
 
 
-def iter_csv(f: Any) -> Iterator[tuple[int, dict[str, Any] | None, str, BadRow | None]]:
-    reader = csv.reader(io.TextIOWrapper(io.BufferedReader(f), encoding="utf-8", errors="replace", newline=""))
+# What reading a damaged file raises: a cut or corrupt stream (OSError, EOFError, zlib.error), bytes that are not
+# what the format says (ValueError: UnicodeDecodeError, Arrow's ArrowInvalid), any other Arrow error.
+FILE_DAMAGE = (OSError, EOFError, ValueError, zlib.error, pa.ArrowException)
+
+
+@dataclass
+class Position:
+    """How far reading a file got: the last row read and, for line-based files, the byte after it."""
+    row: int = 0
+    byte: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def where(self) -> str:
+        at = f"row {self.row + 1}"
+        if self.byte is None:
+            return at
+        return f"{at} (byte {self.byte:,}{' decompressed' if 'gzip' in self.notes else ''})"
+
+
+def text_encoding(stream: io.BufferedIOBase) -> tuple[str, int]:
+    """(encoding, bytes of byte-order mark) of a text file, from its first bytes."""
+    head = stream.peek(4)[:4]
+    for bom, encoding in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32"),
+                          (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+                          (codecs.BOM_UTF16_BE, "utf-16")):
+        if head.startswith(bom):
+            return encoding, len(bom) if encoding == "utf-8" else 0  # Python's utf-16/32 read their BOM
+    if len(head) >= 2 and head[0] and not head[1]:
+        return "utf-16-le", 0  # UTF-16 without a BOM: ASCII text has every other byte zero
+    if len(head) >= 2 and not head[0] and head[1]:
+        return "utf-16-be", 0
+    return "utf-8", 0
+
+
+def buffered(f: Any) -> io.BufferedIOBase:
+    """A file as a buffered stream. A GzipFile already is one: wrapping it again would fill the outer buffer with
+    reads that lose what they had when the compressed stream turns out cut short."""
+    return f if isinstance(f, gzip.GzipFile) else io.BufferedReader(f)
+
+
+def byte_lines(stream: io.BufferedIOBase, chunk_bytes: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of a binary stream, each with its newline. Unlike iterating the stream, every whole line
+    before a failing read is handed over first: a buffered readline that fails midway loses what it had read."""
+    pending = b""
+    while chunk := stream.read1(chunk_bytes):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def iter_jsonl(f: Any, at: Position) -> Iterator[Record]:
+    stream = buffered(f)
+    encoding, bom = text_encoding(stream)
+    if encoding == "utf-8":
+        # bytes, line by line: a line that is not UTF-8 is quarantined alone, the file goes on
+        stream.read(bom)
+        lines: Iterator[bytes | str] = byte_lines(stream)
+        at.byte = bom
+    else:
+        lines = iter(io.TextIOWrapper(stream, encoding=encoding, newline=""))
+        at.notes.append(encoding)
+    for row, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            at.byte = (at.byte or 0) + len(line)
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                at.row = row
+                yield row, None, line.decode("utf-8", "replace"), BadRow("(line)", f"not valid UTF-8 ({err.reason})")
+                continue
+        else:
+            text = line
+        at.row = row
+        yield _json_record(row, text)
+
+
+def _json_record(row: int, text: str) -> Record:
+    if not text.strip():
+        return row, None, text, BadRow("(line)", "blank line")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        return row, None, text, BadRow("(line)", f"not valid JSON: {err.msg} at column {err.colno}")
+    if not isinstance(record, dict):
+        return row, None, text, BadRow("(line)", f"expected a JSON object, got {type(record).__name__}")
+    return row, record, text, None
+
+
+def iter_csv(f: Any, at: Position) -> Iterator[Record]:
+    stream = buffered(f)
+    encoding, _ = text_encoding(stream)
+    if encoding == "utf-8":  # utf-8-sig drops a BOM; a stray bad byte becomes U+FFFD in its field
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
+    else:
+        text = io.TextIOWrapper(stream, encoding=encoding, newline="")
+        at.notes.append(encoding)
+    reader = csv.reader(text)
     try:
         header = next(reader)
     except StopIteration:
@@ -115,8 +206,10 @@ def iter_csv(f: Any) -> Iterator[tuple[int, dict[str, Any] | None, str, BadRow |
         except StopIteration:
             return
         except csv.Error as err:
+            at.row = row
             yield row, None, "", BadRow("(row)", f"not valid CSV: {err}")
             continue
+        at.row = row
         raw = ",".join(fields)
         if len(fields) != len(header):
             yield row, None, raw, BadRow("(row)", f"expected {len(header)} fields, got {len(fields)}")
@@ -124,12 +217,26 @@ def iter_csv(f: Any) -> Iterator[tuple[int, dict[str, Any] | None, str, BadRow |
         yield row, dict(zip(header, fields, strict=True)), raw, None
 
 
-def iter_parquet(f: Any, batch_rows: int) -> Iterator[tuple[int, dict[str, Any] | None, str, BadRow | None]]:
+def iter_parquet(f: Any, at: Position, batch_rows: int) -> Iterator[Record]:
     row = 0
     for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
         for record in batch.to_pylist():
             row += 1
+            at.row = row
             yield row, record, "", None
+
+
+class UnreadableFile:
+    """Stands in for a file that could not be opened, so its read task records it instead of failing."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __enter__(self) -> UnreadableFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 class CorpusDatasource(FileBasedDatasource):
@@ -139,24 +246,61 @@ class CorpusDatasource(FileBasedDatasource):
 
     def __init__(self, sources: list[SourceConfig], files: list[CorpusFile], filesystem: pafs.FileSystem,
                  max_text_chars: int, num_buckets: int, batch_rows: int) -> None:
-        super().__init__([f.path for f in files], filesystem=filesystem)
+        # a file gone by now is not dropped: vanished_files() names it, and the stage quarantines it
+        super().__init__([f.path for f in files], filesystem=filesystem, ignore_missing_paths=True)
         self.files = {f.path: f for f in files}
         self.mappers = {s.name: RecordMapper(s, max_text_chars) for s in sources}
         self.num_buckets = num_buckets
         self.batch_rows = batch_rows
 
-    def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> pa.NativeFile:
-        if self.files[path].format == "parquet":  # Parquet needs random access, not a stream
-            return filesystem.open_input_file(path)
-        return super()._open_input_source(filesystem, path, **open_args)
+    def vanished_files(self) -> list[CorpusFile]:
+        """Listed files that were gone when the datasource looked them up (before any read task ran)."""
+        found = set(self._paths())
+        return [f for f in self.files.values() if f.path not in found]
 
-    def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
-        fmt = self.files[path].format
-        mapper = self.mappers[self.files[path].source]
-        records = (iter_parquet(f, self.batch_rows) if fmt == "parquet"
-                   else iter_csv(f) if fmt == "csv" else iter_jsonl(f))
+    def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> pa.NativeFile | UnreadableFile:
+        try:
+            if self.files[path].format == "parquet":  # Parquet needs random access, not a stream
+                return filesystem.open_input_file(path)
+            # the compressed bytes as they are: _read_stream decompresses (see there why)
+            return filesystem.open_input_stream(path, compression=None,
+                                               buffer_size=self._resolve_buffer_size(open_args))
+        except OSError as err:
+            if is_outage(err):
+                raise  # Ray Data retries the read
+            if isinstance(err, FileNotFoundError):
+                return UnreadableFile(f"vanished after it was listed: {_error_text(err)}")
+            return UnreadableFile(f"could not be opened: {_error_text(err)}")
+
+    def _read_stream(self, f: pa.NativeFile | UnreadableFile, path: str) -> Iterator[pa.Table]:
+        corpus_file = self.files[path]
+        mapper = self.mappers[corpus_file.source]
+        if isinstance(f, UnreadableFile) or corpus_file.size == 0:
+            reason = f.reason if isinstance(f, UnreadableFile) else "empty file (0 bytes)"
+            yield pa.Table.from_pylist([file_row(corpus_file, 1, reason)], schema=STAGING_SCHEMA)
+            return
+        at = Position()
+        fmt = corpus_file.format
+        if path.lower().endswith(".gz"):
+            # Python's gzip hands over every byte it could decompress before a cut-off stream ends; Arrow's
+            # decompressing stream drops its last chunk, and with it the last whole rows of a partial download.
+            f = gzip.GzipFile(fileobj=f, mode="rb")
+            at.notes.append("gzip")
+        records = (iter_parquet(f, at, self.batch_rows) if fmt == "parquet"
+                   else iter_csv(f, at) if fmt == "csv" else iter_jsonl(f, at))
         batch: list[dict[str, Any]] = []
-        for row, record, raw, error in records:
+        while True:
+            try:
+                row, record, raw, error = next(records)
+            except StopIteration:
+                break
+            except FILE_DAMAGE as err:  # the rows read so far are kept
+                if is_outage(err):
+                    raise  # not the file's fault: Ray Data retries the read, skipping the blocks already yielded
+                encoding = "".join(f", read as {n}" for n in at.notes if n != "gzip")
+                batch.append(file_row(corpus_file, at.row + 1,
+                                           f"damaged: reading stopped at {at.where()}{encoding}: {_error_text(err)}"))
+                break
             batch.append(self.stage(mapper, path, row, record, raw, error))
             if len(batch) >= self.batch_rows:
                 yield pa.Table.from_pylist(batch, schema=STAGING_SCHEMA)
@@ -180,3 +324,14 @@ class CorpusDatasource(FileBasedDatasource):
         digest = text_hash(doc["text"])
         bucket = int(digest[:8], 16) % self.num_buckets
         return {"part": f"b{bucket:05d}", "text_hash": digest, "file": path, "row": row, **doc}
+
+
+def file_row(corpus_file: CorpusFile, row: int, reason: str) -> dict[str, Any]:
+    """A staging row that quarantines a file, or the rest of it from `row` on, with the reason."""
+    return {"part": QUARANTINE_PART, "source": corpus_file.source, "file": corpus_file.path, "row": row,
+            "field": "(file)", "reason": reason, "raw": ""}
+
+
+def _error_text(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -6,8 +6,13 @@ Two passes, both streaming:
 2. One Ray task a bucket drops exact duplicates (dedup.py) and writes `documents/part-NNNNN.parquet`;
    one task gathers the quarantined rows into `quarantine/`.
 
-For every source: rows read = documents kept + duplicates dropped + rows quarantined, exactly.
-A rerun replaces the previous output instead of adding to it.
+For every source: rows read = documents kept + duplicates dropped + rows quarantined, exactly. A
+damaged file is read up to the damage and its rest is one quarantined row (readers.py); a source
+whose every file is damaged is an error naming it.
+
+A rerun replaces the previous output instead of adding to it. The manifest drops `documents` and
+`quarantine` before they are rewritten and records them once both are whole, so a run stopped
+halfway (a storage outage, a kill) leaves nothing the next stage would take for done.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
@@ -29,11 +35,11 @@ from ray.data._internal.savemode import SaveMode
 
 from politune.config import RunConfig
 from politune.ingest.dedup import collect_quarantine, dedup_bucket
-from politune.ingest.readers import CorpusDatasource, CorpusFile, list_source_files
-from politune.ingest.schema import DOCUMENT_SCHEMA, QUARANTINE_PART
+from politune.ingest.readers import CorpusDatasource, CorpusFile, file_row, list_source_files
+from politune.ingest.schema import DOCUMENT_SCHEMA, QUARANTINE_PART, STAGING_SCHEMA
 from politune.prepare import prepares
 from politune.ray_runtime import init_ray
-from politune.storage import Manifest, delete_dir, join, resolve
+from politune.storage import Manifest, delete_dir, join, outages_named, resolve
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +61,21 @@ class IngestResult:
 def ingest_corpus(cfg: RunConfig) -> IngestResult:
     if not cfg.sources:
         raise ValueError("ingest needs sources: the config lists none (sources: [{name, paths, shape}])")
+    run = cfg.run_uri
+    with outages_named("ingest", "documents", join(run, "documents"), "reads the corpus again from the start"):
+        return _ingest(cfg, run)
+
+
+def _ingest(cfg: RunConfig, run: str) -> IngestResult:
     listings = {s.name: list_source_files(s) for s in cfg.sources}  # bad paths fail before Ray starts
     _check_no_file_twice(listings)
     init_ray(cfg)
     total_bytes = sum(f.size for _, files in listings.values() for f in files)
     num_buckets = max(1, math.ceil(total_bytes / (cfg.ingest.dedup_bucket_mb * 2**20)))
 
-    run = cfg.run_uri
     staging_uri, documents_uri, quarantine_uri = (join(run, p) for p in ("_staging/ingest", "documents", "quarantine"))
+    manifest = Manifest(run)
+    manifest.forget("documents", "quarantine")
     for uri in (staging_uri, documents_uri, quarantine_uri):
         delete_dir(uri)
 
@@ -76,25 +89,52 @@ def ingest_corpus(cfg: RunConfig) -> IngestResult:
         for fs, files in by_filesystem.values():
             datasource = CorpusDatasource(cfg.sources, files, fs, cfg.ingest.max_text_chars, num_buckets,
                                           cfg.ingest.read_batch_rows)
-            ray.data.read_datasource(datasource, override_num_blocks=len(files)).write_parquet(
-                staging_path, filesystem=out_fs, partition_cols=["part"], mode=SaveMode.APPEND)
+            _quarantine_vanished(datasource.vanished_files(), out_fs, staging_path)
+            if len(datasource.vanished_files()) < len(files):
+                ray.data.read_datasource(datasource, override_num_blocks=len(files)).write_parquet(
+                    staging_path, filesystem=out_fs, partition_cols=["part"], mode=SaveMode.APPEND)
 
-    counts = _dedup_and_collect(out_fs, staging_path, documents_uri, quarantine_uri, cfg)
+    counts, damaged = _dedup_and_collect(out_fs, staging_path, documents_uri, quarantine_uri, cfg)
     delete_dir(join(run, "_staging"))
+    _check_some_file_read(listings, damaged, quarantine_uri)
 
     inputs = {name: _fingerprint(files) for name, (_, files) in listings.items()}
-    manifest = Manifest(run)
     summary = {"per_source": counts, "num_buckets": num_buckets}
     manifest.record("documents", path=documents_uri, config_hash=cfg.section_hash("sources", "ingest"),
                     inputs=inputs, counts=summary)
     manifest.record("quarantine", path=quarantine_uri, config_hash=cfg.section_hash("sources", "ingest"),
-                    inputs=inputs, counts={s: {"quarantined": c["quarantined"], "reasons": c["reasons"]}
+                    inputs=inputs, counts={s: {"quarantined": c["quarantined"], "reasons": c["reasons"],
+                                               "damaged_files": len(damaged.get(s, {}))}
                                            for s, c in counts.items()})
     return IngestResult(documents_uri, quarantine_uri, counts, num_buckets)
 
 
+def _quarantine_vanished(vanished: list[CorpusFile], fs: pafs.FileSystem, staging_path: str) -> None:
+    """Files gone between listing and the datasource looking them up never reach a read task: their rows are
+    written here, beside the read tasks' quarantined rows."""
+    if not vanished:
+        return
+    rows = [file_row(f, 1, "vanished after it was listed: the file no longer exists") for f in vanished]
+    table = pa.Table.from_pylist(rows, schema=STAGING_SCHEMA).drop_columns(["part"])
+    part = f"{staging_path}/part={QUARANTINE_PART}"
+    fs.create_dir(part, recursive=True)
+    pq.write_table(table, f"{part}/vanished.parquet", filesystem=fs)
+
+
+def _check_some_file_read(listings: dict[str, tuple[pafs.FileSystem, list[CorpusFile]]],
+                          damaged: dict[str, dict[str, str]], quarantine_uri: str) -> None:
+    """A source whose every file is damaged is an error, not an empty source."""
+    for name, (_, files) in listings.items():
+        bad = damaged.get(name, {})
+        if files and len(bad) == len(files):
+            file, reason = next(iter(sorted(bad.items())))
+            raise ValueError(f"source {name!r}: none of its {len(files)} files could be read ({file}: {reason}"
+                             f"{'; and the others' if len(files) > 1 else ''}); the reasons are in {quarantine_uri}")
+
+
 def _dedup_and_collect(fs: pafs.FileSystem, staging_path: str, documents_uri: str, quarantine_uri: str,
-                       cfg: RunConfig) -> dict[str, dict[str, Any]]:
+                       cfg: RunConfig) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """Counts by source, and the damaged files by source (file: reason)."""
     _, documents_path = resolve(documents_uri)
     _, quarantine_path = resolve(quarantine_uri)
     fs.create_dir(documents_path, recursive=True)
@@ -114,7 +154,8 @@ def _dedup_and_collect(fs: pafs.FileSystem, staging_path: str, documents_uri: st
     if not buckets:  # every row was quarantined: still leave a readable, empty documents artifact
         pq.write_table(DOCUMENT_SCHEMA.empty_table(), f"{documents_path}/part-00000.parquet", filesystem=fs)
     bucket_counts = ray.get(dedup_tasks)
-    reasons = ray.get(quarantine_task)
+    quarantine = ray.get(quarantine_task)
+    reasons = quarantine["reasons"]
 
     counts: dict[str, dict[str, Any]] = {}
     for source in cfg.sources:
@@ -130,7 +171,7 @@ def _dedup_and_collect(fs: pafs.FileSystem, staging_path: str, documents_uri: st
             "read": staged + quarantined, "kept": kept, "duplicates": duplicates,
             "quarantined": quarantined, "reasons": dict(Counter(reasons.get(name, {})).most_common()),
         }
-    return counts
+    return counts, quarantine["damaged_files"]
 
 
 @contextmanager
