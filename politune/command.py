@@ -19,6 +19,7 @@ from politune.config import ConfigError, RunConfig, resolve_config
 from politune.failures import StageFailed
 from politune.models.references import ModelReferenceError
 from politune.prepare import Prepared, prepare_stages
+from politune.storage import StorageUnavailable
 
 EXIT_FAILED, EXIT_BAD_CONFIG = 1, 2
 
@@ -56,7 +57,7 @@ def failure_message(stage: str, err: BaseException) -> str | None:
     """The one message for a failure a user can act on; None for a bug (an exception of any other kind)."""
     if isinstance(err, StageFailed) and err.__cause__ is not None:
         stage, err = err.stage, err.__cause__
-    if isinstance(err, ModelReferenceError):  # before anything imports Ray: this must stay fast
+    if isinstance(err, (ModelReferenceError, StorageUnavailable)):  # ModelReferenceError: before Ray is imported
         return f"{stage}: {err}"
     if "ray" in sys.modules:
         from politune.failures import remote_failure, worker_log

@@ -13,10 +13,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,21 +169,100 @@ def politune_serve(args: list[str], env: dict[str, str], cwd: Path | None = None
             os.killpg(serving.pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> str:
-    """A moto S3 server on loopback; the standard AWS variables point at it for the whole session."""
-    from moto.server import ThreadedMotoServer
+class StoppableS3:
+    """The moto S3 server on loopback, which a test can stop and start again (an outage). Its buckets live in this
+    process, so they outlast a restart.
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    `stop_on(when, restart_after_s)` arms outages at chosen points of a stage rather than at times that race it:
+    the server stops the moment a request matches `when(method, path)` (path: /bucket/key?query), and starts again
+    `restart_after_s` later (never, when None). Several calls arm outages in turn: the next is armed once the one
+    before has started again."""
+
+    def __init__(self) -> None:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from moto.server import ThreadedMotoServer
+        from werkzeug.serving import make_server
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.down = False
+        self.outages = 0  # how many times an armed outage began
+        self._armed: list[tuple[Callable[[str, str], bool], float | None]] = []
+        self._lock = threading.Lock()
+        app = DomainDispatcherApplication(create_backend_app)
+        outer = self
+
+        def guarded(environ, start_response):
+            query = environ.get("QUERY_STRING", "")
+            outer._maybe_stop(environ["REQUEST_METHOD"], environ["PATH_INFO"] + (f"?{query}" if query else ""))
+            if outer.down:  # a connection opened before the outage: cut it, as a dying server would
+                with contextlib.suppress(OSError):
+                    environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+                raise ConnectionAbortedError("S3 outage (test)")
+            return app(environ, start_response)
+
+        class Server(ThreadedMotoServer):
+            def _server_entry(self) -> None:
+                self._server = make_server("127.0.0.1", outer.port, guarded, True, request_handler=MotoRequestHandler)
+                self._server_ready_event.set()
+                self._server.serve_forever()
+
+        self._server = Server(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def _maybe_stop(self, method: str, path: str) -> None:
+        with self._lock:
+            if self.down or not self._armed or not self._armed[0][0](method, path):
+                return
+            _, restart_after_s = self._armed.pop(0)
+            self.outages += 1
+            self.down = True
+        threading.Thread(target=self._outage, args=(restart_after_s,), daemon=True).start()
+
+    def _outage(self, restart_after_s: float | None) -> None:
+        self._server.stop()
+        if restart_after_s is not None:
+            time.sleep(restart_after_s)
+            self._start()
+
+    def stop_on(self, when: Callable[[str, str], bool], restart_after_s: float | None = None) -> None:
+        self._armed.append((when, restart_after_s))
+
+    def stop(self) -> None:
+        """Stop answering now: new connections are refused, open ones are cut."""
+        with self._lock:
+            self.down = True
+        self._server.stop()
+
+    def start(self) -> None:
+        """Answer again, and disarm any outage still armed."""
+        self._armed.clear()
+        if self.down:
+            self._start()
+
+    def _start(self) -> None:
+        if self._server._thread is not None:
+            self._server._thread.join()
+        self._server.start()
+        with self._lock:
+            self.down = False
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[StoppableS3]:
+    """A moto S3 server on loopback; the standard AWS variables point at it for the whole session."""
+    server = StoppableS3()
     os.environ.update({
-        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     })
-    yield endpoint
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server: StoppableS3) -> str:
+    return s3_server.endpoint
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from politune.annotate import annotate_documents
+from politune.command import failure_message
 from politune.config import build_config
+from politune.corpus.generate import generate_corpus
 from politune.ingest import ingest_corpus
 from politune.ingest import stage as ingest_stage
-from politune.storage import read_json, resolve
+from politune.storage import StorageUnavailable, read_json, resolve
+from politune.synthesize import synthesize_preferences
+from politune.train import train_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -172,3 +177,135 @@ def test_a_source_whose_every_file_is_damaged_is_an_error_naming_it(ray_local, d
         ingest_corpus(cfg)
     manifest = Path(cfg.run_uri) / "manifest.json"
     assert not manifest.exists() or "documents" not in read_json(str(manifest))["artifacts"]
+
+
+# --- storage outages: the moto S3 server stopped at a chosen request, and started again ------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from politune.config import TinyModelConfig
+    from politune.models.tiny import build_tiny_model
+
+    return build_tiny_model(TinyModelConfig(), tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+def s3_run(bucket: str, run_id: str, corpus: Path, model: Path, **sections) -> object:
+    return build_config({
+        "run_id": run_id, "storage_root": f"s3://{bucket}/outages", "tiny_model": {"out": str(model)},
+        "sources": [{"name": "truthsocial", "paths": [str(corpus / "truthsocial")], "shape": "truthsocial"},
+                    {"name": "politosphere", "paths": [str(corpus / "politosphere")], "shape": "politosphere"}],
+        **sections})
+
+
+def artifacts(cfg) -> dict:
+    return read_json(f"{cfg.run_uri}/manifest.json")["artifacts"]
+
+
+def key_of(cfg, *parts: str) -> str:
+    """The request path prefix of a run's key: /<bucket>/<prefix>/<run>/<parts>."""
+    return "/" + "/".join([cfg.run_uri.removeprefix("s3://"), *parts])
+
+
+def test_storage_outage_while_ingest_writes_documents(ray_local, s3_server, s3_bucket: str, tiny_model: Path,
+                                                      tmp_path: Path) -> None:
+    corpus = Path(generate_corpus(300, tmp_path / "corpus", seed=5)["out"])
+    cfg = s3_run(s3_bucket, "ingest-outage", corpus, tiny_model)
+    first = ingest_corpus(cfg)
+    assert "documents" in artifacts(cfg)
+
+    # the storage goes away as the dedup pass writes documents/, and stays away
+    outages = s3_server.outages
+    s3_server.stop_on(lambda method, path: path.startswith(key_of(cfg, "documents", "part-")))
+    try:
+        with pytest.raises(StorageUnavailable) as failed:
+            ingest_corpus(cfg)
+        assert s3_server.outages == outages + 1 and s3_server.down
+        message = failure_message("ingest", failed.value)
+    finally:
+        s3_server.start()
+    assert message.startswith(f"ingest: storage at {s3_server.endpoint} stopped answering while ingest was making "
+                              f"documents ({cfg.run_uri}/documents), after retries: AWS Error NETWORK_CONNECTION")
+    assert "run the same command again when the storage answers" in message
+    # the earlier, whole documents were being replaced: the manifest no longer calls any documents done
+    assert "documents" not in artifacts(cfg)
+
+    again = ingest_corpus(cfg)
+    assert again.counts == first.counts and "documents" in artifacts(cfg)
+
+
+def test_storage_outage_during_annotate_costs_a_retry_then_a_rerun_resumes(
+        ray_local, s3_server, s3_bucket: str, tiny_model: Path, tmp_path: Path) -> None:
+    corpus = Path(generate_corpus(240, tmp_path / "corpus", seed=6)["out"])
+    cfg = s3_run(s3_bucket, "annotate-outage", corpus, tiny_model,
+                 annotate={"batch_size": 8, "rows_per_file": 40})
+    documents = ingest_corpus(cfg).totals["kept"]
+
+    # 1. A short outage as the second annotation file is written: Ray Data's write retries ride it out.
+    written: list[str] = []
+
+    def second_file(method: str, path: str) -> bool:
+        if path.startswith(key_of(cfg, "annotations")) and ".parquet" in path and path not in written:
+            written.append(path)
+        return len(written) >= 2
+
+    outages = s3_server.outages
+    s3_server.stop_on(second_file, restart_after_s=6)
+    # 2. Then a long one as the finished annotations are recorded in the manifest: a clear error, nothing recorded.
+    s3_server.stop_on(lambda method, path: path.startswith(key_of(cfg, "manifest.json")))
+    try:
+        with pytest.raises(StorageUnavailable, match=r"while annotate was making annotations .*rerun|run the same "):
+            annotate_documents(cfg)
+        assert s3_server.outages == outages + 2
+    finally:
+        s3_server.start()
+    assert "annotations" not in artifacts(cfg)
+
+    # every document was scored once, through the short outage; the rerun finds them all done
+    result = annotate_documents(cfg)
+    assert (result.documents, result.resumed_from, result.annotated_now) == (documents, documents, 0)
+    fs, path = resolve(f"{cfg.run_uri}/annotations")
+    ids = pq.read_table(path, filesystem=fs, columns=["doc_id"])["doc_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == documents
+    assert artifacts(cfg)["annotations"]["counts"]["documents"] == documents
+
+
+def test_storage_outage_during_training_then_a_rerun_resumes_from_its_checkpoint(
+        ray_local, s3_server, s3_bucket: str, tiny_model: Path, tmp_path: Path) -> None:
+    from test_train import TRAIN, write_labelled_pairs
+
+    raw = {"run_id": "train-outage", "storage_root": f"s3://{s3_bucket}/outages",
+           "tiny_model": {"out": str(tiny_model)},
+           "synthesize": {"source": "released", "released": write_labelled_pairs(tmp_path), "eval_share": 0.2},
+           "train": {**TRAIN, "max_steps": 8, "save_steps": 2, "max_failures": 1}}
+    cfg = build_config(raw)
+    synthesize_preferences(cfg)
+
+    # The storage goes away as a checkpoint is saved after Ray Train recorded one (its controller writes the
+    # snapshot of its checkpoints asynchronously: an outage before that would leave nothing to resume from).
+    recorded: list[str] = []
+
+    def saving_after_one_was_recorded(method: str, path: str) -> bool:
+        # written whole: a PutObject, or the POST that completes a multipart upload
+        if path.endswith("/checkpoint_manager_snapshot.json") and method == "PUT" or (
+                method == "POST" and "/checkpoint_manager_snapshot.json?uploadId=" in path):
+            recorded.append(path)
+        return bool(recorded) and "/adapter_steps/step-" in path
+
+    outages = s3_server.outages
+    s3_server.stop_on(saving_after_one_was_recorded)
+    try:
+        with pytest.raises(StorageUnavailable) as failed:
+            train_adapter(cfg, "left")
+        assert s3_server.outages == outages + 1
+        message = failure_message("train", failed.value)
+    finally:
+        s3_server.start()
+    assert f"storage at {s3_server.endpoint} stopped answering while train was making adapter left " in message
+    assert "resumes from the last checkpoint saved" in message
+    assert not any(k.startswith("adapter:") for k in artifacts(cfg))
+
+    result = train_adapter(cfg, "left")
+    m = result.metrics
+    assert m["resumed_from_step"] in (2, 4, 6) and m["global_step"] == 8  # from a checkpoint, not from 0
+    assert "adapter:left" in artifacts(cfg)

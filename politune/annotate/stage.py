@@ -36,7 +36,7 @@ from politune.config import RunConfig
 from politune.models import resolve_model
 from politune.prepare import prepares
 from politune.ray_runtime import init_ray
-from politune.storage import Manifest, exists, join, read_json, resolve, write_json
+from politune.storage import Manifest, exists, join, outages_named, read_json, resolve, write_json
 
 log = logging.getLogger(__name__)
 IDENTITY_FILE = "_annotator.json"
@@ -53,13 +53,23 @@ class AnnotateResult:
 
 @prepares("annotate")
 def annotate_documents(cfg: RunConfig) -> AnnotateResult:
+    annotations_uri = join(cfg.run_uri, "annotations")
+    with outages_named("annotate", "annotations", annotations_uri, "scores only the documents not yet scored"):
+        return _annotate(cfg, annotations_uri)
+
+
+def _annotate(cfg: RunConfig, annotations_uri: str) -> AnnotateResult:
     init_ray(cfg)
-    documents_uri, annotations_uri = join(cfg.run_uri, "documents"), join(cfg.run_uri, "annotations")
+    documents_uri = join(cfg.run_uri, "documents")
     if not exists(documents_uri):
         raise FileNotFoundError(f"{documents_uri} does not exist: run `politune ingest` first")
     docs_fs, docs_path = resolve(documents_uri)
     out_fs, out_path = resolve(annotations_uri)
     manifest = Manifest(cfg.run_uri)
+    if manifest.artifact("documents") is None:
+        raise FileNotFoundError(f"{documents_uri} is not complete (the run's manifest does not record it: its ingest "
+                                "stopped halfway): run `politune ingest` again")
+    manifest.forget("annotations")  # recorded again once every document is scored
     _start_or_resume(annotations_uri, _identity(cfg, manifest))
     done = readable_keys(out_fs, out_path, ["doc_id"], doc_ids)
 

@@ -35,7 +35,7 @@ from politune.registry import (
     register,
     register_checkpoints,
 )
-from politune.storage import Manifest, delete_dir, exists, join, read_json, resolve
+from politune.storage import Manifest, delete_dir, exists, join, outages_named, read_json, resolve
 from politune.train.data import read_split
 from politune.train.worker import ADAPTER_FILES, STEP_METRICS, step_folder, train_loop
 
@@ -57,41 +57,42 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     cfg = cfg.with_absolute_paths()  # Ray Train workers run in a folder of their own
     t = cfg.train
     name = adapter_name(side, t.method)
-    # read here too so that missing pairs fail before Ray starts, naming the file
-    pairs = {split: len(read_split(cfg.run_uri, side, split)) for split in ("train", "eval")}
-    manifest = Manifest(cfg.run_uri)
-    run_name = train_run_name(cfg, side)
     adapter_uri = join(cfg.run_uri, "adapters", name)
-    steps_uri = train_steps_uri(cfg, run_name)
-    storage_fs, storage_path = resolve(join(cfg.run_uri, "adapters", "_train"))
-    storage_fs.create_dir(storage_path, recursive=True)
+    with outages_named("train", f"adapter {name}", adapter_uri, "resumes from the last checkpoint saved"):
+        # read here too so that missing pairs fail before Ray starts, naming the file
+        pairs = {split: len(read_split(cfg.run_uri, side, split)) for split in ("train", "eval")}
+        manifest = Manifest(cfg.run_uri)
+        run_name = train_run_name(cfg, side)
+        steps_uri = train_steps_uri(cfg, run_name)
+        storage_fs, storage_path = resolve(join(cfg.run_uri, "adapters", "_train"))
+        storage_fs.create_dir(storage_path, recursive=True)
 
-    init_ray(cfg)
-    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "side": side, "adapter_uri": adapter_uri,
-                           "steps_uri": steps_uri, "model_path": resolve_model(t.base_model, cfg)},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
-                                     placement_strategy=t.placement_strategy),
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        run_config=RayRunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                                failure_config=FailureConfig(max_failures=t.max_failures)),
-    )
-    trainer.fit()
-    metrics = read_json(join(adapter_uri, "metrics.json"))  # written by rank 0 beside the adapter
-    entry = AdapterEntry(name=name, side=side, method=t.method, base_model=t.base_model, path=adapter_uri,
-                         config_hash=cfg.section_hash("train"), metrics=metrics)
-    checkpoints = publish_checkpoints(cfg.run_uri, entry, steps_uri, metrics.get("global_step"))
-    register_checkpoints(cfg.run_uri, name, checkpoints)  # and drops an earlier training's
-    entry = register(cfg.run_uri, entry)
-    remove_stale_checkpoints(cfg.run_uri, name, [c.step for c in checkpoints])  # once no entry points there
-    manifest.record(f"adapter:{name}", path=adapter_uri, config_hash=cfg.section_hash("train"),
-                    inputs={"preferences": manifest.config_hash("preferences")}, models=[t.base_model],
-                    counts={"train_pairs": pairs["train"], "eval_pairs": pairs["eval"],
-                            "steps": metrics.get("global_step"), "checkpoints": len(checkpoints)})
-    return TrainResult(entry, run_name, metrics, [c.name for c in checkpoints])
+        init_ray(cfg)
+        resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "side": side, "adapter_uri": adapter_uri,
+                               "steps_uri": steps_uri, "model_path": resolve_model(t.base_model, cfg)},
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
+                                         placement_strategy=t.placement_strategy),
+            torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+            run_config=RayRunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                    checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                                    failure_config=FailureConfig(max_failures=t.max_failures)),
+        )
+        trainer.fit()
+        metrics = read_json(join(adapter_uri, "metrics.json"))  # written by rank 0 beside the adapter
+        entry = AdapterEntry(name=name, side=side, method=t.method, base_model=t.base_model, path=adapter_uri,
+                             config_hash=cfg.section_hash("train"), metrics=metrics)
+        checkpoints = publish_checkpoints(cfg.run_uri, entry, steps_uri, metrics.get("global_step"))
+        register_checkpoints(cfg.run_uri, name, checkpoints)  # and drops an earlier training's
+        entry = register(cfg.run_uri, entry)
+        remove_stale_checkpoints(cfg.run_uri, name, [c.step for c in checkpoints])  # once no entry points there
+        manifest.record(f"adapter:{name}", path=adapter_uri, config_hash=cfg.section_hash("train"),
+                        inputs={"preferences": manifest.config_hash("preferences")}, models=[t.base_model],
+                        counts={"train_pairs": pairs["train"], "eval_pairs": pairs["eval"],
+                                "steps": metrics.get("global_step"), "checkpoints": len(checkpoints)})
+        return TrainResult(entry, run_name, metrics, [c.name for c in checkpoints])
 
 
 def train_steps_uri(cfg: RunConfig, run_name: str) -> str:
