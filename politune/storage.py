@@ -188,6 +188,15 @@ class Manifest:
                 self.data["artifacts"].pop(a, None)
             write_json(self.uri, self.data)
 
+    def require(self, artifact: str, uri: str, command: str) -> None:
+        """A stage's input must be whole: recorded here, not merely present (a stage stopped halfway leaves files)."""
+        if self.artifact(artifact) is not None:
+            return
+        if not exists(uri):
+            raise FileNotFoundError(f"{uri} does not exist: run `{command}` first")
+        raise FileNotFoundError(f"{uri} is not complete (the run's manifest does not record it: the stage that "
+                                f"writes it stopped halfway): run `{command}` again")
+
     def artifact(self, name: str) -> dict[str, Any] | None:
         return self.data["artifacts"].get(name)
 

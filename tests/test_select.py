@@ -12,7 +12,7 @@ import pytest
 from politune.config import SelectConfig, build_config
 from politune.select import assign_sides, select_posts
 from politune.select.near_duplicates import near_duplicate_mask
-from politune.storage import read_json
+from politune.storage import Manifest, read_json
 
 
 def posts(rows: list[tuple]) -> pd.DataFrame:
@@ -78,6 +78,9 @@ def write_run(root: Path, n: int) -> object:
                              "ideology": [10 * i / n for i in range(n)], "relevance": [5.0] * n,
                              "quality": [5.0] * n, "status": ["ok"] * (n - 3) + ["parse_error"] * 3}),
                    run / "annotations" / "part-00000.parquet")
+    manifest = Manifest(cfg.run_uri)  # as ingest and annotate record them once whole
+    for artifact in ("documents", "annotations"):
+        manifest.record(artifact, path=str(run / artifact), config_hash="test", counts={"documents": n})
     return cfg
 
 

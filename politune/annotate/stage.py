@@ -61,14 +61,10 @@ def annotate_documents(cfg: RunConfig) -> AnnotateResult:
 def _annotate(cfg: RunConfig, annotations_uri: str) -> AnnotateResult:
     init_ray(cfg)
     documents_uri = join(cfg.run_uri, "documents")
-    if not exists(documents_uri):
-        raise FileNotFoundError(f"{documents_uri} does not exist: run `politune ingest` first")
+    manifest = Manifest(cfg.run_uri)
+    manifest.require("documents", documents_uri, "politune ingest")
     docs_fs, docs_path = resolve(documents_uri)
     out_fs, out_path = resolve(annotations_uri)
-    manifest = Manifest(cfg.run_uri)
-    if manifest.artifact("documents") is None:
-        raise FileNotFoundError(f"{documents_uri} is not complete (the run's manifest does not record it: its ingest "
-                                "stopped halfway): run `politune ingest` again")
     manifest.forget("annotations")  # recorded again once every document is scored
     _start_or_resume(annotations_uri, _identity(cfg, manifest))
     done = readable_keys(out_fs, out_path, ["doc_id"], doc_ids)

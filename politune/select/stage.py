@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from politune.config import RunConfig, SelectConfig
 from politune.select.near_duplicates import near_duplicate_mask
-from politune.storage import Manifest, delete_dir, exists, join, resolve
+from politune.storage import Manifest, delete_dir, join, outages_named, resolve
 
 SIDES = ("left", "right")
 SELECTED_SCHEMA = pa.schema([
@@ -42,10 +42,17 @@ class SelectResult:
 
 
 def select_posts(cfg: RunConfig) -> SelectResult:
+    selected_uri = join(cfg.run_uri, "selected")
+    with outages_named("select", "selected", selected_uri, "selects again from the annotations"):
+        return _select(cfg, selected_uri)
+
+
+def _select(cfg: RunConfig, selected_uri: str) -> SelectResult:
     run = cfg.run_uri
-    annotations_uri, documents_uri, selected_uri = (join(run, p) for p in ("annotations", "documents", "selected"))
-    if not exists(annotations_uri):
-        raise FileNotFoundError(f"{annotations_uri} does not exist: run `politune annotate` first")
+    annotations_uri, documents_uri = join(run, "annotations"), join(run, "documents")
+    manifest = Manifest(run)
+    manifest.require("annotations", annotations_uri, "politune annotate")
+    manifest.forget("selected")
     posts = _read_posts(annotations_uri, documents_uri)
     side, reason, thresholds = assign_sides(posts, cfg.select)
     posts = posts.assign(side=side, reason=reason)
@@ -65,7 +72,6 @@ def select_posts(cfg: RunConfig) -> SelectResult:
     if sum(kept.values()) + sum(dropped.values()) != len(posts):
         raise RuntimeError("select lost posts: kept and dropped do not add up to the annotated documents")
     result = SelectResult(selected_uri, kept, dropped, len(posts), thresholds)
-    manifest = Manifest(run)
     manifest.record("selected", path=selected_uri, config_hash=cfg.section_hash("select"),
                     inputs={"annotations": manifest.config_hash("annotations")},
                     counts={"documents": len(posts), "kept": kept, "dropped": dropped, "thresholds": thresholds})

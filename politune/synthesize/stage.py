@@ -29,7 +29,7 @@ from politune.config import RunConfig
 from politune.models import resolve_model
 from politune.prepare import prepares
 from politune.ray_runtime import init_ray
-from politune.storage import Manifest, delete_dir, exists, join, resolve
+from politune.storage import Manifest, delete_dir, join, outages_named, resolve
 from politune.synthesize.clean import DROP_REASONS, GENERATION_DROP_REASONS, clean_pairs
 from politune.synthesize.consistency import check_consistency
 from politune.synthesize.formats import PREFERENCE_SCHEMA, BadRecord, pair_id, read_pairs, write_pairs
@@ -62,9 +62,15 @@ class SynthesizeResult:
 
 @prepares("synthesize")
 def synthesize_preferences(cfg: RunConfig) -> SynthesizeResult:
-    s = cfg.synthesize
     out_uri = join(cfg.run_uri, "preferences")
+    with outages_named("synthesize", "preferences", out_uri, "writes the pairs again"):
+        return _synthesize(cfg, out_uri)
+
+
+def _synthesize(cfg: RunConfig, out_uri: str) -> SynthesizeResult:
+    s = cfg.synthesize
     manifest = Manifest(cfg.run_uri)
+    manifest.forget("preferences")  # recorded again once the pairs are whole
     if s.source == "generate":
         pairs, unreadable = _generated_pairs(cfg), []
         inputs, models = {"selected": manifest.config_hash("selected")}, [s.model]
@@ -112,8 +118,7 @@ def _generated_pairs(cfg: RunConfig) -> list[dict[str, Any]]:
     """One draft pair a selected post, from the synthesizer; a post whose engine call failed carries the error."""
     s = cfg.synthesize
     selected_uri = join(cfg.run_uri, "selected")
-    if not exists(selected_uri):
-        raise FileNotFoundError(f"{selected_uri} does not exist: run `politune select` first")
+    Manifest(cfg.run_uri).require("selected", selected_uri, "politune select")
     init_ray(cfg)
     fs, path = resolve(selected_uri)
     posts = ray.data.read_parquet(path, filesystem=fs, columns=["doc_id", "side", "text"])
