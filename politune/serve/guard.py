@@ -30,6 +30,11 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """A 503 (overloaded, or a replica that failed) tells clients when to retry."""
+        return {"Retry-After": "1"} if self.status == 503 else {}
+
     def body(self) -> dict:
         error = ErrorObject(message=self.message, type=self.type, param=self.param, code=self.code)
         return {"error": error.model_dump(exclude={"misalignment"})}

@@ -87,14 +87,14 @@ class OpenAIIngress:
             status = 200
             response = JSONResponse(body)
         except APIError as err:
-            status, response = err.status, JSONResponse(err.body(), status_code=err.status)
+            status, response = err.status, JSONResponse(err.body(), status_code=err.status, headers=err.headers)
         except asyncio.CancelledError:
             self.metrics.requests.inc(tags={**tags, "status": "499"})  # the client went away
             raise
         except Exception:  # a defect of ours: logged here, and no internals in the answer
             log.exception("%s %s failed", request.method, request.url.path)
             err = APIError(500, "internal server error (logged on the server)", type="server_error")
-            status, response = err.status, JSONResponse(err.body(), status_code=err.status)
+            status, response = err.status, JSONResponse(err.body(), status_code=err.status, headers=err.headers)
         self.metrics.requests.inc(tags={**tags, "status": str(status)})
         return response
 

@@ -102,7 +102,7 @@ class BearerAuth:
 
 
 def _response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 async def _api_error(request: Request, err: APIError) -> JSONResponse:
