@@ -36,6 +36,9 @@ def job_arguments(description: str, sides: bool = False) -> argparse.Namespace:
     return parser.parse_args()
 
 
+SHOWN_DAMAGED_FILES = 5
+
+
 def print_ingest(result: IngestResult) -> None:
     table = Table(title="ingest: rows read = kept + duplicates + quarantined")
     for column in ("source", "read", "kept", "duplicates", "quarantined"):
@@ -48,6 +51,12 @@ def print_ingest(result: IngestResult) -> None:
     for source, c in result.counts.items():
         for reason, n in c["reasons"].items():
             console.print(f"  quarantined from {source}: {n:,} × {escape(reason)}")
+    damaged = [(file, reason) for files in result.damaged_files.values() for file, reason in sorted(files.items())]
+    for file, reason in damaged[:SHOWN_DAMAGED_FILES]:
+        console.print(f"  damaged file {escape(file)}: {escape(reason.removeprefix('damaged: '))}")
+    if len(damaged) > SHOWN_DAMAGED_FILES:
+        console.print(f"  … and {len(damaged) - SHOWN_DAMAGED_FILES:,} more damaged files (rows with field (file) in "
+                      f"the quarantine)")
     console.print(f"documents:  {result.documents_uri}")
     console.print(f"quarantine: {result.quarantine_uri}")
 

@@ -152,6 +152,8 @@ def test_damaged_files_cost_only_their_damaged_part(ray_local, damaged_corpus: d
     quarantined = pq.read_table(resolve(result.quarantine_uri)[1]).to_pylist()
     file_rows = {Path(r["file"]).name: r for r in quarantined if r["field"] == "(file)"}
     assert set(file_rows) == {name for name, (_, _, at) in expect.items() if at}
+    assert {Path(f).name: r for f, r in result.damaged_files["posts"].items()} == {
+        name: r["reason"] for name, r in file_rows.items()}
     for name, (_, _, at) in expect.items():
         if at:
             row, fragment = at

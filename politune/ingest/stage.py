@@ -23,7 +23,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -50,6 +50,7 @@ class IngestResult:
     quarantine_uri: str
     counts: dict[str, dict[str, Any]]  # per source: read, kept, duplicates, quarantined, reasons
     num_buckets: int
+    damaged_files: dict[str, dict[str, str]] = field(default_factory=dict)  # per source: file -> why it stopped
 
     @property
     def totals(self) -> dict[str, int]:
@@ -106,7 +107,7 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
                     inputs=inputs, counts={s: {"quarantined": c["quarantined"], "reasons": c["reasons"],
                                                "damaged_files": len(damaged.get(s, {}))}
                                            for s, c in counts.items()})
-    return IngestResult(documents_uri, quarantine_uri, counts, num_buckets)
+    return IngestResult(documents_uri, quarantine_uri, counts, num_buckets, damaged)
 
 
 def _quarantine_vanished(vanished: list[CorpusFile], fs: pafs.FileSystem, staging_path: str) -> None:
