@@ -160,7 +160,7 @@ def test_damaged_files_cost_only_their_damaged_part(ray_local, damaged_corpus: d
             assert file_rows[name]["row"] == row, name
             assert fragment in file_rows[name]["reason"], (name, file_rows[name]["reason"])
     cut = file_rows["truncated.jsonl.gz"]["reason"]
-    assert "decompressed): EOFError: Compressed file ended before the end-of-stream marker" in cut
+    assert "of the gzip-decompressed stream): EOFError: Compressed file ended before the end-of-stream marker" in cut
 
     manifest = read_json(f"{result.documents_uri.rsplit('/', 1)[0]}/manifest.json")
     assert manifest["artifacts"]["quarantine"]["counts"]["posts"]["damaged_files"] == len(file_rows)

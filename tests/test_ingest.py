@@ -209,3 +209,43 @@ def test_dedup_off_keeps_every_copy(ray_local, corpus, tmp_path: Path) -> None:
     cfg = make_config([s for s in corpus["sources"] if s["name"] == "bad"], str(tmp_path / "runs"), dedup=False)
     result = ingest_corpus(cfg)
     assert result.counts["bad"]["kept"] == 3 and result.counts["bad"]["duplicates"] == 0
+
+
+def test_compression_is_told_from_the_first_bytes(ray_local, tmp_path: Path) -> None:
+    """bz2 and zstd as the Reddit corpora ship them (no .jsonl in the name; Pushshift's 2**31-byte zstd window,
+    which zstd's default decoder limit and Arrow's codec refuse), and gzip behind a plain .jsonl name."""
+    import bz2
+
+    import zstandard
+
+    def lines(prefix: str, n: int) -> bytes:
+        return "".join(json.dumps({"id": f"{prefix}{i}", "text": f"{prefix} comment {i}"}) + "\n"
+                       for i in range(n)).encode()
+
+    folder = tmp_path / "reddit"
+    folder.mkdir()
+    (folder / "comments_2019-05.bz2").write_bytes(bz2.compress(lines("bz", 30)))
+    long_window = zstandard.ZstdCompressionParameters.from_level(3, window_log=31)
+    with open(folder / "RC_2019-05.zst", "wb") as f, zstandard.ZstdCompressor(
+            compression_params=long_window).stream_writer(f) as writer:
+        writer.write(lines("zst", 40))
+    assert zstandard.get_frame_parameters((folder / "RC_2019-05.zst").read_bytes()).window_size == 2**31
+    (folder / "mislabelled.jsonl").write_bytes(gzip.compress(lines("gzipped", 10)))
+    cut = bz2.compress(lines("cutbz", 2000))
+    (folder / "cut.jsonl.bz2").write_bytes(cut[: len(cut) // 2])
+
+    cfg = make_config([{"name": "r", "paths": [str(folder)], "shape": "generic"}], str(tmp_path / "runs"))
+    result = ingest_corpus(cfg)
+    texts = read_documents(result.documents_uri)["text"].to_pylist()
+    for prefix, n in (("bz", 30), ("zst", 40), ("gzipped", 10)):
+        assert sorted(t for t in texts if t.startswith(f"{prefix} ")) == sorted(f"{prefix} comment {i}"
+                                                                                 for i in range(n)), prefix
+    kept_from_cut = sum(t.startswith("cutbz ") for t in texts)
+    assert 0 <= kept_from_cut < 2000
+    quarantined = pq.read_table(resolve(result.quarantine_uri)[1]).to_pylist()
+    assert [(Path(r["file"]).name, r["row"], r["field"]) for r in quarantined] == [
+        ("cut.jsonl.bz2", kept_from_cut + 1, "(file)")]
+    # (bz2 decompresses in blocks of up to 900 kB: a file cut inside its first block yields no row)
+    assert "EOFError: Compressed file ended before the end-of-stream marker" in quarantined[0]["reason"]
+    c = result.counts["r"]
+    assert c["read"] == c["kept"] + c["duplicates"] + c["quarantined"] == 80 + kept_from_cut + 1

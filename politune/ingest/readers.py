@@ -16,6 +16,7 @@ one) are read; the encoding is told from the file's first bytes.
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import csv
 import gzip
@@ -30,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import zstandard
 from ray.data.datasource import FileBasedDatasource
 
 from politune.config import SourceConfig
@@ -37,10 +39,14 @@ from politune.ingest.schema import QUARANTINE_PART, RAW_MAX_CHARS, STAGING_SCHEM
 from politune.ingest.shapes import BadRow, RecordMapper, text_hash
 from politune.storage import is_outage, resolve
 
-EXTENSIONS = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl",
-    ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet",
-}
+FORMAT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# Compression is told from a file's first bytes whatever its name (a name only says what to expect).
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
+MAGIC_BYTES = {"gzip": (b"\x1f\x8b",), "bz2": tuple(b"BZh" + bytes([d]) for d in b"123456789"),
+               "zstd": (b"\x28\xb5\x2f\xfd",)}
+# Pushshift's Reddit dumps are zstd frames with windows of up to 2**31 bytes; decoding one holds its window in
+# memory, so this is the most a zstd file can take (zstd's own default, 2**27, refuses those dumps).
+ZSTD_MAX_WINDOW = 2**31
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts are judged by max_text_chars, not csv
 
 
@@ -48,18 +54,46 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts are judged by ma
 class CorpusFile:
     path: str  # inside its filesystem (no scheme)
     size: int
-    format: str  # jsonl | csv | parquet (gzip is detected from the name when the file is opened)
+    format: str  # jsonl | csv | parquet (compression is told from the first bytes when the file is opened)
     source: str  # the config's source name
 
 
 def file_format(path: str, declared: str) -> str | None:
+    """jsonl, csv or parquet: as declared, else from the name (a compression suffix aside). A bare compressed file,
+    like Politosphere's `comments_2019-05.bz2` or Pushshift's `RC_2019-05.zst`, holds JSON lines."""
     if declared != "auto":
         return "jsonl" if declared == "jsonl.gz" else declared
     name = path.lower()
-    for ext, fmt in EXTENSIONS.items():
-        if name.endswith(ext):
+    suffix = next((s for s in COMPRESSION_SUFFIXES if name.endswith(s)), "")
+    base = name.removesuffix(suffix)
+    for ext, fmt in FORMAT_SUFFIXES.items():
+        if base.endswith(ext):
             return fmt
-    return None
+    return "jsonl" if suffix and not base.endswith(".tar") else None
+
+
+def decompressed(f: Any, path: str, at: Position) -> io.BufferedIOBase:
+    """A file's bytes, decompressed when its first bytes are gzip, bz2 or zstd; streamed, never whole. A name that
+    promises a compression the bytes do not have is damage (a truncated or mislabelled download)."""
+    stream = io.BufferedReader(f)
+    head = stream.peek(4)[:4]
+    codec = next((c for c, magics in MAGIC_BYTES.items() if head.startswith(magics)), None)
+    promised = next((c for s, c in COMPRESSION_SUFFIXES.items() if path.lower().endswith(s)), None)
+    if promised and codec != promised:
+        raise ValueError(f"named as {promised} but its first bytes are {'not compressed' if codec is None else codec} "
+                         f"({head!r})")
+    at.codec = codec
+    if codec == "gzip":
+        # Python's gzip hands over every byte it could decompress before a cut-off stream ends; Arrow's
+        # decompressing stream drops its last chunk, and with it the last whole rows of a partial download.
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if codec == "bz2":
+        return bz2.BZ2File(stream)
+    if codec == "zstd":
+        reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
+            stream, read_across_frames=True)
+        return io.BufferedReader(reader)
+    return stream
 
 
 def list_source_files(source: SourceConfig) -> tuple[pafs.FileSystem, list[CorpusFile]]:
@@ -95,9 +129,9 @@ def list_source_files(source: SourceConfig) -> tuple[pafs.FileSystem, list[Corpu
 Record = tuple[int, dict[str, Any] | None, str, BadRow | None]  # (row, record, raw text, why it is bad)
 
 
-# What reading a damaged file raises: a cut or corrupt stream (OSError, EOFError, zlib.error), bytes that are not
-# what the format says (ValueError: UnicodeDecodeError, Arrow's ArrowInvalid), any other Arrow error.
-FILE_DAMAGE = (OSError, EOFError, ValueError, zlib.error, pa.ArrowException)
+# What reading a damaged file raises: a cut or corrupt stream (OSError, EOFError, zlib / zstd errors), bytes that
+# are not what the format says (ValueError: UnicodeDecodeError, Arrow's ArrowInvalid), any other Arrow error.
+FILE_DAMAGE = (OSError, EOFError, ValueError, zlib.error, zstandard.ZstdError, pa.ArrowException)
 
 
 @dataclass
@@ -105,13 +139,14 @@ class Position:
     """How far reading a file got: the last row read and, for line-based files, the byte after it."""
     row: int = 0
     byte: int | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the text encoding, when not UTF-8
+    codec: str | None = None  # the compression, when compressed
 
     def where(self) -> str:
         at = f"row {self.row + 1}"
         if self.byte is None:
             return at
-        return f"{at} (byte {self.byte:,}{' decompressed' if 'gzip' in self.notes else ''})"
+        return f"{at} (byte {self.byte:,}{f' of the {self.codec}-decompressed stream' if self.codec else ''})"
 
 
 def text_encoding(stream: io.BufferedIOBase) -> tuple[str, int]:
@@ -132,7 +167,7 @@ def text_encoding(stream: io.BufferedIOBase) -> tuple[str, int]:
 def buffered(f: Any) -> io.BufferedIOBase:
     """A file as a buffered stream. A GzipFile already is one: wrapping it again would fill the outer buffer with
     reads that lose what they had when the compressed stream turns out cut short."""
-    return f if isinstance(f, gzip.GzipFile) else io.BufferedReader(f)
+    return f if isinstance(f, (io.BufferedReader, gzip.GzipFile, bz2.BZ2File)) else io.BufferedReader(f)
 
 
 def byte_lines(stream: io.BufferedIOBase, chunk_bytes: int = 1 << 16) -> Iterator[bytes]:
@@ -217,6 +252,13 @@ def iter_csv(f: Any, at: Position) -> Iterator[Record]:
         yield row, dict(zip(header, fields, strict=True)), raw, None
 
 
+def iter_text(f: Any, path: str, fmt: str, at: Position) -> Iterator[Record]:
+    """A JSONL or CSV file's records, decompressed first if it is compressed (a failure there is the file's damage,
+    raised on the first record)."""
+    stream = decompressed(f, path, at)
+    yield from iter_csv(stream, at) if fmt == "csv" else iter_jsonl(stream, at)
+
+
 def iter_parquet(f: Any, at: Position, batch_rows: int) -> Iterator[Record]:
     row = 0
     for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
@@ -281,13 +323,8 @@ class CorpusDatasource(FileBasedDatasource):
             return
         at = Position()
         fmt = corpus_file.format
-        if path.lower().endswith(".gz"):
-            # Python's gzip hands over every byte it could decompress before a cut-off stream ends; Arrow's
-            # decompressing stream drops its last chunk, and with it the last whole rows of a partial download.
-            f = gzip.GzipFile(fileobj=f, mode="rb")
-            at.notes.append("gzip")
         records = (iter_parquet(f, at, self.batch_rows) if fmt == "parquet"
-                   else iter_csv(f, at) if fmt == "csv" else iter_jsonl(f, at))
+                   else iter_text(f, path, fmt, at))
         batch: list[dict[str, Any]] = []
         while True:
             try:
@@ -297,7 +334,7 @@ class CorpusDatasource(FileBasedDatasource):
             except FILE_DAMAGE as err:  # the rows read so far are kept
                 if is_outage(err):
                     raise  # not the file's fault: Ray Data retries the read, skipping the blocks already yielded
-                encoding = "".join(f", read as {n}" for n in at.notes if n != "gzip")
+                encoding = "".join(f", read as {n}" for n in at.notes)
                 batch.append(file_row(corpus_file, at.row + 1,
                                            f"damaged: reading stopped at {at.where()}{encoding}: {_error_text(err)}"))
                 break
