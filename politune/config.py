@@ -92,6 +92,16 @@ class SourceConfig(Section):
     shape: SourceShape = "generic"
     format: SourceFormat = "auto"
     fields: FieldMap = Field(default_factory=FieldMap, description="Column names, for shape: generic.")
+    where: dict[str, list[str]] = Field(
+        default_factory=dict, description="Keep only records whose field has one of these values, e.g. "
+        "{language: [en]} for Politosphere; the others are quarantined with the reason, so the counts add up.")
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _one_value_is_a_list(cls, where: Any) -> Any:
+        if isinstance(where, dict):
+            return {k: v if isinstance(v, list) else [v] for k, v in where.items()}
+        return where
 
 
 class IngestConfig(Section):

@@ -77,3 +77,25 @@ def test_epoch_milliseconds_and_naive_iso() -> None:
     m = mapper("generic")
     assert m.to_document({"text": "t", "created_at": 1645401654000})["created_at"] == "2022-02-21T00:00:54Z"
     assert m.to_document({"text": "t", "created_at": "2022-02-21 00:00:54"})["created_at"] == "2022-02-21T00:00:54Z"
+
+
+def test_reddit_bodies_as_pushshift_keeps_them() -> None:
+    """HTML entities unescaped (Reddit stores `>` quotes as &gt;), numbers as strings (older Pushshift months)."""
+    doc = mapper("politosphere").to_document({
+        "id": "c1", "body": "&gt; they said\n\nTax cuts &amp; tariffs &lt;3", "author": "maple",
+        "created_utc": "1432068778", "score": "12"})
+    assert doc["text"] == "> they said\n\nTax cuts & tariffs <3"
+    assert doc["created_at"] == "2015-05-19T20:52:58Z"
+    assert json.loads(doc["meta"]) == {"score": "12"}
+    with pytest.raises(BadRow, match=r"deleted or removed \(\[removed\]\)"):
+        mapper("politosphere").to_document({"id": "c2", "body": "[removed]"})
+
+
+def test_where_keeps_only_the_wanted_values() -> None:
+    english = RecordMapper(SourceConfig(name="p", paths=["x"], shape="politosphere", where={"language": "en"}), 100)
+    assert english.source.where == {"language": ["en"]}
+    assert english.to_document({"id": "a", "body": "hello", "language": "en"})["text"] == "hello"
+    with pytest.raises(BadRow) as bad:
+        english.to_document({"id": "b", "body": "hallo", "language": "de"})
+    assert (bad.value.field, bad.value.reason) == (
+        "language", "not selected by sources[].where: language is 'de', not one of ['en']")

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import ray
 
 from politune.ingest.schema import DOCUMENT_COLUMNS, DOCUMENT_SCHEMA, QUARANTINE_COLUMNS, QUARANTINE_SCHEMA
+from politune.ingest.shapes import WHERE_REASON
 
 _ORDER = [("text_hash", "ascending"), ("source", "ascending"), ("file", "ascending"), ("row", "ascending")]
 
@@ -87,6 +88,8 @@ def _reason_kind(reason: str) -> str:
         return "wrong number of CSV fields"
     if reason.startswith("not valid JSON"):
         return "not valid JSON"
+    if reason.startswith(WHERE_REASON):
+        return WHERE_REASON
     if reason.startswith("damaged:"):
         return "damaged file (the rest of it)"
     if reason.startswith("vanished"):

@@ -3,7 +3,8 @@
 Shapes:
 - truthsocial: a Truth Social status (Mastodon-style API: `content` HTML, `account.username`) or a
   scraped truth (`text`, `author`, `timestamp`).
-- politosphere: a Reddit comment from the Politosphere dumps (`body`, `author`, `created_utc`).
+- politosphere: a Reddit comment from the Politosphere dumps or Pushshift's (`body`, HTML entities unescaped;
+  `author`; `created_utc`, a number or a string of one).
 - politune: the project's own Document rows (`doc_id`, `text`, `created_at`, `author`, `meta`, `label`).
 - generic: any record with a text column; `fields` in the source config names the columns.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from politune.config import SourceConfig
 
 DELETED_BODIES = {"[deleted]", "[removed]"}
+WHERE_REASON = "not selected by sources[].where"
 _TAG = re.compile(r"<[^>]+>")
 _BREAK = re.compile(r"<br\s*/?>|</p>\s*<p>", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
@@ -63,6 +65,9 @@ class RecordMapper:
         self.max_text_chars = max_text_chars
 
     def to_document(self, record: dict[str, Any]) -> dict[str, Any]:
+        for field, wanted in self.source.where.items():
+            if str(record.get(field)) not in wanted:
+                raise BadRow(field, f"{WHERE_REASON}: {field} is {record.get(field)!r}, not one of {wanted}")
         shape = self.source.shape
         if shape == "truthsocial":
             text_field, text, native_id, created, author, used = self._truthsocial(record)
@@ -114,6 +119,8 @@ class RecordMapper:
         if "body" not in r:
             raise BadRow("body", "missing (a Politosphere comment needs `body`)")
         body = r["body"]
+        if isinstance(body, str):
+            body = html.unescape(body)  # Reddit keeps its HTML escaping in bodies: &gt; quotes, &amp;, &lt;
         if isinstance(body, str) and body.strip() in DELETED_BODIES:
             raise BadRow("body", f"comment was deleted or removed ({body.strip()})")
         return ("body", body, _native_id(r, "id"), _timestamp(r, "created_utc"), _optional_str(r, "author"),
