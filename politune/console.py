@@ -37,16 +37,17 @@ def job_arguments(description: str, sides: bool = False) -> argparse.Namespace:
 
 
 SHOWN_DAMAGED_FILES = 5
+INGEST_COUNTS = ("read", "kept", "duplicates", "reposts", "quarantined")
 
 
 def print_ingest(result: IngestResult) -> None:
-    table = Table(title="ingest: rows read = kept + duplicates + quarantined")
-    for column in ("source", "read", "kept", "duplicates", "quarantined"):
+    table = Table(title="ingest: rows read = kept + duplicates + reposts + quarantined")
+    for column in ("source", *INGEST_COUNTS):
         table.add_column(column, justify="left" if column == "source" else "right")
     for source, c in result.counts.items():
-        table.add_row(source, *(f"{c[k]:,}" for k in ("read", "kept", "duplicates", "quarantined")))
+        table.add_row(source, *(f"{c[k]:,}" for k in INGEST_COUNTS))
     t = result.totals
-    table.add_row("all", *(f"{t[k]:,}" for k in ("read", "kept", "duplicates", "quarantined")), style="bold")
+    table.add_row("all", *(f"{t[k]:,}" for k in INGEST_COUNTS), style="bold")
     console.print(table)
     for source, c in result.counts.items():
         for reason, n in c["reasons"].items():

@@ -249,3 +249,19 @@ def test_compression_is_told_from_the_first_bytes(ray_local, tmp_path: Path) -> 
     assert "EOFError: Compressed file ended before the end-of-stream marker" in quarantined[0]["reason"]
     c = result.counts["r"]
     assert c["read"] == c["kept"] + c["duplicates"] + c["quarantined"] == 80 + kept_from_cut + 1
+
+
+def test_reblogs_are_counted_as_reposts_of_their_original(ray_local, tmp_path: Path) -> None:
+    statuses = [{"id": str(i), "content": f"<p>status {i}</p>", "account": {"username": "u"}, "reblog": None}
+                for i in range(6)]
+    statuses += [{"id": f"r{i}", "content": "", "account": {"username": "v"}, "reblog": statuses[i]} for i in (0, 0, 3)]
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "statuses.jsonl").write_text("".join(json.dumps(s) + "\n" for s in statuses))
+    result = ingest_corpus(make_config([{"name": "ts", "paths": [str(tmp_path / "api")], "shape": "truthsocial"}],
+                                       str(tmp_path / "runs")))
+    c = result.counts["ts"]
+    assert (c["read"], c["kept"], c["duplicates"], c["reposts"], c["quarantined"]) == (9, 6, 0, 3, 0)
+    docs = {d["text"]: d["doc_id"] for d in read_documents(result.documents_uri).to_pylist()}
+    reposts = pq.read_table(resolve(f"{result.documents_uri.rsplit('/', 1)[0]}/reposts")[1]).to_pylist()
+    assert [(r["row"], r["original_doc_id"]) for r in reposts] == [
+        (7, docs["status 0"]), (8, docs["status 0"]), (9, docs["status 3"])]

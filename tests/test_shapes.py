@@ -99,3 +99,12 @@ def test_where_keeps_only_the_wanted_values() -> None:
         english.to_document({"id": "b", "body": "hallo", "language": "de"})
     assert (bad.value.field, bad.value.reason) == (
         "language", "not selected by sources[].where: language is 'de', not one of ['en']")
+
+
+def test_a_mastodon_reblog_is_a_repost_of_its_original() -> None:
+    from politune.ingest.shapes import Repost
+
+    with pytest.raises(Repost) as repost:
+        mapper("truthsocial").to_document({"id": "2", "content": "", "reblog": {"id": "1", "content": "<p>Hi</p>"}})
+    assert (repost.value.field, repost.value.original_id) == ("reblog", "1")
+    assert mapper("truthsocial").to_document({"id": "3", "content": "<p>Own</p>", "reblog": None})["text"] == "Own"

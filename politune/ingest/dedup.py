@@ -20,7 +20,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from politune.ingest.schema import DOCUMENT_COLUMNS, DOCUMENT_SCHEMA, QUARANTINE_COLUMNS, QUARANTINE_SCHEMA
+from politune.ingest.schema import (
+    DOCUMENT_COLUMNS,
+    DOCUMENT_SCHEMA,
+    QUARANTINE_COLUMNS,
+    QUARANTINE_SCHEMA,
+    REPOST_SCHEMA,
+)
 from politune.ingest.shapes import WHERE_REASON
 
 _ORDER = [("text_hash", "ascending"), ("source", "ascending"), ("file", "ascending"), ("row", "ascending")]
@@ -97,3 +103,16 @@ def _reason_kind(reason: str) -> str:
     if reason.startswith("could not be opened"):
         return "file could not be opened"
     return reason
+
+
+@ray.remote(num_cpus=1)
+def collect_reposts(fs: pafs.FileSystem, part_dir: str | None, out_path: str) -> dict[str, int]:
+    """Write the re-posts (source, file, row, original_doc_id), sorted; return how many each source had."""
+    if part_dir is None:
+        table = REPOST_SCHEMA.empty_table()
+    else:
+        staged = pq.read_table(part_dir, filesystem=fs, columns=["source", "file", "row", "reason"])
+        table = staged.rename_columns(REPOST_SCHEMA.names).cast(REPOST_SCHEMA)
+        table = table.sort_by([("source", "ascending"), ("file", "ascending"), ("row", "ascending")])
+    pq.write_table(table, out_path, filesystem=fs)
+    return dict(Counter(table["source"].to_pylist()))

@@ -1,7 +1,8 @@
 """Read corpus files (jsonl, jsonl.gz, CSV, Parquet; local or s3://) as a Ray Dataset of staging rows.
 
 A file is streamed in batches, never loaded whole. Every record becomes exactly one staging row:
-a Document with its dedup bucket, or a quarantined row with file, row, field and reason. Nothing a
+a Document with its dedup bucket, a re-post naming its original, or a quarantined row with file, row,
+field and reason. Nothing a
 file holds is skipped silently, blank lines included.
 
 A damaged file costs only itself: the rows read before the damage are kept, and the rest of the file
@@ -35,8 +36,8 @@ import zstandard
 from ray.data.datasource import FileBasedDatasource
 
 from politune.config import SourceConfig
-from politune.ingest.schema import QUARANTINE_PART, RAW_MAX_CHARS, STAGING_SCHEMA
-from politune.ingest.shapes import BadRow, RecordMapper, text_hash
+from politune.ingest.schema import QUARANTINE_PART, RAW_MAX_CHARS, REPOST_PART, STAGING_SCHEMA
+from politune.ingest.shapes import BadRow, RecordMapper, Repost, make_doc_id, text_hash
 from politune.storage import is_outage, resolve
 
 FORMAT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -353,6 +354,10 @@ class CorpusDatasource(FileBasedDatasource):
                 doc = mapper.to_document(record)
             except BadRow as bad:
                 error = bad
+            except Repost as repost:
+                original = None if repost.original_id is None else make_doc_id(source, repost.original_id, "")
+                return {"part": REPOST_PART, "source": source, "file": path, "row": row, "field": repost.field,
+                        "reason": original, "raw": ""}
         if error is not None:
             if not raw and record is not None:
                 raw = json.dumps(record, ensure_ascii=False, default=str)

@@ -32,4 +32,12 @@ STAGING_SCHEMA = pa.schema(
 DOCUMENT_COLUMNS = DOCUMENT_SCHEMA.names
 QUARANTINE_COLUMNS = QUARANTINE_SCHEMA.names
 QUARANTINE_PART = "quarantine"
+REPOST_PART = "repost"  # staging rows of re-posts: file, row, and in `reason` the original's doc_id
+
+REPOST_SCHEMA = pa.schema([
+    ("source", pa.string()),
+    ("file", pa.string()),
+    ("row", pa.int64()),
+    ("original_doc_id", pa.string()),  # null when the re-post does not name its original
+])
 RAW_MAX_CHARS = 500

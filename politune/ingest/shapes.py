@@ -1,8 +1,8 @@
 """Map a native record of each known source shape to a Document row, or say why it cannot be one.
 
 Shapes:
-- truthsocial: a Truth Social status (Mastodon-style API: `content` HTML, `account.username`) or a
-  scraped truth (`text`, `author`, `timestamp`).
+- truthsocial: a Truth Social status (Mastodon-style API: `content` HTML, `account.username`; a reblog is a
+  Repost of the status under `reblog`) or a scraped truth (`text`, `author`, `timestamp`).
 - politosphere: a Reddit comment from the Politosphere dumps or Pushshift's (`body`, HTML entities unescaped;
   `author`; `created_utc`, a number or a string of one).
 - politune: the project's own Document rows (`doc_id`, `text`, `created_at`, `author`, `meta`, `label`).
@@ -26,6 +26,16 @@ WHERE_REASON = "not selected by sources[].where"
 _TAG = re.compile(r"<[^>]+>")
 _BREAK = re.compile(r"<br\s*/?>|</p>\s*<p>", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
+
+
+class Repost(Exception):  # noqa: N818 - a record's kind, not an error
+    """A re-post of another record (a Mastodon reblog, a retruth): counted as a duplicate of its original, never a
+    document of its own. `original_id` is the original's native id, when the record names it."""
+
+    def __init__(self, field: str, original_id: str | None) -> None:
+        super().__init__(f"{field}: repost of {original_id}")
+        self.field = field
+        self.original_id = original_id
 
 
 class BadRow(ValueError):
@@ -97,6 +107,9 @@ class RecordMapper:
     # --- shapes -------------------------------------------------------------------------------
     # Each shape returns (text field, text, native id, created_at, author, fields not kept in meta).
     def _truthsocial(self, r: dict[str, Any]) -> tuple:
+        reblog = r.get("reblog")
+        if isinstance(reblog, dict):  # Mastodon API: a re-post has empty content and the original under `reblog`
+            raise Repost("reblog", _native_id(reblog, "id"))
         if "text" in r and r["text"] is not None:
             text_field, text = "text", r["text"]
         elif "content" in r:

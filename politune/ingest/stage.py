@@ -6,7 +6,8 @@ Two passes, both streaming:
 2. One Ray task a bucket drops exact duplicates (dedup.py) and writes `documents/part-NNNNN.parquet`;
    one task gathers the quarantined rows into `quarantine/`.
 
-For every source: rows read = documents kept + duplicates dropped + rows quarantined, exactly. A
+For every source: rows read = documents kept + duplicates dropped + re-posts + rows quarantined, exactly.
+Re-posts (a Mastodon reblog) go to `reposts/` with the doc_id of their original, never to documents. A
 damaged file is read up to the damage and its rest is one quarantined row (readers.py); a source
 whose every file is damaged is an error naming it.
 
@@ -34,9 +35,9 @@ import ray.data
 from ray.data._internal.savemode import SaveMode
 
 from politune.config import RunConfig
-from politune.ingest.dedup import collect_quarantine, dedup_bucket
+from politune.ingest.dedup import collect_quarantine, collect_reposts, dedup_bucket
 from politune.ingest.readers import CorpusDatasource, CorpusFile, file_row, list_source_files
-from politune.ingest.schema import DOCUMENT_SCHEMA, QUARANTINE_PART, STAGING_SCHEMA
+from politune.ingest.schema import DOCUMENT_SCHEMA, QUARANTINE_PART, REPOST_PART, STAGING_SCHEMA
 from politune.prepare import prepares
 from politune.ray_runtime import init_ray
 from politune.storage import Manifest, delete_dir, join, outages_named, resolve
@@ -48,13 +49,13 @@ log = logging.getLogger(__name__)
 class IngestResult:
     documents_uri: str
     quarantine_uri: str
-    counts: dict[str, dict[str, Any]]  # per source: read, kept, duplicates, quarantined, reasons
+    counts: dict[str, dict[str, Any]]  # per source: read, kept, duplicates, reposts, quarantined, reasons
     num_buckets: int
     damaged_files: dict[str, dict[str, str]] = field(default_factory=dict)  # per source: file -> why it stopped
 
     @property
     def totals(self) -> dict[str, int]:
-        keys = ("read", "kept", "duplicates", "quarantined")
+        keys = ("read", "kept", "duplicates", "reposts", "quarantined")
         return {k: sum(c[k] for c in self.counts.values()) for k in keys}
 
 
@@ -74,10 +75,11 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
     total_bytes = sum(f.size for _, files in listings.values() for f in files)
     num_buckets = max(1, math.ceil(total_bytes / (cfg.ingest.dedup_bucket_mb * 2**20)))
 
-    staging_uri, documents_uri, quarantine_uri = (join(run, p) for p in ("_staging/ingest", "documents", "quarantine"))
+    staging_uri, documents_uri, quarantine_uri, reposts_uri = (
+        join(run, p) for p in ("_staging/ingest", "documents", "quarantine", "reposts"))
     manifest = Manifest(run)
-    manifest.forget("documents", "quarantine")
-    for uri in (staging_uri, documents_uri, quarantine_uri):
+    manifest.forget("documents", "quarantine", "reposts")
+    for uri in (staging_uri, documents_uri, quarantine_uri, reposts_uri):
         delete_dir(uri)
 
     # One datasource a filesystem (usually one in all), each written as it is read.
@@ -95,7 +97,7 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
                 ray.data.read_datasource(datasource, override_num_blocks=len(files)).write_parquet(
                     staging_path, filesystem=out_fs, partition_cols=["part"], mode=SaveMode.APPEND)
 
-    counts, damaged = _dedup_and_collect(out_fs, staging_path, documents_uri, quarantine_uri, cfg)
+    counts, damaged = _dedup_and_collect(out_fs, staging_path, documents_uri, quarantine_uri, reposts_uri, cfg)
     delete_dir(join(run, "_staging"))
     _check_some_file_read(listings, damaged, quarantine_uri)
 
@@ -107,6 +109,8 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
                     inputs=inputs, counts={s: {"quarantined": c["quarantined"], "reasons": c["reasons"],
                                                "damaged_files": len(damaged.get(s, {}))}
                                            for s, c in counts.items()})
+    manifest.record("reposts", path=reposts_uri, config_hash=cfg.section_hash("sources", "ingest"),
+                    inputs=inputs, counts={s: c["reposts"] for s, c in counts.items()})
     return IngestResult(documents_uri, quarantine_uri, counts, num_buckets, damaged)
 
 
@@ -133,30 +137,35 @@ def _check_some_file_read(listings: dict[str, tuple[pafs.FileSystem, list[Corpus
                              f"{'; and the others' if len(files) > 1 else ''}); the reasons are in {quarantine_uri}")
 
 
-def _dedup_and_collect(fs: pafs.FileSystem, staging_path: str, documents_uri: str, quarantine_uri: str,
-                       cfg: RunConfig) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+def _dedup_and_collect(
+    fs: pafs.FileSystem, staging_path: str, documents_uri: str, quarantine_uri: str, reposts_uri: str,
+    cfg: RunConfig,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
     """Counts by source, and the damaged files by source (file: reason)."""
     _, documents_path = resolve(documents_uri)
     _, quarantine_path = resolve(quarantine_uri)
-    fs.create_dir(documents_path, recursive=True)
-    fs.create_dir(quarantine_path, recursive=True)
+    _, reposts_path = resolve(reposts_uri)
+    for path in (documents_path, quarantine_path, reposts_path):
+        fs.create_dir(path, recursive=True)
 
     parts = {}
     for info in fs.get_file_info(pafs.FileSelector(staging_path, allow_not_found=True)):
         if info.type == pafs.FileType.Directory and info.base_name.startswith("part="):
             parts[info.base_name.removeprefix("part=")] = info.path
-    buckets = sorted(p for p in parts if p != QUARANTINE_PART)
+    buckets = sorted(p for p in parts if p not in (QUARANTINE_PART, REPOST_PART))
 
     dedup_tasks = [
         dedup_bucket.remote(fs, parts[b], f"{documents_path}/part-{int(b[1:]):05d}.parquet", cfg.ingest.dedup)
         for b in buckets
     ]
     quarantine_task = collect_quarantine.remote(fs, parts.get(QUARANTINE_PART), f"{quarantine_path}/part-00000.parquet")
+    reposts_task = collect_reposts.remote(fs, parts.get(REPOST_PART), f"{reposts_path}/part-00000.parquet")
     if not buckets:  # every row was quarantined: still leave a readable, empty documents artifact
         pq.write_table(DOCUMENT_SCHEMA.empty_table(), f"{documents_path}/part-00000.parquet", filesystem=fs)
     bucket_counts = ray.get(dedup_tasks)
     quarantine = ray.get(quarantine_task)
     reasons = quarantine["reasons"]
+    reposts = ray.get(reposts_task)
 
     counts: dict[str, dict[str, Any]] = {}
     for source in cfg.sources:
@@ -169,8 +178,9 @@ def _dedup_and_collect(fs: pafs.FileSystem, staging_path: str, documents_uri: st
             raise RuntimeError(f"ingest lost rows of source {name!r}: {staged} staged, {kept} kept, "
                                f"{duplicates} duplicates")
         counts[name] = {
-            "read": staged + quarantined, "kept": kept, "duplicates": duplicates,
-            "quarantined": quarantined, "reasons": dict(Counter(reasons.get(name, {})).most_common()),
+            "read": staged + reposts.get(name, 0) + quarantined, "kept": kept, "duplicates": duplicates,
+            "reposts": reposts.get(name, 0), "quarantined": quarantined,
+            "reasons": dict(Counter(reasons.get(name, {})).most_common()),
         }
     return counts, quarantine["damaged_files"]
 
