@@ -72,8 +72,8 @@ class CorpusConfig(Section):
     rows_per_file: int = Field(250_000, ge=1)
 
 
-SourceShape = Literal["truthsocial", "politosphere", "politune", "generic"]
-SourceFormat = Literal["auto", "jsonl", "jsonl.gz", "parquet", "csv"]
+SourceShape = Literal["truthsocial", "truthsocial_tsv", "politosphere", "politune", "generic"]
+SourceFormat = Literal["auto", "jsonl", "jsonl.gz", "parquet", "csv", "tsv"]
 
 
 class FieldMap(Section):

@@ -219,8 +219,9 @@ def test_compression_is_told_from_the_first_bytes(ray_local, tmp_path: Path) -> 
     import zstandard
 
     def lines(prefix: str, n: int) -> bytes:
-        return "".join(json.dumps({"id": f"{prefix}{i}", "text": f"{prefix} comment {i}"}) + "\n"
-                       for i in range(n)).encode()
+        return "".join(json.dumps({"id": f"{prefix}{i}", "body": f"{prefix} comment {i} &amp; more",
+                                   "created_utc": str(1432068778 + i), "subreddit": "politics", "language": "en"})
+                       + "\n" for i in range(n)).encode()
 
     folder = tmp_path / "reddit"
     folder.mkdir()
@@ -234,11 +235,11 @@ def test_compression_is_told_from_the_first_bytes(ray_local, tmp_path: Path) -> 
     cut = bz2.compress(lines("cutbz", 2000))
     (folder / "cut.jsonl.bz2").write_bytes(cut[: len(cut) // 2])
 
-    cfg = make_config([{"name": "r", "paths": [str(folder)], "shape": "generic"}], str(tmp_path / "runs"))
+    cfg = make_config([{"name": "r", "paths": [str(folder)], "shape": "politosphere"}], str(tmp_path / "runs"))
     result = ingest_corpus(cfg)
     texts = read_documents(result.documents_uri)["text"].to_pylist()
     for prefix, n in (("bz", 30), ("zst", 40), ("gzipped", 10)):
-        assert sorted(t for t in texts if t.startswith(f"{prefix} ")) == sorted(f"{prefix} comment {i}"
+        assert sorted(t for t in texts if t.startswith(f"{prefix} ")) == sorted(f"{prefix} comment {i} & more"
                                                                                  for i in range(n)), prefix
     kept_from_cut = sum(t.startswith("cutbz ") for t in texts)
     assert 0 <= kept_from_cut < 2000
@@ -265,3 +266,53 @@ def test_reblogs_are_counted_as_reposts_of_their_original(ray_local, tmp_path: P
     reposts = pq.read_table(resolve(f"{result.documents_uri.rsplit('/', 1)[0]}/reposts")[1]).to_pylist()
     assert [(r["row"], r["original_doc_id"]) for r in reposts] == [
         (7, docs["status 0"]), (8, docs["status 0"]), (9, docs["status 3"])]
+
+
+TRUTHS_HEADER = ["id", "timestamp", "time_scraped", "is_retruth", "is_reply", "author", "like_count", "retruth_count",
+                 "reply_count", "text", "external_id", "url", "truth_retruthed"]
+
+
+def truth(id_: int, text: str, is_retruth: str = "f", is_reply: str = "f", retruthed: str = "-1") -> str:
+    return "\t".join([str(id_), f"2022-03-0{id_ % 9 + 1} 10:00:00", "2022-11-01 00:00:00", is_retruth, is_reply,
+                      str(400 + id_), "3", "1", "0", text, f"ext{id_}", f"https://truthsocial.com/{id_}", retruthed])
+
+
+@pytest.mark.parametrize("compress", ["none", "gzip", "bz2", "zstd"])
+def test_the_truth_social_datasets_tsv(ray_local, tmp_path: Path, compress: str) -> None:
+    """truths.tsv as published: no quoting, t / f flags, retruths, replies, and texts whose line breaks split rows."""
+    import bz2
+
+    import zstandard
+
+    lines = ["\t".join(TRUTHS_HEADER),
+             truth(1, "Back the blue"),  # line 2
+             truth(2, "Secure the border"),  # line 3
+             truth(3, "", is_retruth="t", retruthed="1"),  # a retruth of 1: a repost, not a document
+             truth(4, "Agreed, totally", is_reply="t"),  # a reply: kept, marked
+             truth(6, "A post over\ntwo lines"),  # lines 6-7: re-joined
+             truth(7, "Ends with a number\n2024\t2022-01-01 was a date"),  # line 9 looks like a row of its own
+             ]
+    text = "\n".join(lines) + "\n"
+    raw = text.encode()
+    data = {"none": raw, "gzip": gzip.compress(raw), "bz2": bz2.compress(raw),
+            "zstd": zstandard.ZstdCompressor().compress(raw)}[compress]
+    (tmp_path / "ts").mkdir()
+    name = {"none": "truths.tsv", "gzip": "truths.tsv.gz", "bz2": "truths.tsv.bz2", "zstd": "truths.tsv.zst"}[compress]
+    (tmp_path / "ts" / name).write_bytes(data)
+
+    result = ingest_corpus(make_config([{"name": "ts", "paths": [str(tmp_path / "ts")], "shape": "truthsocial_tsv"}],
+                                       str(tmp_path / "runs")))
+    c = result.counts["ts"]
+    assert (c["kept"], c["duplicates"], c["reposts"], c["quarantined"]) == (4, 0, 1, 2)
+    assert c["read"] == c["kept"] + c["duplicates"] + c["reposts"] + c["quarantined"]
+    docs = {d["text"]: d for d in read_documents(result.documents_uri).to_pylist()}
+    assert set(docs) == {"Back the blue", "Secure the border", "Agreed, totally", "A post over\ntwo lines"}
+    assert json.loads(docs["Agreed, totally"]["meta"])["is_reply"] is True
+    assert json.loads(docs["A post over\ntwo lines"]["meta"])["_rejoined_lines"] == 2
+    assert docs["Back the blue"]["author"] == "401" and docs["Back the blue"]["created_at"] == "2022-03-02T10:00:00Z"
+    quarantined = pq.read_table(resolve(result.quarantine_uri)[1]).to_pylist()
+    assert [(r["row"], r["reason"]) for r in quarantined] == [
+        (8, "expected 13 tab-separated fields, got 10 (line 8)"),
+        (9, "expected 13 tab-separated fields, got 5 (line 9)")]
+    reposts = pq.read_table(resolve(f"{result.documents_uri.rsplit('/', 1)[0]}/reposts")[1]).to_pylist()
+    assert [(r["row"], r["original_doc_id"]) for r in reposts] == [(4, docs["Back the blue"]["doc_id"])]

@@ -23,6 +23,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import sys
 import zlib
 from collections.abc import Iterator
@@ -40,7 +41,11 @@ from politune.ingest.schema import QUARANTINE_PART, RAW_MAX_CHARS, REPOST_PART, 
 from politune.ingest.shapes import BadRow, RecordMapper, Repost, make_doc_id, text_hash
 from politune.storage import is_outage, resolve
 
-FORMAT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+FORMAT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
+                   ".pq": "parquet"}
+# A line that starts a Truth Social dataset row: an integer id, a tab, a timestamp. Its text column is not quoted,
+# so a line break in a post splits the row; a line that does not start this way continues the row before it.
+TSV_RECORD_START = re.compile(r"^\d+\t\d{4}-\d\d-\d\d")
 # Compression is told from a file's first bytes whatever its name (a name only says what to expect).
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
 MAGIC_BYTES = {"gzip": (b"\x1f\x8b",), "bz2": tuple(b"BZh" + bytes([d]) for d in b"123456789"),
@@ -253,11 +258,64 @@ def iter_csv(f: Any, at: Position) -> Iterator[Record]:
         yield row, dict(zip(header, fields, strict=True)), raw, None
 
 
-def iter_text(f: Any, path: str, fmt: str, at: Position) -> Iterator[Record]:
-    """A JSONL or CSV file's records, decompressed first if it is compressed (a failure there is the file's damage,
-    raised on the first record)."""
+def iter_text(f: Any, path: str, fmt: str, at: Position, rejoin_tsv: bool = False) -> Iterator[Record]:
+    """A JSONL, CSV or TSV file's records, decompressed first if it is compressed (a failure there is the file's
+    damage, raised on the first record)."""
     stream = decompressed(f, path, at)
-    yield from iter_csv(stream, at) if fmt == "csv" else iter_jsonl(stream, at)
+    if fmt == "tsv":
+        yield from iter_tsv(stream, at, rejoin_tsv)
+    else:
+        yield from iter_csv(stream, at) if fmt == "csv" else iter_jsonl(stream, at)
+
+
+def iter_tsv(f: Any, at: Position, rejoin: bool) -> Iterator[Record]:
+    """Tab-separated lines without quoting, the first a header; `row` is the file line a record starts on. With
+    `rejoin` (the Truth Social dataset), a line that does not start a record (TSV_RECORD_START) continues the one
+    before it, joined by the line break it lost; a record still short of fields is quarantined with its lines."""
+    stream = buffered(f)
+    encoding, bom = text_encoding(stream)
+    if encoding != "utf-8":
+        raise ValueError(f"TSV in {encoding} is not supported; convert it to UTF-8")
+    stream.read(bom)
+    at.byte = bom
+    lines = byte_lines(stream)
+    try:
+        header = next(lines).decode("utf-8").rstrip("\r\n").split("\t")
+    except StopIteration:
+        return
+    pending: tuple[int, int, str] | None = None  # (first line, last line, text)
+
+    def record(first: int, last: int, text: str) -> Record:
+        fields = text.split("\t")
+        where = f"line {first}" if first == last else f"lines {first}-{last}"
+        if len(fields) != len(header):
+            return first, None, text, BadRow("(row)", f"expected {len(header)} tab-separated fields, got "
+                                                      f"{len(fields)} ({where})")
+        row = dict(zip(header, fields, strict=True))
+        if first != last:
+            row["_rejoined_lines"] = last - first + 1
+        return first, row, text, None
+
+    for number, raw in enumerate(lines, start=2):
+        at.byte = (at.byte or 0) + len(raw)
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            if pending:
+                yield record(*pending)
+                pending = None
+            at.row = number
+            yield number, None, raw.decode("utf-8", "replace"), BadRow("(line)", f"not valid UTF-8 ({err.reason})")
+            continue
+        if pending and rejoin and not TSV_RECORD_START.match(line):
+            pending = (pending[0], number, f"{pending[2]}\n{line}")
+            continue
+        if pending:
+            yield record(*pending)
+        at.row = number - 1
+        pending = (number, number, line)
+    if pending:
+        yield record(*pending)
 
 
 def iter_parquet(f: Any, at: Position, batch_rows: int) -> Iterator[Record]:
@@ -325,7 +383,7 @@ class CorpusDatasource(FileBasedDatasource):
         at = Position()
         fmt = corpus_file.format
         records = (iter_parquet(f, at, self.batch_rows) if fmt == "parquet"
-                   else iter_text(f, path, fmt, at))
+                   else iter_text(f, path, fmt, at, rejoin_tsv=mapper.source.shape == "truthsocial_tsv"))
         batch: list[dict[str, Any]] = []
         while True:
             try:

@@ -3,6 +3,9 @@
 Shapes:
 - truthsocial: a Truth Social status (Mastodon-style API: `content` HTML, `account.username`; a reblog is a
   Repost of the status under `reblog`) or a scraped truth (`text`, `author`, `timestamp`).
+- truthsocial_tsv: a row of the Truth Social dataset's truths.tsv (Gerard, Botzer and Weninger, ICWSM 2023):
+  `text`, `id`, `timestamp`, `author` (a key into users.tsv); a retruth is a Repost of `truth_retruthed`; replies
+  kept, `is_reply` true in meta.
 - politosphere: a Reddit comment from the Politosphere dumps or Pushshift's (`body`, HTML entities unescaped;
   `author`; `created_utc`, a number or a string of one).
 - politune: the project's own Document rows (`doc_id`, `text`, `created_at`, `author`, `meta`, `label`).
@@ -79,7 +82,10 @@ class RecordMapper:
             if str(record.get(field)) not in wanted:
                 raise BadRow(field, f"{WHERE_REASON}: {field} is {record.get(field)!r}, not one of {wanted}")
         shape = self.source.shape
-        if shape == "truthsocial":
+        if shape == "truthsocial_tsv":
+            record = _dataset_flags(record)
+            text_field, text, native_id, created, author, used = self._truthsocial_tsv(record)
+        elif shape == "truthsocial":
             text_field, text, native_id, created, author, used = self._truthsocial(record)
         elif shape == "politosphere":
             text_field, text, native_id, created, author, used = self._politosphere(record)
@@ -128,6 +134,16 @@ class RecordMapper:
         return (text_field, text, _native_id(r, "id"), _timestamp(r, created_field), author,
                 {"id", created_field, "author", "text", "content"})
 
+    def _truthsocial_tsv(self, r: dict[str, Any]) -> tuple:
+        if r.get("is_retruth") is True:
+            original = r.get("truth_retruthed")
+            raise Repost("is_retruth", original if original not in (None, "", "-1") else None)
+        if "text" not in r:
+            raise BadRow("text", "missing (the Truth Social dataset's truths.tsv has a `text` column)")
+        author = r.get("author")
+        return ("text", r["text"], _native_id(r, "id"), _timestamp(r, "timestamp"), author or None,
+                {"id", "timestamp", "author", "text", "is_retruth"})
+
     def _politosphere(self, r: dict[str, Any]) -> tuple:
         if "body" not in r:
             raise BadRow("body", "missing (a Politosphere comment needs `body`)")
@@ -165,6 +181,12 @@ class RecordMapper:
         if len(text) > self.max_text_chars:
             raise BadRow(field, f"{len(text):,} characters, over the limit of {self.max_text_chars:,}")
         return text
+
+
+def _dataset_flags(r: dict[str, Any]) -> dict[str, Any]:
+    """The Truth Social dataset writes booleans as t / f."""
+    flags = {"t": True, "f": False}
+    return {**r, **{k: flags[r[k]] for k in ("is_retruth", "is_reply") if r.get(k) in flags}}
 
 
 def _native_id(r: dict[str, Any], field: str) -> str | None:
