@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import psutil
+from compressed import codecs_bench
 from memory import run_measured
 
 MB = 2**20
@@ -56,9 +57,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--workdir", type=Path, default=None, help="keeps corpora between runs when given")
+    parser.add_argument("--codecs", action="store_true",
+                        help="instead: the read pass's MB/s per core, jsonl vs gzip, bz2, zstd (bench/compressed.py)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="politune-bench-"))
     print(f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; work dir {workdir}")
+    if args.codecs:
+        codecs_bench(args.sizes[0] if args.sizes != parser.get_default("sizes") else 200_000, workdir)
+        return
 
     rows = []
     for n in args.sizes:
