@@ -172,6 +172,9 @@ class SelectConfig(Section):
     min_quality_quantile: float = Field(0, ge=0, lt=1, description="quantile: drop posts below this rank.")
     source_sides: dict[str, Literal["left", "right"]] = Field(
         default_factory=dict, description="source: source name -> side, e.g. {politosphere: left}.")
+    subreddit_sides: dict[str, Literal["left", "right"]] = Field(
+        default_factory=dict, description="source: a Reddit post's side by its subreddit (kept in meta), before "
+        "source_sides, e.g. {politics: left, democrats: left, Conservative: right}.")
     near_duplicate_threshold: float | None = Field(
         0.8, gt=0, le=1, description="Drop a post whose estimated word-shingle Jaccard similarity to a kept "
         "post of its side reaches this (MinHash); null keeps them.")
@@ -180,8 +183,9 @@ class SelectConfig(Section):
 
     @model_validator(mode="after")
     def _source_method_needs_sides(self) -> SelectConfig:
-        if self.method == "source" and not self.source_sides:
-            raise ValueError("method: source needs source_sides, e.g. {politosphere: left, truthsocial: right}")
+        if self.method == "source" and not (self.source_sides or self.subreddit_sides):
+            raise ValueError("method: source needs source_sides, e.g. {politosphere: left, truthsocial: right}, "
+                             "or subreddit_sides, e.g. {politics: left, Conservative: right}")
         return self
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -107,3 +108,31 @@ def test_max_per_side_caps_the_strongest(tmp_path: Path) -> None:
     left = [r for r in pq.read_table(f"{cfg.run_uri}/selected").to_pylist() if r["side"] == "left"]
     assert [r["doc_id"] for r in left] == sorted(r["doc_id"] for r in left)  # the most left-leaning first
     assert left[0]["doc_id"] == "d0000"
+
+
+def test_source_method_takes_a_reddit_posts_side_from_its_subreddit(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="subreddit_sides"):
+        SelectConfig(method="source")
+    df = posts([("a", 5.0, 5, 5, "ok", "reddit", None), ("b", 5.0, 5, 5, "ok", "reddit", None),
+                 ("c", 5.0, 5, 5, "ok", "reddit", None), ("d", 5.0, 5, 5, "ok", "truthsocial", None)])
+    df["subreddit"] = ["politics", "Conservative", "cooking", None]
+    sel = SelectConfig(method="source", subreddit_sides={"politics": "left", "Conservative": "right"},
+                       source_sides={"truthsocial": "right"})
+    side, reason, _ = assign_sides(df, sel)
+    assert [s if isinstance(s, str) else None for s in side] == ["left", "right", None, "right"]
+    assert reason.tolist()[2] == "neither the subreddit nor the source has a side in select"
+
+    # and from the run: the subreddit read from the documents' meta, as ingest keeps it
+    cfg = write_run(tmp_path, 40)
+    run = Path(cfg.run_uri)
+    docs = pq.read_table(run / "documents" / "part-00000.parquet")
+    subreddits = ["politics" if i % 2 else "Conservative" for i in range(len(docs))]
+    docs = docs.append_column("meta", pa.array([json.dumps({"subreddit": s}) for s in subreddits]))
+    pq.write_table(docs, run / "documents" / "part-00000.parquet")
+    raw = {**cfg.model_dump(mode="json"), "select": {"method": "source", "balance": False,
+                                                      "near_duplicate_threshold": None,
+                                                      "subreddit_sides": {"politics": "left", "Conservative": "right"}}}
+    result = select_posts(build_config(raw))
+    selected = pq.read_table(f"{cfg.run_uri}/selected").to_pylist()
+    assert result.kept == {"left": 20, "right": 20}
+    assert all(s["side"] == ("left" if int(s["doc_id"][1:]) % 2 else "right") for s in selected)

@@ -12,6 +12,7 @@ the selected posts' text.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,7 @@ def _select(cfg: RunConfig, selected_uri: str) -> SelectResult:
     manifest = Manifest(run)
     manifest.require("annotations", annotations_uri, "politune annotate")
     manifest.forget("selected")
-    posts = _read_posts(annotations_uri, documents_uri)
+    posts = _read_posts(annotations_uri, documents_uri, with_subreddit=bool(cfg.select.subreddit_sides))
     side, reason, thresholds = assign_sides(posts, cfg.select)
     posts = posts.assign(side=side, reason=reason)
     texts = _texts(documents_uri, posts.loc[posts["side"].notna(), "doc_id"])
@@ -84,8 +85,12 @@ def assign_sides(posts: pd.DataFrame, sel: SelectConfig) -> tuple[pd.Series, pd.
     reason = pd.Series(None, index=posts.index, dtype=object)
     if sel.method == "source":
         side = posts["source"].map(sel.source_sides)
-        reason[side.isna()] = "source has no side in select.source_sides"
-        return side, reason, {"source_sides": sel.source_sides}
+        if sel.subreddit_sides:  # a subreddit with a side decides; the source's side is the fallback
+            side = posts["subreddit"].map(sel.subreddit_sides).fillna(side)
+            reason[side.isna()] = "neither the subreddit nor the source has a side in select"
+        else:
+            reason[side.isna()] = "source has no side in select.source_sides"
+        return side, reason, {"source_sides": sel.source_sides, "subreddit_sides": sel.subreddit_sides}
 
     ok = posts["status"] == "ok"
     reason[~ok] = "annotation status " + posts.loc[~ok, "status"]
@@ -134,13 +139,16 @@ def _drop_near_duplicates_and_cap(posts: pd.DataFrame, sel: SelectConfig, texts:
     return posts
 
 
-def _read_posts(annotations_uri: str, documents_uri: str) -> pd.DataFrame:
+def _read_posts(annotations_uri: str, documents_uri: str, with_subreddit: bool = False) -> pd.DataFrame:
     a_fs, a_path = resolve(annotations_uri)
     d_fs, d_path = resolve(documents_uri)
     annotations = pq.read_table(a_path, filesystem=a_fs,
                                 columns=["doc_id", "ideology", "relevance", "quality", "status"])
-    documents = pq.read_table(d_path, filesystem=d_fs, columns=["doc_id", "source", "label"])
-    return annotations.join(documents, "doc_id").to_pandas()
+    columns = ["doc_id", "source", "label", *(["meta"] if with_subreddit else [])]
+    posts = annotations.join(pq.read_table(d_path, filesystem=d_fs, columns=columns), "doc_id").to_pandas()
+    if with_subreddit:  # ingest keeps the fields a shape does not map, Reddit's subreddit among them, in meta
+        posts["subreddit"] = posts.pop("meta").map(lambda meta: json.loads(meta or "{}").get("subreddit"))
+    return posts
 
 
 def _texts(documents_uri: str, doc_ids: pd.Series) -> dict[str, str]:
