@@ -108,3 +108,12 @@ def test_a_mastodon_reblog_is_a_repost_of_its_original() -> None:
         mapper("truthsocial").to_document({"id": "2", "content": "", "reblog": {"id": "1", "content": "<p>Hi</p>"}})
     assert (repost.value.field, repost.value.original_id) == ("reblog", "1")
     assert mapper("truthsocial").to_document({"id": "3", "content": "<p>Own</p>", "reblog": None})["text"] == "Own"
+
+
+def test_a_pushshift_submission_is_its_title_and_self_text() -> None:
+    m = mapper("politosphere")
+    doc = m.to_document({"id": "s1", "title": "Tax plan &amp; you", "selftext": "Read it &gt; here",
+                         "created_utc": "1432068778", "subreddit": "politics"})
+    assert doc["text"] == "Tax plan & you\n\nRead it > here"
+    assert m.to_document({"id": "s2", "title": "Link post", "selftext": "[removed]"})["text"] == "Link post"
+    assert json.loads(doc["meta"]) == {"subreddit": "politics"}

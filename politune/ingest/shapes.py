@@ -7,7 +7,8 @@ Shapes:
   `text`, `id`, `timestamp`, `author` (a key into users.tsv); a retruth is a Repost of `truth_retruthed`; replies
   kept, `is_reply` true in meta.
 - politosphere: a Reddit comment from the Politosphere dumps or Pushshift's (`body`, HTML entities unescaped;
-  `author`; `created_utc`, a number or a string of one).
+  `author`; `created_utc`, a number or a string of one), or a Pushshift submission (`title`, and `selftext` unless
+  it was removed).
 - politune: the project's own Document rows (`doc_id`, `text`, `created_at`, `author`, `meta`, `label`).
 - generic: any record with a text column; `fields` in the source config names the columns.
 """
@@ -145,8 +146,10 @@ class RecordMapper:
                 {"id", "timestamp", "author", "text", "is_retruth"})
 
     def _politosphere(self, r: dict[str, Any]) -> tuple:
+        if "body" not in r and "title" in r:
+            return self._reddit_submission(r)
         if "body" not in r:
-            raise BadRow("body", "missing (a Politosphere comment needs `body`)")
+            raise BadRow("body", "missing (a Reddit comment needs `body`, a submission `title`)")
         body = r["body"]
         if isinstance(body, str):
             body = html.unescape(body)  # Reddit keeps its HTML escaping in bodies: &gt; quotes, &amp;, &lt;
@@ -154,6 +157,17 @@ class RecordMapper:
             raise BadRow("body", f"comment was deleted or removed ({body.strip()})")
         return ("body", body, _native_id(r, "id"), _timestamp(r, "created_utc"), _optional_str(r, "author"),
                 {"body", "id", "created_utc", "author"})
+
+    def _reddit_submission(self, r: dict[str, Any]) -> tuple:
+        """A submission (Pushshift's RS_ files): its title, and its self text when it has one left."""
+        title, selftext = r["title"], r.get("selftext")
+        if not isinstance(title, str):
+            raise BadRow("title", f"expected a string, got {type(title).__name__}")
+        text = html.unescape(title)
+        if isinstance(selftext, str) and selftext.strip() and selftext.strip() not in DELETED_BODIES:
+            text = f"{text}\n\n{html.unescape(selftext)}"
+        return ("title", text, _native_id(r, "id"), _timestamp(r, "created_utc"), _optional_str(r, "author"),
+                {"title", "selftext", "id", "created_utc", "author"})
 
     def _politune(self, r: dict[str, Any]) -> tuple:
         if "text" not in r:
