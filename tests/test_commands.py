@@ -241,8 +241,9 @@ def test_a_failure_in_a_ray_data_actor_is_told_once(demo_run: DemoRun, tmp_path:
     assert "error: annotate failed in a Ray Data actor MapBatches(_HFAnnotatorTable) (pid " in out
     assert out.count("Error while deserializing header") == 1 and "Traceback" not in out
     assert re.search(r"full log: (\S+)", out)[1].endswith("ray-data/ray-data.log")
-    # the raylet's retry notices, each with the actor's traceback, went to a file instead
-    assert "Traceback" in next((run / "_ray").rglob("politune-driver.log")).read_text()
+    # the raylet's retry notices went to a file instead (which of them arrive before the driver exits varies:
+    # the ones with the actor's traceback, or only a notice that its calls were cancelled)
+    assert "MapWorker(MapBatches(_HFAnnotatorTable))" in next((run / "_ray").rglob("politune-driver.log")).read_text()
 
 
 def test_a_missing_model_folder_fails_before_ray_starts(tmp_path: Path) -> None:

@@ -33,7 +33,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import zstandard
 from ray.data.datasource import FileBasedDatasource
 
 from politune.config import SourceConfig
@@ -96,6 +95,8 @@ def decompressed(f: Any, path: str, at: Position) -> io.BufferedIOBase:
     if codec == "bz2":
         return bz2.BZ2File(stream)
     if codec == "zstd":
+        import zstandard  # only where a zstd file is read
+
         reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
             stream, read_across_frames=True)
         return io.BufferedReader(reader)
@@ -137,7 +138,12 @@ Record = tuple[int, dict[str, Any] | None, str, BadRow | None]  # (row, record, 
 
 # What reading a damaged file raises: a cut or corrupt stream (OSError, EOFError, zlib / zstd errors), bytes that
 # are not what the format says (ValueError: UnicodeDecodeError, Arrow's ArrowInvalid), any other Arrow error.
-FILE_DAMAGE = (OSError, EOFError, ValueError, zlib.error, zstandard.ZstdError, pa.ArrowException)
+FILE_DAMAGE = (OSError, EOFError, ValueError, zlib.error, pa.ArrowException)
+
+
+def is_file_damage(err: BaseException) -> bool:
+    """FILE_DAMAGE, or a zstd stream's error (zstandard is imported only where a zstd file is read)."""
+    return isinstance(err, FILE_DAMAGE) or type(err).__module__.startswith("zstandard")
 
 
 @dataclass
@@ -390,7 +396,9 @@ class CorpusDatasource(FileBasedDatasource):
                 row, record, raw, error = next(records)
             except StopIteration:
                 break
-            except FILE_DAMAGE as err:  # the rows read so far are kept
+            except Exception as err:  # damage to the file: the rows read so far are kept
+                if not is_file_damage(err):
+                    raise  # a defect of ours, not of the file
                 if is_outage(err):
                     raise  # not the file's fault: Ray Data retries the read, skipping the blocks already yielded
                 encoding = "".join(f", read as {n}" for n in at.notes)
