@@ -291,6 +291,25 @@ def ray_local(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def pairs_run(ray_local, tmp_path_factory) -> dict:
+    """A raw run config with labelled pairs synthesized (the released-set path) for the tiny model: what the
+    training tests train on. One a module."""
+    from test_train import TRAIN, write_labelled_pairs
+
+    from politune.config import TinyModelConfig, build_config
+    from politune.models.tiny import build_tiny_model
+    from politune.synthesize import synthesize_preferences
+
+    root = tmp_path_factory.mktemp("train")
+    model = build_tiny_model(TinyModelConfig(), root / "tiny")
+    raw = {"run_id": "train", "storage_root": str(root / "runs"), "tiny_model": {"out": str(model)},
+           "synthesize": {"source": "released", "released": write_labelled_pairs(root), "eval_share": 0.2},
+           "train": TRAIN}
+    synthesize_preferences(build_config(raw))
+    return raw
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, free_port
-from test_train import TRAIN, assert_checkpoints_registered, recorded_checkpoints, with_train, write_labelled_pairs
+from test_train import assert_checkpoints_registered, recorded_checkpoints, with_train
 
 from politune.annotate import annotate_documents
 from politune.config import TinyModelConfig, build_config
@@ -278,17 +278,6 @@ def test_a_pair_writer_actor_killed_mid_batch_costs_a_retry_not_a_pair(pipeline_
 
 
 # --- train: a Ray Train worker killed mid-epoch --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pairs_run(ray_local, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("faults-train")
-    model = build_tiny_model(TinyModelConfig(), root / "tiny")
-    raw = {"run_id": "train", "storage_root": str(root / "runs"), "tiny_model": {"out": str(model)},
-           "synthesize": {"source": "released", "released": write_labelled_pairs(root), "eval_share": 0.2},
-           "train": TRAIN}
-    synthesize_preferences(build_config(raw))
-    return raw
 
 
 def test_a_training_worker_killed_mid_epoch_resumes_from_a_checkpoint_in_the_same_run(pairs_run: dict,

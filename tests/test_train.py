@@ -54,20 +54,6 @@ def write_labelled_pairs(folder: Path, n: int = 120, seed: int = 5) -> dict[str,
     return files
 
 
-@pytest.fixture(scope="module")
-def pairs_run(ray_local, tmp_path_factory) -> dict:
-    from politune.config import TinyModelConfig
-    from politune.models.tiny import build_tiny_model
-
-    root = tmp_path_factory.mktemp("train")
-    model = build_tiny_model(TinyModelConfig(), root / "tiny")
-    raw = {"run_id": "train", "storage_root": str(root / "runs"), "tiny_model": {"out": str(model)},
-           "synthesize": {"source": "released", "released": write_labelled_pairs(root), "eval_share": 0.2},
-           "train": TRAIN}
-    synthesize_preferences(build_config(raw))
-    return raw
-
-
 def with_train(raw: dict, **train) -> dict:
     return {**raw, "train": {**raw["train"], **train}}
 

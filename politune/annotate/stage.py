@@ -59,10 +59,10 @@ def annotate_documents(cfg: RunConfig) -> AnnotateResult:
 
 
 def _annotate(cfg: RunConfig, annotations_uri: str) -> AnnotateResult:
-    init_ray(cfg)
     documents_uri = join(cfg.run_uri, "documents")
     manifest = Manifest(cfg.run_uri)
-    manifest.require("documents", documents_uri, "politune ingest")
+    manifest.require("documents", documents_uri, "politune ingest")  # before Ray starts
+    init_ray(cfg)
     docs_fs, docs_path = resolve(documents_uri)
     out_fs, out_path = resolve(annotations_uri)
     manifest.forget("annotations")  # recorded again once every document is scored

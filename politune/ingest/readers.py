@@ -1,9 +1,9 @@
-"""Read corpus files (jsonl, jsonl.gz, CSV, Parquet; local or s3://) as a Ray Dataset of staging rows.
+"""Read corpus files (JSON lines, CSV, TSV, Parquet; gzip, bz2 or zstd; local or s3://) as a Ray Dataset of
+staging rows.
 
 A file is streamed in batches, never loaded whole. Every record becomes exactly one staging row:
 a Document with its dedup bucket, a re-post naming its original, or a quarantined row with file, row,
-field and reason. Nothing a
-file holds is skipped silently, blank lines included.
+field and reason. Nothing a file holds is skipped silently, blank lines included.
 
 A damaged file costs only itself: the rows read before the damage are kept, and the rest of the file
 becomes one quarantined row (field `(file)`) naming where reading stopped and why. That covers a
@@ -143,7 +143,8 @@ FILE_DAMAGE = (OSError, EOFError, ValueError, zlib.error, pa.ArrowException)
 
 def is_file_damage(err: BaseException) -> bool:
     """FILE_DAMAGE, or a zstd stream's error (zstandard is imported only where a zstd file is read)."""
-    return isinstance(err, FILE_DAMAGE) or type(err).__module__.startswith("zstandard")
+    zstandard = sys.modules.get("zstandard")
+    return isinstance(err, FILE_DAMAGE) or (zstandard is not None and isinstance(err, zstandard.ZstdError))
 
 
 @dataclass

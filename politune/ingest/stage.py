@@ -92,8 +92,9 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
         for fs, files in by_filesystem.values():
             datasource = CorpusDatasource(cfg.sources, files, fs, cfg.ingest.max_text_chars, num_buckets,
                                           cfg.ingest.read_batch_rows)
-            _quarantine_vanished(datasource.vanished_files(), out_fs, staging_path)
-            if len(datasource.vanished_files()) < len(files):
+            vanished = datasource.vanished_files()
+            _quarantine_vanished(vanished, out_fs, staging_path)
+            if len(vanished) < len(files):
                 ray.data.read_datasource(datasource, override_num_blocks=len(files)).write_parquet(
                     staging_path, filesystem=out_fs, partition_cols=["part"], mode=SaveMode.APPEND)
 
