@@ -253,19 +253,29 @@ def test_compression_is_told_from_the_first_bytes(ray_local, tmp_path: Path) -> 
 
 
 def test_reblogs_are_counted_as_reposts_of_their_original(ray_local, tmp_path: Path) -> None:
-    statuses = [{"id": str(i), "content": f"<p>status {i}</p>", "account": {"username": "u"}, "reblog": None}
-                for i in range(6)]
-    statuses += [{"id": f"r{i}", "content": "", "account": {"username": "v"}, "reblog": statuses[i]} for i in (0, 0, 3)]
+    """Mastodon-API statuses as JSON lines, plain and in every compression: a reblog (empty content, the original
+    under `reblog`) is a re-post of its original, not a document and not an empty text."""
+    import bz2
+
+    import zstandard
+
+    compressions = {"statuses.jsonl": lambda b: b, "statuses.jsonl.gz": gzip.compress, "statuses.bz2": bz2.compress,
+                    "statuses.zst": zstandard.ZstdCompressor().compress}
     (tmp_path / "api").mkdir()
-    (tmp_path / "api" / "statuses.jsonl").write_text("".join(json.dumps(s) + "\n" for s in statuses))
+    for name, compress in compressions.items():
+        statuses = [{"id": f"{name}{i}", "content": f"<p>{name} status {i}</p>", "account": {"username": "u"},
+                     "reblog": None} for i in range(6)]
+        statuses += [{"id": f"{name}r{i}", "content": "", "account": {"username": "v"}, "reblog": statuses[i]}
+                     for i in (0, 0, 3)]
+        (tmp_path / "api" / name).write_bytes(compress("".join(json.dumps(s) + "\n" for s in statuses).encode()))
     result = ingest_corpus(make_config([{"name": "ts", "paths": [str(tmp_path / "api")], "shape": "truthsocial"}],
                                        str(tmp_path / "runs")))
     c = result.counts["ts"]
-    assert (c["read"], c["kept"], c["duplicates"], c["reposts"], c["quarantined"]) == (9, 6, 0, 3, 0)
+    assert (c["read"], c["kept"], c["duplicates"], c["reposts"], c["quarantined"]) == (36, 24, 0, 12, 0)
     docs = {d["text"]: d["doc_id"] for d in read_documents(result.documents_uri).to_pylist()}
     reposts = pq.read_table(resolve(f"{result.documents_uri.rsplit('/', 1)[0]}/reposts")[1]).to_pylist()
-    assert [(r["row"], r["original_doc_id"]) for r in reposts] == [
-        (7, docs["status 0"]), (8, docs["status 0"]), (9, docs["status 3"])]
+    assert [(Path(r["file"]).name, r["row"], r["original_doc_id"]) for r in reposts] == [
+        (name, row, docs[f"{name} status {i}"]) for name in sorted(compressions) for row, i in ((7, 0), (8, 0), (9, 3))]
 
 
 TRUTHS_HEADER = ["id", "timestamp", "time_scraped", "is_retruth", "is_reply", "author", "like_count", "retruth_count",
@@ -303,7 +313,8 @@ def test_the_truth_social_datasets_tsv(ray_local, tmp_path: Path, compress: str)
     result = ingest_corpus(make_config([{"name": "ts", "paths": [str(tmp_path / "ts")], "shape": "truthsocial_tsv"}],
                                        str(tmp_path / "runs")))
     c = result.counts["ts"]
-    assert (c["kept"], c["duplicates"], c["reposts"], c["quarantined"]) == (4, 0, 1, 2)
+    assert (c["kept"], c["duplicates"], c["reposts"], c["quarantined"], c["rejoined"]) == (4, 0, 1, 2, 1)
+    assert c["reasons"] == {"(row): wrong number of fields": 2}
     assert c["read"] == c["kept"] + c["duplicates"] + c["reposts"] + c["quarantined"]
     docs = {d["text"]: d for d in read_documents(result.documents_uri).to_pylist()}
     assert set(docs) == {"Back the blue", "Secure the border", "Agreed, totally", "A post over\ntwo lines"}

@@ -29,6 +29,8 @@ from politune.ingest.schema import (
 )
 from politune.ingest.shapes import WHERE_REASON
 
+REJOINED_KEY = '"_rejoined_lines"'  # in a document's meta: a TSV row re-joined from lines its text had split
+
 _ORDER = [("text_hash", "ascending"), ("source", "ascending"), ("file", "ascending"), ("row", "ascending")]
 
 
@@ -48,6 +50,7 @@ def dedup_bucket(fs: pafs.FileSystem, bucket_dir: str, out_path: str, dedup: boo
     """Write one bucket's surviving documents to out_path (sorted by doc_id); return counts by source."""
     table = pq.read_table(bucket_dir, filesystem=fs, columns=["text_hash", "file", "row", *DOCUMENT_COLUMNS])
     sources = table["source"]
+    rejoined = Counter(sources.filter(pc.match_substring(table["meta"], REJOINED_KEY)).to_pylist())
     keep = first_of_each_text(table) if dedup else np.arange(len(table))
     keep = keep[pc.sort_indices(table["doc_id"].take(keep)).to_numpy()]  # output sorted by doc_id
     kept = table.select(DOCUMENT_COLUMNS).take(keep).cast(DOCUMENT_SCHEMA)
@@ -61,6 +64,7 @@ def dedup_bucket(fs: pafs.FileSystem, bucket_dir: str, out_path: str, dedup: boo
         "staged": dict(staged),
         "kept": dict(kept_by_source),
         "duplicates": {s: staged[s] - kept_by_source.get(s, 0) for s in staged if staged[s] > kept_by_source.get(s, 0)},
+        "rejoined": dict(rejoined),
     }
 
 
@@ -91,7 +95,7 @@ def _reason_kind(reason: str) -> str:
     if "over the limit" in reason:
         return "over max_text_chars"
     if reason.startswith("expected ") and " fields, got " in reason:
-        return "wrong number of CSV fields"
+        return "wrong number of fields"
     if reason.startswith("not valid JSON"):
         return "not valid JSON"
     if reason.startswith(WHERE_REASON):

@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 class IngestResult:
     documents_uri: str
     quarantine_uri: str
-    counts: dict[str, dict[str, Any]]  # per source: read, kept, duplicates, reposts, quarantined, reasons
+    # per source: read, kept, duplicates, reposts, quarantined, reasons, and rejoined (of the rows read, TSV rows
+    # re-joined from the lines an unquoted line break had split them into)
+    counts: dict[str, dict[str, Any]]
     num_buckets: int
     damaged_files: dict[str, dict[str, str]] = field(default_factory=dict)  # per source: file -> why it stopped
 
@@ -182,6 +184,7 @@ def _dedup_and_collect(
             "read": staged + reposts.get(name, 0) + quarantined, "kept": kept, "duplicates": duplicates,
             "reposts": reposts.get(name, 0), "quarantined": quarantined,
             "reasons": dict(Counter(reasons.get(name, {})).most_common()),
+            "rejoined": sum(c["rejoined"].get(name, 0) for c in bucket_counts),
         }
     return counts, quarantine["damaged_files"]
 
