@@ -51,7 +51,9 @@ def print_ingest(result: IngestResult) -> None:
     console.print(table)
     for source, c in result.counts.items():
         if c.get("rejoined"):
-            console.print(f"  re-joined in {source}: {c['rejoined']:,} rows whose text's line breaks had split them")
+            n = c["rejoined"]
+            console.print(f"  re-joined in {source}: {n:,} {'row' if n == 1 else 'rows'} whose text's line breaks "
+                          "had split them")
         for reason, n in c["reasons"].items():
             console.print(f"  quarantined from {source}: {n:,} × {escape(reason)}")
     damaged = [(file, reason) for files in result.damaged_files.values() for file, reason in sorted(files.items())]
