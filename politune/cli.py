@@ -17,7 +17,10 @@ app = typer.Typer(help="Measure and steer the political leaning of LLMs, on Ray.
 config_app = typer.Typer(help="Show presets and validate run configs.", no_args_is_help=True)
 model_app = typer.Typer(help="Build the embedded tiny model.", no_args_is_help=True)
 corpus_app = typer.Typer(help="Generate a sample corpus of posts.", no_args_is_help=True)
+runs_app = typer.Typer(help="The runs in a storage root: `politune runs` lists them, `politune runs show RUN` shows "
+                            "one.", invoke_without_command=True)
 app.add_typer(config_app, name="config")
+app.add_typer(runs_app, name="runs")
 app.add_typer(model_app, name="model")
 app.add_typer(corpus_app, name="corpus")
 
@@ -50,18 +53,25 @@ def _run(stages: Stages, run: Callable[[RunConfig], Any], config: str | None, pr
 
 
 @app.command()
-def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt) -> None:
-    """Run the whole pipeline (tiny model, sample corpus, ingest, annotate, select, synthesize, train, evaluate,
-    report)."""
+def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt,
+        from_stage: str = typer.Option(None, "--from", help="rerun this stage and every later one"),
+        only: str = typer.Option(None, "--only", help="run this stage alone, done or not")) -> None:
+    """Run the whole study, skipping the stages already done.
+
+    Tiny model, sample corpus, ingest, annotate, select, synthesize, train, evaluate, report: a stage is skipped
+    while the run's manifest records it as done with this config and these inputs."""
     def run_all(cfg: RunConfig) -> None:
         from politune.console import config_args, print_pipeline
         from politune.pipeline import run_pipeline
 
-        print_pipeline(run_pipeline(cfg), config_args(config, preset, set_))
+        print_pipeline(run_pipeline(cfg, from_stage, only), config_args(config, preset, set_))
 
-    from politune.prepare import pipeline_stages
+    def stages(cfg: RunConfig) -> tuple[str, ...]:
+        from politune.pipeline import planned_stages
 
-    _run(pipeline_stages, run_all, config, preset, set_, verbose, announce=False, name="run")
+        return planned_stages(cfg, from_stage, only)
+
+    _run(stages, run_all, config, preset, set_, verbose, announce=False, name="run")
 
 
 @app.command()
@@ -232,6 +242,42 @@ def probe(
     for m, answer in answers:
         table.add_row(m, answer.choices[0].message.content, answer.choices[0].finish_reason)
     Console().print(table)
+
+
+RootOpt = typer.Option(None, "--root", help="Storage root to look in (default: the config's storage_root).")
+
+
+def _root(root: str | None, config: str | None, preset: str | None, set_: list[str]) -> str:
+    return root or _config(config, preset, set_).storage_root
+
+
+@runs_app.callback()
+def runs(ctx: typer.Context, root: str = RootOpt, config: str = ConfigOpt, preset: str = PresetOpt,
+         set_: list[str] = SetOpt) -> None:
+    """List the runs in a storage root: stages done, adapters, compass positions."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from politune.console import print_runs
+    from politune.runs import list_runs
+
+    where = _root(root, config, preset, set_)
+    print_runs(where, list_runs(where))
+
+
+@runs_app.command("show")
+def runs_show(run_id: str = typer.Argument(..., help="A run's id (its folder in the storage root)."),
+              root: str = RootOpt, config: str = ConfigOpt, preset: str = PresetOpt,
+              set_: list[str] = SetOpt) -> None:
+    """Show one run: each stage's last run (when, how long, its figures), artifacts, adapters, positions."""
+    from politune.console import print_run
+    from politune.runs import read_run
+
+    try:
+        run = read_run(_root(root, config, preset, set_), run_id)
+    except FileNotFoundError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    print_run(run)
 
 
 @config_app.command("show")

@@ -37,8 +37,12 @@ def run_command(stages: Sequence[str] | Callable[[RunConfig], Sequence[str]], ru
     except ConfigError as err:
         _error(str(err))
         return EXIT_BAD_CONFIG
-    stages = stages(cfg) if callable(stages) else stages
-    name = name or "/".join(stages)
+    try:
+        stages = stages(cfg) if callable(stages) else stages
+    except ValueError as err:  # a stage choice (--from, --only) this run does not have
+        _error(f"{name or 'run'}: {err}")
+        return EXIT_BAD_CONFIG
+    name = name or "/".join(stages) or "run"
     try:
         prepared = prepare_stages(cfg, *stages)
         if announce:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,15 +15,17 @@ from politune.evaluate import EvaluateResult
 from politune.ingest import IngestResult
 from politune.pipeline import PipelineResult
 from politune.report import ReportResult
+from politune.runs import STAGE_ARTIFACTS, RunSummary
 from politune.select import SelectResult
 from politune.synthesize import SynthesizeResult
 from politune.train import TrainResult
 
-console = Console()
+console = Console(soft_wrap=not sys.stdout.isatty())  # a job log or a pipe: a line a line, as printed
 
 
-def job_arguments(description: str, sides: bool = False) -> argparse.Namespace:
-    """The arguments every job in jobs/ takes (the same as the CLI's); `sides`: train's --side too."""
+def job_arguments(description: str, sides: bool = False, stages: bool = False) -> argparse.Namespace:
+    """The arguments every job in jobs/ takes (the same as the CLI's); `sides`: train's --side too; `stages`: the
+    pipeline's --from and --only."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="run config YAML (default: the `local` preset)")
     parser.add_argument("--preset", help="a shipped preset: local, llama3-8b, mistral-7b")
@@ -30,6 +33,9 @@ def job_arguments(description: str, sides: bool = False) -> argparse.Namespace:
                         help="override one config field (repeatable)")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="stream Ray's and the workers' output into the job log too")
+    if stages:
+        parser.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every later one")
+        parser.add_argument("--only", metavar="STAGE", help="run this stage alone, done or not")
     if sides:
         parser.add_argument("--side", action="append", choices=["left", "right"],
                             help="repeatable; default: the config's train.sides")
@@ -136,12 +142,12 @@ def config_args(config: str | None, preset: str | None, overrides: list[str]) ->
 
 def print_next_steps(result: PipelineResult, args: str) -> None:
     """How to serve and probe what the run trained."""
-    adapters = [r.adapter.name for r in result.train.values()]
-    if not adapters:
+    if not result.adapters:
         return
     serve = f"politune serve {args}".strip()
-    console.print(f"next:       {escape(serve)}   # base and adapters {', '.join(adapters)} on {result.serve_url}")
-    models = " ".join(f"--model {result.served_id}:{a}" for a in adapters)
+    adapters = ", ".join(result.adapters)
+    console.print(f"next:       {escape(serve)}   # base and adapters {adapters} on {result.serve_url}")
+    models = " ".join(f"--model {result.served_id}:{a}" for a in result.adapters)
     console.print(f'            politune probe "What should the government do about taxes?" --url {result.serve_url} '
                   f"--model {result.served_id} {models}")
 
@@ -151,14 +157,56 @@ def print_pipeline(result: PipelineResult, args: str = "") -> None:
         console.print(f"tiny model: {result.tiny_model}  (random weights: its text is noise)")
     if result.corpus:
         console.print(f"corpus:     {result.corpus['n']:,} generated posts in {result.corpus['out']}")
-    for stage, show in ((result.ingest, print_ingest), (result.annotate, print_annotate),
-                        (result.select, print_select)):
-        if stage is not None:
-            show(stage)
-    print_synthesize(result.synthesize)
-    if result.train:
-        print_train(result.train)
-    if result.evaluate:
-        print_evaluate(result.evaluate)
+    shown = {"ingest": print_ingest, "annotate": print_annotate, "select": print_select,
+             "synthesize": print_synthesize, "train": print_train, "evaluate": print_evaluate}
+    for stage, show in shown.items():
+        if stage in result.skipped:
+            console.print(f"{stage + ':':<11} skipped: {escape(result.skipped[stage])}")
+        elif getattr(result, stage):
+            show(getattr(result, stage))
+    if result.skipped and not any(getattr(result, stage) for stage in shown):
+        console.print("run:        nothing to do: every stage is done (--from STAGE reruns from a stage)")
     console.print(f"run:        {result.run_uri}  (manifest.json lists every artifact and its counts)")
     print_next_steps(result, args)
+
+
+def _positions(run: RunSummary) -> str:
+    return "; ".join(f"{p.model} {p.economic:+.1f}, {p.social:+.1f}" for p in run.positions)
+
+
+def print_runs(root: str, runs: list[RunSummary]) -> None:
+    if not runs:
+        console.print(f"no runs in {escape(root)}")
+        return
+    table = Table(title=f"runs in {escape(root)}")
+    for column in ("run", "stages done", "adapters", "compass (economic, social)", "last written"):
+        table.add_column(column)
+    for run in runs:
+        stages = f"{len(run.stages_done)}/{len(STAGE_ARTIFACTS)}"
+        if 0 < len(run.stages_done) < len(STAGE_ARTIFACTS):
+            stages += f": {', '.join(run.stages_done)}"
+        table.add_row(escape(run.run_id), stages, ", ".join(run.adapters) or "-", escape(_positions(run)) or "-",
+                      run.last_written)
+    console.print(table)
+
+
+def print_run(run: RunSummary) -> None:
+    console.print(f"run:        {escape(run.uri)}")
+    recorded = run.manifest.get("stages", {})
+    for stage in STAGE_ARTIFACTS:
+        state = "done" if stage in run.stages_done else "not done"
+        last = recorded.get(stage)
+        if last:
+            figures = ", ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}"
+                                for k, v in last["figures"].items() if not isinstance(v, dict))
+            figures += "".join(f", model {ref} ({rev or 'revision unknown'})" for ref, rev in last["models"].items())
+            state += f"; last ran {last['started_at']} for {last['seconds']:.0f} s on {last['code_version']}"
+            state += f" ({figures})" if figures else ""
+        console.print(f"{stage + ':':<11} {escape(state)}")
+    for name, entry in run.manifest.get("artifacts", {}).items():
+        models = f", models {', '.join(entry['models'])}" if entry.get("models") else ""
+        console.print(f"  {escape(name)}: {escape(entry['path'])} (written {entry['written_at']}{escape(models)})")
+    if run.positions:
+        p = run.positions[0]
+        console.print(f"compass:    {p.instrument} ({p.mode}): {escape(_positions(run))}")
+        console.print(f"report:     {escape(run.uri)}/report/report.html")

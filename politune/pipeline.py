@@ -1,29 +1,55 @@
-"""The main job: every stage that exists, in order, on one config.
+"""The main job: every stage, in order, on one config, skipping what is already done.
 
-Today that is: ingest, annotate, select, synthesize, train (one adapter a side in train.sides), evaluate every
-model of the run and write the report. Before the first stage starts, every stage's inputs are made ready and
-every model reference is checked (prepare.py): the tiny model is built when the config uses it, the sample corpus
-generated when the config asks for one. A run that imports its preference pairs (synthesize.source: released)
-skips straight to synthesize.
+The stages are ingest, annotate, select, synthesize, train (one adapter a side in train.sides) and evaluate, which
+serves the base model with every adapter, asks them the instruments and writes the report. A run that imports its
+preference pairs (synthesize.source: released) starts at synthesize.
+
+A stage is done when the run's manifest records each of its artifacts as made with the stage's config hash from
+its inputs as they are now (`<stage>_identity`): the source files' paths and sizes for ingest, the upstream
+artifacts' fingerprints for the others. A done stage is skipped and says so; a change to a stage's config section
+or to anything upstream of it makes it run again. `from_stage` reruns that stage and every later one; `only` runs
+one stage whatever the manifest says. Before the first stage starts, what the stages that will run need is made
+ready and every model reference is checked (prepare.py).
+
+Each stage that runs is recorded in the manifest's `stages`: start and end, seconds, the code version and its own
+figures (throughput, tokens, steps).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
 from politune.annotate import AnnotateResult, annotate_documents
+from politune.annotate.stage import annotate_identity
 from politune.config import RunConfig
 from politune.evaluate import EvaluateResult, evaluate_models
+from politune.evaluate.stage import evaluate_identity
 from politune.failures import StageFailed
 from politune.ingest import IngestResult, ingest_corpus
-from politune.prepare import pipeline_stages, prepare_stages
+from politune.ingest.stage import ingest_identity
+from politune.models import model_revision
+from politune.prepare import model_fields, pipeline_stages, prepare_stages
 from politune.select import SelectResult, select_posts
+from politune.select.stage import select_identity
+from politune.storage import Manifest
 from politune.synthesize import SynthesizeResult, synthesize_preferences
+from politune.synthesize.stage import synthesize_identity
 from politune.train import TrainResult, train_adapters
+from politune.train.stage import train_identity
 
-T = TypeVar("T")
+Identity = Callable[[RunConfig, Manifest], dict[str, tuple[str, dict[str, str]]]]
+IDENTITIES: dict[str, Identity] = {
+    "ingest": ingest_identity, "annotate": annotate_identity, "select": select_identity,
+    "synthesize": synthesize_identity, "train": train_identity, "evaluate": evaluate_identity,
+}
+BUILDERS: dict[str, Callable[[RunConfig], Any]] = {
+    "ingest": ingest_corpus, "annotate": annotate_documents, "select": select_posts,
+    "synthesize": synthesize_preferences, "train": train_adapters, "evaluate": evaluate_models,
+}
 
 
 @dataclass
@@ -31,35 +57,117 @@ class PipelineResult:
     run_uri: str
     tiny_model: str | None
     corpus: dict[str, Any] | None
-    ingest: IngestResult | None  # None: the run imports its pairs
-    annotate: AnnotateResult | None
-    select: SelectResult | None
-    synthesize: SynthesizeResult
-    train: dict[str, TrainResult]
     served_id: str  # the id `politune serve` gives the base model
     serve_url: str  # and where it serves it
+    ingest: IngestResult | None = None  # None: skipped, or not a stage of this run (it imports its pairs)
+    annotate: AnnotateResult | None = None
+    select: SelectResult | None = None
+    synthesize: SynthesizeResult | None = None
+    train: dict[str, TrainResult] = field(default_factory=dict)
     evaluate: EvaluateResult | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # stage -> why, in the order of the stages
+    adapters: list[str] = field(default_factory=list)  # every adapter the manifest records, trained now or before
 
 
 def serve_url(cfg: RunConfig) -> str:
     return f"http://{cfg.serve.host}:{cfg.serve.port}/v1"
 
 
-def _stage(name: str, build: Callable[[RunConfig], T], cfg: RunConfig) -> T:
+def is_done(cfg: RunConfig, stage: str, manifest: Manifest) -> bool:
+    """Whether the manifest records every artifact of `stage` as made with this config from today's inputs."""
     try:
-        return build(cfg)
-    except Exception as err:
-        raise StageFailed(name) from err
+        made_of = IDENTITIES[stage](cfg, manifest)
+    except FileNotFoundError:  # ingest's sources are not there (yet): nothing to compare with
+        return False
+    return all(manifest.is_current(artifact, *identity) for artifact, identity in made_of.items())
 
 
-def run_pipeline(cfg: RunConfig) -> PipelineResult:
+def check_stage_choice(cfg: RunConfig, from_stage: str | None, only: str | None) -> None:
     stages = pipeline_stages(cfg)
-    prepared = prepare_stages(cfg, *stages)
-    ingested = _stage("ingest", ingest_corpus, cfg) if "ingest" in stages else None
-    annotated = _stage("annotate", annotate_documents, cfg) if "annotate" in stages else None
-    selected = _stage("select", select_posts, cfg) if "select" in stages else None
-    synthesized = _stage("synthesize", synthesize_preferences, cfg)
-    trained = _stage("train", train_adapters, cfg)
-    evaluated = _stage("evaluate", evaluate_models, cfg)
-    return PipelineResult(cfg.run_uri, prepared.tiny_model, prepared.corpus, ingested, annotated, selected,
-                          synthesized, trained, cfg.serve.served_id, serve_url(cfg), evaluated)
+    if from_stage and only:
+        raise ValueError("give --from or --only, not both")
+    for flag, stage in (("--from", from_stage), ("--only", only)):
+        if stage is not None and stage not in stages:
+            raise ValueError(f"{flag} {stage}: not a stage of this run; its stages are {', '.join(stages)}")
+
+
+def planned_stages(cfg: RunConfig, from_stage: str | None = None, only: str | None = None) -> tuple[str, ...]:
+    """The stages that will (or may) run: with `only`, that one; else every stage from `from_stage` or from the
+    first one not done. What these need is prepared before the first starts; a stage among them is still skipped
+    when, once the stages before it have run, it turns out done."""
+    check_stage_choice(cfg, from_stage, only)
+    stages = pipeline_stages(cfg)
+    if only:
+        return (only,)
+    if from_stage:
+        return stages[stages.index(from_stage):]
+    manifest = Manifest(cfg.run_uri)
+    for i, stage in enumerate(stages):
+        if not is_done(cfg, stage, manifest):
+            return stages[i:]
+    return ()
+
+
+def run_pipeline(cfg: RunConfig, from_stage: str | None = None, only: str | None = None) -> PipelineResult:
+    stages = pipeline_stages(cfg)
+    planned = planned_stages(cfg, from_stage, only)
+    prepared = prepare_stages(cfg, *planned)
+    forced = set(planned) if (from_stage or only) else set()
+    result = PipelineResult(cfg.run_uri, prepared.tiny_model, prepared.corpus, cfg.serve.served_id, serve_url(cfg))
+    for stage in stages:
+        manifest = Manifest(cfg.run_uri)
+        if stage not in planned:
+            result.skipped[stage] = "not asked (--only)" if only else _done_since(manifest, stage)
+            continue
+        if stage not in forced and is_done(cfg, stage, manifest):
+            result.skipped[stage] = _done_since(manifest, stage)
+            continue
+        setattr(result, stage, _run_stage(stage, cfg))
+    result.adapters = sorted(a.removeprefix("adapter:") for a in Manifest(cfg.run_uri).data["artifacts"]
+                             if a.startswith("adapter:"))
+    return result
+
+
+def _run_stage(stage: str, cfg: RunConfig) -> Any:
+    started_at, start = datetime.now(timezone.utc), time.perf_counter()
+    try:
+        output = BUILDERS[stage](cfg)
+    except Exception as err:
+        raise StageFailed(stage) from err
+    seconds = time.perf_counter() - start
+    models = {ref: model_revision(ref, cfg) for _, ref in model_fields(cfg, stage)}
+    Manifest(cfg.run_uri).record_stage(stage, started_at=started_at, seconds=seconds, models=models,
+                                       figures=stage_figures(stage, output, seconds))
+    return output
+
+
+def _done_since(manifest: Manifest, stage: str) -> str:
+    record = manifest.stage(stage)
+    when = f" (ran {datetime.fromisoformat(record['finished_at']):%Y-%m-%d %H:%M %Z})" if record else ""
+    return f"done{when}; config and inputs unchanged"
+
+
+def stage_figures(stage: str, output: Any, seconds: float) -> dict[str, Any]:
+    """A stage's own figures for the manifest: how much it did and how fast."""
+
+    def per_s(n: float) -> float | None:
+        return round(n / seconds, 2) if seconds > 0 else None
+
+    if stage == "ingest":
+        rows = output.totals["read"]
+        return {"rows_read": rows, "rows_per_s": per_s(rows)}
+    if stage == "annotate":
+        return {"documents_scored": output.annotated_now, "documents_per_s": per_s(output.annotated_now)}
+    if stage == "select":
+        return {"posts_selected": sum(output.kept.values())}
+    if stage == "synthesize":
+        pairs = sum(c.read for c in output.sides.values())
+        return {"pairs_written": pairs, "pairs_per_s": per_s(pairs)}
+    if stage == "train":
+        steps = sum(r.metrics.get("global_step", 0) or 0 for r in output.values())
+        return {"adapters": [r.adapter.name for r in output.values()], "steps": steps, "steps_per_s": per_s(steps),
+                "train_seconds": {r.adapter.name: r.metrics.get("train_runtime") for r in output.values()}}
+    if stage == "evaluate":
+        answers = sum(output.statuses.values())
+        return {"answers": answers, "answers_per_s": per_s(answers), "seconds_by_mode": output.seconds}
+    return {}

@@ -63,7 +63,7 @@ def init_ray(cfg: RunConfig) -> str:
     runtime_env = {"env_vars": env_vars} if env_vars else None
     address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose())
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose(), logging_level=_ray_log_level())
         _quiet_unless_verbose()
         return address
     # A laptop run stays on loopback and needs no token (nothing listens beyond 127.0.0.1).
@@ -78,6 +78,7 @@ def init_ray(cfg: RunConfig) -> str:
         _temp_dir=str(temp_dir),
         runtime_env=runtime_env,
         log_to_driver=verbose(),
+        logging_level=_ray_log_level(),
     )
     _quiet_unless_verbose()
     log.info("started a local Ray on 127.0.0.1 (files in %s)", temp_dir)
@@ -90,18 +91,25 @@ def logs_dir() -> Path | None:
     return Path(node.get_logs_dir_path()) if node is not None else None
 
 
+def _ray_log_level() -> int:
+    """Ray's driver logger ("Started a local Ray instance", …): its info only when verbose."""
+    return logging.INFO if verbose() else logging.WARNING
+
+
 def _quiet_unless_verbose() -> None:
-    """Beyond the workers' output (log_to_driver), Ray's driver prints failures itself: Ray Data logs each failed
-    operator and the tracebacks it hides from users' frames, and the driver's error listener prints the raylet's
-    retry notices with the worker's traceback. The command tells the failure once (command.py), so unless
-    verbose these go only to files: Ray Data's own ray-data.log, and `politune-driver.log` in the logs folder."""
+    """Beyond the workers' output (log_to_driver), Ray's driver prints on its own: Ray Data logs its progress every
+    few seconds and each dataset's plan, each failed operator and the tracebacks it hides from users' frames, and the
+    driver's error listener prints the raylet's retry notices with the worker's traceback. The command prints a
+    summary a stage and tells a failure once (command.py), so unless verbose these go only to files: Ray Data's own
+    ray-data.log, and `politune-driver.log` in the logs folder."""
     if verbose():
         return
     import ray._private.worker as ray_worker
 
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # "Started Serve", "Application … is ready"
     for handler in logging.getLogger("ray.data").handlers:  # configured when ray.data is imported, as stages do
         if isinstance(handler, logging.StreamHandler):  # the console, not its SessionFileHandler
-            handler.addFilter(_below_error)
+            handler.addFilter(_nothing)
     if getattr(ray_worker.print_to_stdstream, "politune_quiet", False):
         return
     printer = ray_worker.print_to_stdstream
@@ -119,5 +127,5 @@ def _quiet_unless_verbose() -> None:
     ray_worker.print_to_stdstream = to_file
 
 
-def _below_error(record: logging.LogRecord) -> bool:
-    return record.levelno < logging.ERROR
+def _nothing(record: logging.LogRecord) -> bool:
+    return False

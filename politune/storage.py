@@ -6,6 +6,7 @@ AWS_DEFAULT_REGION, and AWS_ENDPOINT_URL for an S3-compatible server such as Min
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -200,6 +201,33 @@ class Manifest:
     def artifact(self, name: str) -> dict[str, Any] | None:
         return self.data["artifacts"].get(name)
 
-    def config_hash(self, name: str) -> str:
-        """The config hash an artifact was made with ("" when it is not recorded): an input's identity."""
-        return (self.artifact(name) or {}).get("config_hash", "")
+    def fingerprint(self, name: str) -> str:
+        """An artifact's identity as the next stage's input ("" when it is not recorded): what made it (its config
+        hash, its own inputs' fingerprints, its models), so a change anywhere upstream changes it."""
+        entry = self.artifact(name)
+        if entry is None:
+            return ""
+        made_of = {k: entry.get(k) for k in ("config_hash", "inputs", "models")}
+        return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:16]
+
+    def is_current(self, name: str, config_hash: str, inputs: dict[str, str]) -> bool:
+        """Whether the artifact is recorded as made with this config hash from these inputs."""
+        entry = self.artifact(name)
+        return entry is not None and entry["config_hash"] == config_hash and entry["inputs"] == inputs
+
+    def record_stage(self, stage: str, *, started_at: datetime, seconds: float, models: dict[str, str],
+                     figures: dict[str, Any]) -> None:
+        """When a stage last ran, for how long, on what code with which models (reference: revision), and its own
+        figures (throughput, tokens, steps)."""
+        self.data.setdefault("stages", {})[stage] = {
+            "models": models,
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1),
+            "code_version": code_version(),
+            "figures": figures,
+        }
+        write_json(self.uri, self.data)
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return self.data.get("stages", {}).get(name)

@@ -95,6 +95,8 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
     assert (report / "compass.png").read_bytes()[:4] == b"\x89PNG" and (report / "report.html").is_file()
     assert f"compass:    {report.absolute()}/compass.png" in done.stdout.replace("\n", "")
     assert "Traceback" not in done.stdout + done.stderr
+    console = (done.stdout + done.stderr).splitlines()
+    assert len(console) < 150, "\n".join(console)  # a summary a stage; Ray's own logs stay in its files
 
     # what the run says to do next works: serve its adapters, probe them
     assert f"next:       politune serve --set corpus.n=800 --set ray.num_cpus=2 --set serve.port={port}" in done.stdout
@@ -105,6 +107,46 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
                                 f"http://127.0.0.1:{port}/v1", "--model", "tiny:right", "--max-tokens", "3"],
                                env=ENV, capture_output=True, text=True, timeout=120)
         assert probe.returncode == 0 and "tiny:right" in probe.stdout, probe.stderr
+
+
+def test_a_second_run_does_no_model_work_and_runs_lists_it(demo_run: DemoRun, tmp_path: Path) -> None:
+    """The same `politune run` again, in a copy of the finished demo folder (its corpus and tiny model too): every
+    stage is skipped, nothing is rewritten, and Ray never starts. Then `--only select` redoes that stage alone."""
+    folder = tmp_path / "copy"
+    shutil.copytree(demo_run.folder, folder, ignore=shutil.ignore_patterns("_ray"))
+    before = (folder / "runs" / "local" / "manifest.json").read_text()
+    sets = [*DEMO_SETS, "--set", f"serve.port={demo_run.port}"]
+    again = politune(["run", *sets], folder)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for stage in ("ingest", "annotate", "select", "synthesize", "train", "evaluate"):
+        skipped = rf"^{stage}: +skipped: done \(ran .*\); config and inputs unchanged$"
+        assert re.search(skipped, again.stdout, re.M), stage
+    assert "nothing to do: every stage is done" in again.stdout
+    assert (folder / "runs" / "local" / "manifest.json").read_text() == before
+    assert not (folder / "runs" / "local" / "_ray").exists()  # no Ray session: no model work
+
+    manifest = json.loads(before)
+    assert set(manifest["stages"]) == {"ingest", "annotate", "select", "synthesize", "train", "evaluate"}
+    assert manifest["stages"]["annotate"]["figures"]["documents_scored"] == manifest["artifacts"]["annotations"][
+        "counts"]["documents"]
+    assert manifest["stages"]["train"]["models"]["tiny"].startswith("folder:")
+
+    only = politune(["run", *sets, "--only", "select"], folder)
+    assert only.returncode == 0, only.stdout[-3000:] + only.stderr[-3000:]
+    assert "select:     " in only.stdout and "ingest:     skipped: not asked (--only)" in only.stdout
+    after = json.loads((folder / "runs" / "local" / "manifest.json").read_text())
+    assert after["stages"]["select"]["started_at"] >= manifest["stages"]["evaluate"]["finished_at"]
+    assert after["stages"]["train"] == manifest["stages"]["train"]
+
+    listed = politune(["runs", *sets], folder)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"local +│ 6/6 +│ left, right +│ tiny ",
+                     listed.stdout), listed.stdout
+    shown = politune(["runs", "show", "local"], folder)
+    assert re.search(r"^annotate: +done; last ran .* for \d+ s on .*\(documents_per_s ", shown.stdout, re.M), \
+        shown.stdout
+    missing = politune(["runs", "show", "nope"], folder)
+    assert missing.returncode == 1 and "no run 'nope' in runs" in missing.stderr
 
 
 def fresh_folder_with(demo_run: DemoRun, folder: Path, drop: list[str]) -> Path:

@@ -51,6 +51,11 @@ class AnnotateResult:
     statuses: dict[str, int]
 
 
+def annotate_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str, dict[str, str]]]:
+    """What the annotations are made of: (config hash, inputs)."""
+    return {"annotations": (cfg.section_hash("annotate"), {"documents": manifest.fingerprint("documents")})}
+
+
 @prepares("annotate")
 def annotate_documents(cfg: RunConfig) -> AnnotateResult:
     annotations_uri = join(cfg.run_uri, "annotations")
@@ -82,9 +87,9 @@ def _annotate(cfg: RunConfig, annotations_uri: str) -> AnnotateResult:
         engine.annotate(pending).write_parquet(out_path, filesystem=out_fs, mode=SaveMode.APPEND)
 
     result = _account(docs_fs, docs_path, out_fs, out_path, annotations_uri, resumed_from=len(done))
+    config_hash, inputs = annotate_identity(cfg, manifest)["annotations"]
     manifest.record(
-        "annotations", path=annotations_uri, config_hash=cfg.section_hash("annotate"),
-        inputs={"documents": manifest.config_hash("documents")}, models=[cfg.annotate.model],
+        "annotations", path=annotations_uri, config_hash=config_hash, inputs=inputs, models=[cfg.annotate.model],
         counts={"documents": result.documents, "statuses": result.statuses,
                 "annotated_now": result.annotated_now, "resumed_from": result.resumed_from,
                 "prompt_version": prompt_version(cfg.annotate.mode)})

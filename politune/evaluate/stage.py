@@ -54,6 +54,13 @@ class EvaluateResult:
     judge: str = ""
 
 
+def evaluate_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str, dict[str, str]]]:
+    """What the evaluation is made of: (config hash, inputs): the served base model and every adapter the
+    manifest records (the models evaluate asks)."""
+    adapters = {a: manifest.fingerprint(a) for a in sorted(manifest.data["artifacts"]) if a.startswith("adapter:")}
+    return {"eval": (cfg.section_hash("evaluate"), {"serve.base_model": cfg.serve.base_model, **adapters})}
+
+
 @prepares("evaluate")
 def evaluate_models(cfg: RunConfig) -> EvaluateResult:
     cfg = cfg.with_absolute_paths()
@@ -97,8 +104,8 @@ def evaluate_models(cfg: RunConfig) -> EvaluateResult:
         "prompt_version": PROMPT_VERSION, "seconds": seconds, "statuses": statuses, "bootstrap": e.bootstrap,
         "seed": e.seed})
     manifest = Manifest(cfg.run_uri)
-    manifest.record("eval", path=eval_uri, config_hash=cfg.section_hash("evaluate"),
-                    inputs={"adapters": manifest.config_hash("preferences")},
+    config_hash, inputs = evaluate_identity(cfg, manifest)["eval"]
+    manifest.record("eval", path=eval_uri, config_hash=config_hash, inputs=inputs,
                     models=[t.model for t in targets] + ([judge.model] if needs_judge else []),
                     counts={"answers": len(rows), **statuses})
     report = build_report(cfg.run_uri, pct_path=pct_path, bootstrap=e.bootstrap, seed=e.seed)

@@ -34,7 +34,7 @@ import ray
 import ray.data
 from ray.data._internal.savemode import SaveMode
 
-from politune.config import RunConfig
+from politune.config import RunConfig, SourceConfig
 from politune.ingest.dedup import collect_quarantine, collect_reposts, dedup_bucket
 from politune.ingest.readers import CorpusDatasource, CorpusFile, file_row, list_source_files
 from politune.ingest.schema import DOCUMENT_SCHEMA, QUARANTINE_PART, REPOST_PART, STAGING_SCHEMA
@@ -70,6 +70,19 @@ def ingest_corpus(cfg: RunConfig) -> IngestResult:
         return _ingest(cfg, run)
 
 
+ARTIFACTS = ("documents", "quarantine", "reposts")
+
+
+def ingest_identity(cfg: RunConfig, manifest: Manifest | None = None,
+                    listings: dict[str, tuple[pafs.FileSystem, list[CorpusFile]]] | None = None,
+                    ) -> dict[str, tuple[str, dict[str, str]]]:
+    """What ingest's artifacts are made of: (config hash, inputs) by artifact. The inputs are each source's files
+    (paths and sizes), listed now unless given; a source whose paths are gone raises FileNotFoundError."""
+    listings = listings if listings is not None else {s.name: list_source_files(s) for s in cfg.sources}
+    inputs = {s.name: _fingerprint(s, listings[s.name][1]) for s in cfg.sources}
+    return {artifact: (cfg.section_hash("sources", "ingest"), inputs) for artifact in ARTIFACTS}
+
+
 def _ingest(cfg: RunConfig, run: str) -> IngestResult:
     listings = {s.name: list_source_files(s) for s in cfg.sources}  # bad paths fail before Ray starts
     _check_no_file_twice(listings)
@@ -80,7 +93,7 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
     staging_uri, documents_uri, quarantine_uri, reposts_uri = (
         join(run, p) for p in ("_staging/ingest", "documents", "quarantine", "reposts"))
     manifest = Manifest(run)
-    manifest.forget("documents", "quarantine", "reposts")
+    manifest.forget(*ARTIFACTS)
     for uri in (staging_uri, documents_uri, quarantine_uri, reposts_uri):
         delete_dir(uri)
 
@@ -104,16 +117,16 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
     delete_dir(join(run, "_staging"))
     _check_some_file_read(listings, damaged, quarantine_uri)
 
-    inputs = {name: _fingerprint(files) for name, (_, files) in listings.items()}
+    made_of = ingest_identity(cfg, listings=listings)
     summary = {"per_source": counts, "num_buckets": num_buckets}
-    manifest.record("documents", path=documents_uri, config_hash=cfg.section_hash("sources", "ingest"),
-                    inputs=inputs, counts=summary)
-    manifest.record("quarantine", path=quarantine_uri, config_hash=cfg.section_hash("sources", "ingest"),
-                    inputs=inputs, counts={s: {"quarantined": c["quarantined"], "reasons": c["reasons"],
-                                               "damaged_files": len(damaged.get(s, {}))}
-                                           for s, c in counts.items()})
-    manifest.record("reposts", path=reposts_uri, config_hash=cfg.section_hash("sources", "ingest"),
-                    inputs=inputs, counts={s: c["reposts"] for s, c in counts.items()})
+    manifest.record("documents", path=documents_uri, config_hash=made_of["documents"][0],
+                    inputs=made_of["documents"][1], counts=summary)
+    manifest.record("quarantine", path=quarantine_uri, config_hash=made_of["quarantine"][0],
+                    inputs=made_of["quarantine"][1],
+                    counts={s: {"quarantined": c["quarantined"], "reasons": c["reasons"],
+                                "damaged_files": len(damaged.get(s, {}))} for s, c in counts.items()})
+    manifest.record("reposts", path=reposts_uri, config_hash=made_of["reposts"][0], inputs=made_of["reposts"][1],
+                    counts={s: c["reposts"] for s, c in counts.items()})
     return IngestResult(documents_uri, quarantine_uri, counts, num_buckets, damaged)
 
 
@@ -212,7 +225,12 @@ def _check_no_file_twice(listings: dict[str, tuple[pafs.FileSystem, list[CorpusF
             owner[f.path] = name
 
 
-def _fingerprint(files: list[CorpusFile]) -> str:
-    """Hash of the input files' paths and sizes: changes when the corpus does."""
-    blob = "\n".join(f"{f.path}\t{f.size}" for f in sorted(files, key=lambda f: f.path))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _fingerprint(source: SourceConfig, files: list[CorpusFile]) -> str:
+    """Hash of a source's files as the config names them (its path, and each file's name under it) and their sizes:
+    changes when the corpus does, not when the folder holding it is copied or moved along with the config."""
+    roots = [(uri, resolve(uri)[1].rstrip("/")) for uri in source.paths]
+    names = []
+    for f in files:
+        uri, root = next(((u, r) for u, r in roots if f.path == r or f.path.startswith(r + "/")), (f.path, f.path))
+        names.append(f"{uri}\t{f.path[len(root):]}\t{f.size}")
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]

@@ -3,6 +3,7 @@ Loading them: models/loading.py; checking them before a stage runs: models/refer
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from politune.config import TINY_MODEL, RunConfig
@@ -16,3 +17,23 @@ def resolve_model(ref: str, cfg: RunConfig) -> str:
     if ref == TINY_MODEL:
         return str(Path(cfg.tiny_model.out).absolute())
     return str(Path(ref).expanduser().absolute()) if looks_local(ref) else ref
+
+
+def model_revision(ref: str, cfg: RunConfig) -> str:
+    """Which version of a model a stage used, for the manifest: a hub id's cached snapshot commit, a local folder's
+    hash of its config.json and its weight files' names and sizes (the tiny model's included), or "" when neither
+    can be told."""
+    if ref == TINY_MODEL or looks_local(ref):
+        folder = Path(resolve_model(ref, cfg))
+        if not (folder / "config.json").is_file():
+            return ""
+        h = hashlib.sha256((folder / "config.json").read_bytes())
+        for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            h.update(f"{path.name}:{path.stat().st_size}".encode())
+        return f"folder:{h.hexdigest()[:12]}"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(ref, "config.json")
+    if isinstance(cached, str) and "/snapshots/" in cached:
+        return f"commit:{cached.split('/snapshots/')[1].split('/')[0]}"
+    return ""

@@ -42,6 +42,11 @@ class SelectResult:
     thresholds: dict[str, Any]
 
 
+def select_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str, dict[str, str]]]:
+    """What the selection is made of: (config hash, inputs)."""
+    return {"selected": (cfg.section_hash("select"), {"annotations": manifest.fingerprint("annotations")})}
+
+
 def select_posts(cfg: RunConfig) -> SelectResult:
     selected_uri = join(cfg.run_uri, "selected")
     with outages_named("select", "selected", selected_uri, "selects again from the annotations"):
@@ -73,8 +78,8 @@ def _select(cfg: RunConfig, selected_uri: str) -> SelectResult:
     if sum(kept.values()) + sum(dropped.values()) != len(posts):
         raise RuntimeError("select lost posts: kept and dropped do not add up to the annotated documents")
     result = SelectResult(selected_uri, kept, dropped, len(posts), thresholds)
-    manifest.record("selected", path=selected_uri, config_hash=cfg.section_hash("select"),
-                    inputs={"annotations": manifest.config_hash("annotations")},
+    config_hash, inputs = select_identity(cfg, manifest)["selected"]
+    manifest.record("selected", path=selected_uri, config_hash=config_hash, inputs=inputs,
                     counts={"documents": len(posts), "kept": kept, "dropped": dropped, "thresholds": thresholds})
     return result
 

@@ -60,6 +60,16 @@ class SynthesizeResult:
     sides: dict[str, SideCounts]
 
 
+def synthesize_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str, dict[str, str]]]:
+    """What the pairs are made of: (config hash, inputs): the selected posts, or the released sets' files."""
+    s = cfg.synthesize
+    if s.source == "generate":
+        inputs = {"selected": manifest.fingerprint("selected")}
+    else:
+        inputs = {f"released {side}": ", ".join(s.released.get(side, [])) for side in SIDES}
+    return {"preferences": (cfg.section_hash("synthesize"), inputs)}
+
+
 @prepares("synthesize")
 def synthesize_preferences(cfg: RunConfig) -> SynthesizeResult:
     out_uri = join(cfg.run_uri, "preferences")
@@ -73,11 +83,11 @@ def _synthesize(cfg: RunConfig, out_uri: str) -> SynthesizeResult:
     manifest.forget("preferences")  # recorded again once the pairs are whole
     if s.source == "generate":
         pairs, unreadable = _generated_pairs(cfg), []
-        inputs, models = {"selected": manifest.config_hash("selected")}, [s.model]
+        models = [s.model]
     else:
         pairs, unreadable = _released_pairs(s.released)
-        inputs = {f"released {side}": ", ".join(s.released.get(side, [])) for side in SIDES}
         models = []
+    config_hash, inputs = synthesize_identity(cfg, manifest)["preferences"]
     counts, kept, dropped = {}, [], []
     for side in SIDES:
         side_pairs = [p for p in pairs if p["side"] == side]
@@ -99,7 +109,7 @@ def _synthesize(cfg: RunConfig, out_uri: str) -> SynthesizeResult:
         c.train, c.eval = _write_splits(out_uri, side, [p for p in kept if p["side"] == side], s.eval_share)
     _write_table(join(out_uri, "dropped.parquet"), dropped, DROPPED_SCHEMA)
     _write_unreadable(join(out_uri, "unreadable.jsonl"), unreadable)
-    manifest.record("preferences", path=out_uri, config_hash=cfg.section_hash("synthesize"), inputs=inputs,
+    manifest.record("preferences", path=out_uri, config_hash=config_hash, inputs=inputs,
                     models=models, counts={side: vars(c) for side, c in counts.items()})
     return SynthesizeResult(out_uri, counts)
 

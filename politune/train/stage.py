@@ -48,6 +48,15 @@ class TrainResult:
     checkpoints: list[str] = field(default_factory=list)  # registry names of its checkpoints, by step
 
 
+def train_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str, dict[str, str]]]:
+    """What each side's adapter (train.sides) is made of: (config hash, inputs)."""
+    return {f"adapter:{adapter_name(side, cfg.train.method)}": _made_of(cfg, manifest) for side in cfg.train.sides}
+
+
+def _made_of(cfg: RunConfig, manifest: Manifest) -> tuple[str, dict[str, str]]:
+    return cfg.section_hash("train"), {"preferences": manifest.fingerprint("preferences")}
+
+
 @prepares("train")
 def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
@@ -88,8 +97,9 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
         register_checkpoints(cfg.run_uri, name, checkpoints)  # and drops an earlier training's
         entry = register(cfg.run_uri, entry)
         remove_stale_checkpoints(cfg.run_uri, name, [c.step for c in checkpoints])  # once no entry points there
-        manifest.record(f"adapter:{name}", path=adapter_uri, config_hash=cfg.section_hash("train"),
-                        inputs={"preferences": manifest.config_hash("preferences")}, models=[t.base_model],
+        config_hash, inputs = _made_of(cfg, manifest)
+        manifest.record(f"adapter:{name}", path=adapter_uri, config_hash=config_hash, inputs=inputs,
+                        models=[t.base_model],
                         counts={"train_pairs": pairs["train"], "eval_pairs": pairs["eval"],
                                 "steps": metrics.get("global_step"), "checkpoints": len(checkpoints)})
         return TrainResult(entry, run_name, metrics, [c.name for c in checkpoints])
@@ -158,7 +168,7 @@ def remove_stale_checkpoints(run_uri: str, adapter: str, steps: list[int]) -> li
 def train_run_name(cfg: RunConfig, side: str) -> str:
     """The Ray Train run of this side's adapter: the same config and pairs give the same name, so a
     restarted training finds its checkpoints."""
-    preferences = Manifest(cfg.run_uri).config_hash("preferences")
+    preferences = Manifest(cfg.run_uri).fingerprint("preferences")
     identity = hashlib.sha256(f"{cfg.section_hash('train')}:{preferences}:{side}".encode()).hexdigest()
     return f"{adapter_name(side, cfg.train.method)}-{identity[:12]}"
 
