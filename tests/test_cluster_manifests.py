@@ -38,12 +38,91 @@ def test_a_bad_manifest_is_caught(shared_data: Path) -> None:
         jsonschema.validate(manifest, crd_schema(shared_data, "RayCluster", "v1"))
 
 
-def test_rayjob_entrypoint_runs_a_real_job_with_a_real_preset() -> None:
-    job = yaml.safe_load((REPO / "cluster" / "rayjob-pipeline.yaml").read_text())
-    entrypoint = job["spec"]["entrypoint"]
-    script = re.search(r"python \S*/(jobs/\w+\.py)", entrypoint).group(1)
+RAYJOBS = sorted((REPO / "cluster").glob("rayjob-*.yaml"))
+STAGE_JOBS = {"ingest": "ingest", "annotate": "annotate", "select": "select_posts", "synthesize": "synthesize",
+              "train": "train", "evaluate": "evaluate"}
+
+
+def job_config(path: Path) -> tuple[str, object]:
+    """(the job script, the config its entrypoint resolves): its --preset or --config, with its --set overrides."""
+    from politune.config import resolve_config
+
+    entrypoint = yaml.safe_load(path.read_text())["spec"]["entrypoint"]
+    script = re.search(r"python /home/ray/politune/(jobs/\w+\.py)", entrypoint).group(1)
+    preset = re.search(r"--preset (\S+)", entrypoint)
+    config = re.search(r"--config (\S+)", entrypoint)
+    assert preset or config, entrypoint
+    if config:
+        assert (REPO / config.group(1)).is_file(), config.group(1)  # the image holds the repo at /home/ray/politune
+    return script, resolve_config(config and str(REPO / config.group(1)), preset and preset.group(1),
+                                  re.findall(r"--set (\S+)", entrypoint))
+
+
+@pytest.mark.parametrize("path", RAYJOBS, ids=lambda p: p.name)
+def test_every_rayjob_runs_a_job_file_with_a_config_that_resolves(path: Path) -> None:
+    script, cfg = job_config(path)
     assert (REPO / script).is_file()
-    assert re.search(r"--preset (\S+)", entrypoint).group(1) in PRESETS
+    assert cfg.storage_root.startswith("s3://")  # pods share no disk: the run directory is on S3
+    assert (REPO / "cluster" / "Dockerfile").read_text().count("COPY --chown=ray:users jobs jobs") == 1
+
+
+def test_there_is_a_rayjob_for_the_pipeline_and_for_every_stage_on_one_run() -> None:
+    from politune.prepare import pipeline_stages
+
+    scripts = {job_config(p)[0]: job_config(p)[1] for p in RAYJOBS if "pipeline" not in p.name}
+    _, pipeline = job_config(REPO / "cluster" / "rayjob-pipeline.yaml")
+    assert set(pipeline_stages(pipeline)) == set(STAGE_JOBS)
+    assert sorted(scripts) == sorted(f"jobs/{s}.py" for s in STAGE_JOBS.values())
+    for cfg in scripts.values():  # each stage job works on the pipeline job's run: they compose
+        assert cfg.run_uri == pipeline.run_uri
+
+
+def gpu_groups(spec: dict) -> dict[str, tuple[int, int]]:
+    """GPU worker groups of a RayCluster spec: name -> (GPUs a pod, most pods the autoscaler may start)."""
+    groups = {}
+    for group in spec["workerGroupSpecs"]:
+        resources = group["template"]["spec"]["containers"][0]["resources"]
+        gpus = int(resources["limits"].get("nvidia.com/gpu", 0))
+        assert int(resources["requests"].get("nvidia.com/gpu", 0)) == gpus  # GPUs are requested as limited
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        if gpus:
+            groups[group["groupName"]] = (gpus, group["maxReplicas"])
+    return groups
+
+
+def fits(groups: dict[str, tuple[int, int]], per_unit: int, units: int) -> bool:
+    """Whether `units` blocks of `per_unit` GPUs fit, each block on one pod (a tensor-parallel replica, a Train
+    worker): some group's pods hold a block and, at its most pods, all of them."""
+    return any(gpus >= per_unit and (gpus // per_unit) * most >= units for gpus, most in groups.values())
+
+
+@pytest.mark.parametrize("path", [p for p in RAYJOBS if "pipeline" in p.name], ids=lambda p: p.name)
+def test_the_cluster_holds_what_the_jobs_config_asks_for(path: Path) -> None:
+    """Each GPU stage's replicas x tensor (x pipeline) parallel GPUs fit the RayCluster's GPU groups."""
+    cluster = yaml.safe_load((REPO / "cluster" / "raycluster.yaml").read_text())["spec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # drivers only on the head
+    groups = gpu_groups(cluster)
+    _, cfg = job_config(path)
+    for stage in (cfg.annotate, cfg.synthesize):
+        assert stage.engine == "vllm"
+        per_replica = stage.tensor_parallel_size * stage.pipeline_parallel_size
+        assert per_replica == 8 and fits(groups, per_replica, stage.concurrency), (per_replica, stage.concurrency)
+    t = cfg.train
+    assert t.use_gpu and fits(groups, int(t.gpus_per_worker), t.num_workers)
+    s = cfg.serve
+    assert fits(groups, s.tensor_parallel_size * s.pipeline_parallel_size, s.max_replicas)
+    assert not fits(groups, 8, 5) and not fits(groups, 16, 1)  # the check can fail: beyond the groups' bounds
+
+
+def test_the_rayservice_holds_its_serve_replicas() -> None:
+    from politune.config import resolve_config
+
+    service = yaml.safe_load((REPO / "cluster" / "rayservice.yaml").read_text())
+    [app] = serve_config_of_the_rayservice()["applications"]
+    s = resolve_config(None, app["args"]["preset"], app["args"]["set"]).serve
+    groups = gpu_groups(service["spec"]["rayClusterConfig"])
+    assert fits(groups, s.tensor_parallel_size * s.pipeline_parallel_size, s.max_replicas)
+    assert min(most for _, most in groups.values()) >= 1 and s.min_replicas >= 1
 
 
 def test_no_job_file_shadows_a_standard_module() -> None:
@@ -121,5 +200,6 @@ def test_every_cluster_asks_for_rays_token_auth() -> None:
         assert spec["authOptions"] == {"mode": "token", "secretName": "politune-ray-auth"}
         head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
         assert "HF_TOKEN" in {e["name"] for e in head.get("env", [])}
-    job = yaml.safe_load((REPO / "cluster" / "rayjob-pipeline.yaml").read_text())
-    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}  # its token auth
+    for path in RAYJOBS:
+        job = yaml.safe_load(path.read_text())
+        assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}, path.name
