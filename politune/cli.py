@@ -244,6 +244,31 @@ def probe(
     Console().print(table)
 
 
+@app.command()
+def plan(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+         posts: int = typer.Option(1_000_000, "--posts", help="Posts in the corpus."),
+         gpu: str = typer.Option("h100", "--gpu", help="GPU type: h100, a100, l40s, l4."),
+         price: float = typer.Option(2.5, "--price", help="Price of a GPU-hour."),
+         post_tokens: float = typer.Option(60.0, "--post-tokens", help="Tokens of an average post."),
+         selected_share: float = typer.Option(None, "--selected-share",
+                                              help="Share of posts select keeps (default: a previous run's, the "
+                                                   "quantile rule's, or 10%).")) -> None:
+    """Estimate tokens, GPU-hours, wall time and cost of each stage before running the study."""
+    from politune.console import print_plan
+    from politune.plan import GPUS, plan_study
+
+    cfg = _config(config, preset, set_)
+    if gpu not in GPUS:
+        typer.secho(f"error: --gpu {gpu}: expected one of {', '.join(GPUS)}", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        plans, notes = plan_study(cfg, posts, GPUS[gpu], post_tokens, selected_share)
+    except ValueError as err:
+        typer.secho(f"error: plan: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    print_plan(plans, notes, posts, GPUS[gpu], price)
+
+
 RootOpt = typer.Option(None, "--root", help="Storage root to look in (default: the config's storage_root).")
 
 

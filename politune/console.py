@@ -14,6 +14,7 @@ from politune.annotate import AnnotateResult
 from politune.evaluate import EvaluateResult
 from politune.ingest import IngestResult
 from politune.pipeline import PipelineResult
+from politune.plan import CHARS_PER_TOKEN, MFU_DECODE, MFU_PREFILL, Gpu, StagePlan
 from politune.report import ReportResult
 from politune.runs import STAGE_ARTIFACTS, RunSummary
 from politune.select import SelectResult
@@ -210,3 +211,29 @@ def print_run(run: RunSummary) -> None:
         p = run.positions[0]
         console.print(f"compass:    {p.instrument} ({p.mode}): {escape(_positions(run))}")
         console.print(f"report:     {escape(run.uri)}/report/report.html")
+
+
+def print_plan(plans: list[StagePlan], notes: list[str], posts: int, gpu: Gpu, price: float) -> None:
+    table = Table(title=f"plan: {posts:,} posts on {gpu.name} at {price:g} a GPU-hour")
+    for column in ("stage", "model", "tokens in", "tokens out", "GPUs", "GPU-hours", "wall", "cost", "basis"):
+        table.add_column(column, justify="left" if column in ("stage", "model", "basis") else "right")
+    for p in plans:
+        wall = f"{p.wall_hours:,.1f} h" if p.wall_hours >= 1 else f"{p.wall_hours * 60:,.0f} min"
+        table.add_row(p.stage, escape(p.model), _millions(p.tokens_in), _millions(p.tokens_out), str(p.gpus),
+                      f"{p.gpu_hours:,.{1 if p.gpu_hours >= 1 else 3}f}", wall, f"{p.cost(price):,.0f}", p.basis)
+    total = sum(p.gpu_hours for p in plans)
+    table.add_row("all", "", "", "", "", f"{total:,.1f}", f"{sum(p.wall_hours for p in plans):,.1f} h",
+                  f"{total * price:,.0f}", "", style="bold")
+    console.print(table)
+    for p in plans:
+        if p.note:
+            console.print(f"  {p.stage}: {escape(p.note)}")
+    console.print(f"  estimates: FLOPs a token = 2 x parameters (6 x for LoRA-DPO), at {MFU_PREFILL:.0%} of "
+                  f"{gpu.bf16_tflops:g} TFLOPS bf16 reading prompts and {MFU_DECODE:.0%} writing tokens; "
+                  f"{CHARS_PER_TOKEN} characters a token. ingest and select run on CPUs and are not counted.")
+    for note in notes:
+        console.print(f"  {escape(note)}")
+
+
+def _millions(tokens: float) -> str:
+    return f"{tokens / 1e6:,.1f} M" if tokens >= 1e5 else f"{tokens:,.0f}"

@@ -15,7 +15,7 @@ runner = CliRunner()
 COMMANDS = [[], ["run"], ["ingest"], ["annotate"], ["select"], ["synthesize"], ["train"], ["serve"], ["probe"],
             ["evaluate"], ["report"], ["config"],
             ["config", "show"], ["config", "check"], ["model"], ["model", "build-tiny"], ["corpus"],
-            ["corpus", "generate"], ["runs"], ["runs", "show"]]
+            ["corpus", "generate"], ["runs"], ["runs", "show"], ["plan"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "politune")

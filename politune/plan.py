@@ -1,0 +1,203 @@
+"""`politune plan`: what a study of N posts costs on the configured cluster, before it runs.
+
+Per stage: the tokens it reads and writes (from the prompts the stages actually send, at about four characters a
+token, and the config's lengths), the GPU-hours those tokens take (FLOPs per token = 2 x parameters for a forward
+pass, 6 x for LoRA-DPO training: forward, the backward pass to the activations, and the frozen reference's forward),
+the wall time on the GPUs the stage is configured to use, and the cost at a price per GPU-hour.
+
+FLOPs become seconds at a model FLOPs utilisation (MFU): a share of the GPU's dense bf16 peak. Reading a prompt
+(prefill) keeps a GPU busy, writing a token at a time (decode) does not, so they get different MFUs. These are
+estimates of the order of a figure. Where a previous run of this config recorded a stage's throughput in its
+manifest, with the same models, the measured figure replaces the estimate and the output says which is which.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from politune.config import TINY_MODEL, RunConfig
+from politune.storage import Manifest, exists, join
+
+CHARS_PER_TOKEN = 4  # English text in the Llama 3 / Mistral tokenizers, roughly
+CHAT_OVERHEAD_TOKENS = 10  # a chat template's role headers and special tokens, a prompt
+MFU_PREFILL = 0.45  # prompt reading (and training) on vLLM / TRL: compute bound
+MFU_DECODE = 0.15  # batched generation: bound by memory bandwidth, a few tokens a weight read
+INSTRUCTION_TOKENS = 40  # what the synthesizer's instruction step writes, about
+JSON_SCORES_TOKENS = 20  # annotate's generate mode: {"ideology": 3, "relevance": 8, "quality": 6}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    bf16_tflops: float  # dense peak
+
+
+GPUS = {"h100": Gpu("H100 SXM", 989.0), "a100": Gpu("A100 SXM", 312.0), "l40s": Gpu("L40S", 362.0),
+        "l4": Gpu("L4", 121.0)}
+
+# parameters of the models the presets name (from their configs); others: "<N>B" in the name, or a local folder
+KNOWN_PARAMS = {"meta-llama/Meta-Llama-3-70B-Instruct": 70.6e9, "meta-llama/Meta-Llama-3-8B-Instruct": 8.03e9,
+                "mistralai/Mistral-7B-Instruct-v0.2": 7.24e9}
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    model: str
+    tokens_in: float
+    tokens_out: float
+    gpus: int  # the stage's GPUs at once, as configured
+    gpu_hours: float
+    wall_hours: float
+    basis: str  # "estimate" or "measured: …"
+    note: str = ""
+
+    def cost(self, price_per_gpu_hour: float) -> float:
+        return self.gpu_hours * price_per_gpu_hour
+
+
+def model_params(ref: str, cfg: RunConfig) -> float:
+    """A model's parameter count: known, read from a local folder's safetensors headers, or "<N>B" in its name."""
+    if ref in KNOWN_PARAMS:
+        return KNOWN_PARAMS[ref]
+    folder = Path(cfg.tiny_model.out if ref == TINY_MODEL else ref).expanduser()
+    if folder.is_dir() and list(folder.glob("*.safetensors")):
+        return float(sum(_safetensors_numel(p) for p in folder.glob("*.safetensors")))
+    match = re.search(r"(\d+(?:\.\d+)?)[bB]\b", ref)
+    if match:
+        return float(match.group(1)) * 1e9
+    raise ValueError(f"cannot tell how many parameters {ref} has: name a model with its size (…-8B…) or a local "
+                     "folder with safetensors weights")
+
+
+def _safetensors_numel(path: Path) -> int:
+    with open(path, "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+
+
+def prompt_tokens(messages: list[dict[str, str]]) -> float:
+    return sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN + CHAT_OVERHEAD_TOKENS
+
+
+def gpu_hours(params: float, tokens_in: float, tokens_out: float, gpu: Gpu, train: bool = False) -> float:
+    peak = gpu.bf16_tflops * 1e12
+    if train:
+        return 6 * params * tokens_in / (peak * MFU_PREFILL) / 3600
+    return (2 * params * tokens_in / (peak * MFU_PREFILL) + 2 * params * tokens_out / (peak * MFU_DECODE)) / 3600
+
+
+def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
+               selected_share: float | None = None) -> tuple[list[StagePlan], list[str]]:
+    """Per stage, the plan for `posts` posts of `post_tokens` tokens each, on `gpu`s; and notes on what it rests on
+    (a previous run's manifest that could not be read)."""
+    from politune.annotate.prompts import JSON_SCHEMA, SCALES, generate_messages, scale_messages
+    from politune.synthesize.prompts import answer_conversations, instruction_messages
+
+    post = "x" * int(post_tokens * CHARS_PER_TOKEN)
+    measured = _measured(cfg)
+    notes = [measured.pop("_unreadable")] if "_unreadable" in measured else []
+    plans = []
+
+    a = cfg.annotate
+    if a.mode == "logprob":
+        a_in, a_out = posts * sum(prompt_tokens(scale_messages(post, s)) for s in SCALES), posts * len(SCALES)
+    else:
+        a_in, a_out = posts * prompt_tokens(generate_messages(post)), posts * JSON_SCORES_TOKENS
+    a_gpus = a.concurrency * a.tensor_parallel_size * a.pipeline_parallel_size if a.engine == "vllm" else 0
+    plans.append(_stage_plan("annotate", a.model, cfg, gpu, a_in, a_out, a_gpus, measured, posts,
+                             "documents_per_s", note=f"{a.mode} mode, {len(SCALES)} scales" if a.mode == "logprob"
+                             else f"generate mode, {len(JSON_SCHEMA['properties'])} scores as JSON"))
+
+    share = selected_share if selected_share is not None else _selected_share(cfg, measured)
+    selected = posts * share
+    s = cfg.synthesize
+    instruction = "x" * INSTRUCTION_TOKENS * CHARS_PER_TOKEN
+    answers = answer_conversations(instruction, "left", post, s.chosen_from)
+    s_in = selected * (prompt_tokens(instruction_messages(post)) + sum(prompt_tokens(m) for m in answers.values()))
+    s_out = selected * (INSTRUCTION_TOKENS + len(answers) * s.max_new_tokens)
+    if s.consistency_check:  # the annotator reads chosen and rejected on the ideology scale
+        s_in += selected * 2 * (prompt_tokens(scale_messages("x" * s.max_new_tokens * CHARS_PER_TOKEN, "ideology")))
+    s_gpus = s.concurrency * s.tensor_parallel_size * s.pipeline_parallel_size if s.engine == "vllm" else 0
+    plans.append(_stage_plan("synthesize", s.model, cfg, gpu, s_in, s_out, s_gpus, measured, selected,
+                             "pairs_per_s", note=f"{selected:,.0f} selected posts ({share:.0%} of the posts)"))
+
+    t = cfg.train
+    pairs = selected * (1 - s.eval_share)
+    pair_tokens = 2 * min(t.max_length, INSTRUCTION_TOKENS + CHAT_OVERHEAD_TOKENS + s.max_new_tokens)
+    t_tokens = len(t.sides) * pairs * t.num_epochs * pair_tokens
+    t_gpus = int(t.num_workers * t.gpus_per_worker) if t.use_gpu else 0
+    plans.append(_stage_plan("train", t.base_model, cfg, gpu, t_tokens, 0, t_gpus, measured, None, "",
+                             train=True, note=f"{len(t.sides)} adapter(s), {pairs:,.0f} pairs a side, "
+                                              f"{t.num_epochs:g} epoch(s)"))
+
+    plans.append(_evaluate_plan(cfg, gpu, measured))
+    return plans, notes
+
+
+def _stage_plan(stage: str, model: str, cfg: RunConfig, gpu: Gpu, tokens_in: float, tokens_out: float, gpus: int,
+                measured: dict[str, Any], items: float | None, rate_key: str, train: bool = False,
+                note: str = "") -> StagePlan:
+    hours = gpu_hours(model_params(model, cfg), tokens_in, tokens_out, gpu, train)
+    wall = hours / gpus if gpus else hours
+    basis = "estimate"
+    record = measured.get(stage)
+    if record and items and record["figures"].get(rate_key) and model in record.get("models", {}):
+        wall = items / record["figures"][rate_key] / 3600
+        hours = wall * gpus
+        basis = f"measured: {record['figures'][rate_key]:,.1f} {rate_key.replace('_per_s', '')}/s " \
+                f"on {record['started_at'][:10]}"
+    if not gpus:
+        note = (note + "; " if note else "") + "configured without GPUs: the figures are for one GPU"
+    return StagePlan(stage, model, tokens_in, tokens_out, gpus, hours, wall, basis, note)
+
+
+def _evaluate_plan(cfg: RunConfig, gpu: Gpu, measured: dict[str, Any]) -> StagePlan:
+    from politune.evaluate.instruments import load_instrument, load_probes
+
+    e, s = cfg.evaluate, cfg.serve
+    items = 0
+    for name in e.instruments:
+        try:
+            items += len(load_instrument(name, e.pct_path).items)
+        except (OSError, ValueError):
+            items += 62  # the Political Compass test's propositions, when its file is not at hand
+    models = 1 + len(cfg.train.sides) * (1 + (4 if e.checkpoints == "all" else 0))  # checkpoints: about 4 saves
+    question = 40 + CHAT_OVERHEAD_TOKENS
+    tokens_in = models * items * e.phrasings * question * len(e.modes)
+    tokens_out = models * items * e.phrasings * e.samples * e.max_tokens if "generate" in e.modes else 0
+    if e.probes:
+        probes = len(load_probes())
+        tokens_in += models * probes * e.samples * question
+        tokens_out += models * probes * e.samples * e.probe_max_tokens
+    judged = tokens_out  # the judge reads each free-text answer and writes a score
+    tokens_in += judged
+    gpus = s.max_replicas * s.tensor_parallel_size * s.pipeline_parallel_size if s.backend == "vllm" else 0
+    return _stage_plan("evaluate", s.base_model, cfg, gpu, tokens_in, tokens_out, gpus, measured, None, "",
+                       note=f"{models} models x {items} propositions x {e.phrasings} phrasing(s)")
+
+
+def _measured(cfg: RunConfig) -> dict[str, Any]:
+    """The stage records of a previous run of this config (its manifest's `stages`), if any can be read."""
+    uri = join(cfg.run_uri, "manifest.json")
+    try:
+        return Manifest(cfg.run_uri).data.get("stages", {}) if exists(uri) else {}
+    except OSError as err:  # the storage is not reachable from here: plan from the estimates alone
+        return {"_unreadable": f"{uri} could not be read ({str(err).split(';')[0]}): every figure is an estimate"}
+
+
+def _selected_share(cfg: RunConfig, measured: dict[str, Any]) -> float:
+    """The share of posts select keeps: a previous run's, else the quantile rule's, else a stated 10%."""
+    manifest = Manifest(cfg.run_uri) if measured else None
+    selected = manifest.artifact("selected") if manifest else None
+    if selected and selected["counts"].get("documents"):
+        return sum(selected["counts"]["kept"].values()) / selected["counts"]["documents"]
+    if cfg.select.method == "quantile":
+        return 2 * cfg.select.side_share
+    return 0.10
