@@ -18,10 +18,13 @@ figures (throughput, tokens, steps).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from rich.console import Console
 
 from politune.annotate import AnnotateResult, annotate_documents
 from politune.annotate.stage import annotate_identity
@@ -131,7 +134,8 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, only: str | None
 def _run_stage(stage: str, cfg: RunConfig) -> Any:
     started_at, start = datetime.now(timezone.utc), time.perf_counter()
     try:
-        output = BUILDERS[stage](cfg)
+        with _running(stage):
+            output = BUILDERS[stage](cfg)
     except Exception as err:
         raise StageFailed(stage) from err
     seconds = time.perf_counter() - start
@@ -139,6 +143,18 @@ def _run_stage(stage: str, cfg: RunConfig) -> Any:
     Manifest(cfg.run_uri).record_stage(stage, started_at=started_at, seconds=seconds, models=models,
                                        figures=stage_figures(stage, output, seconds))
     return output
+
+
+@contextmanager
+def _running(stage: str) -> Iterator[None]:
+    """On a terminal, a live line while a stage runs (its name and a spinner; rich's status shows no count, which
+    Ray Data keeps in the workers); in a job log or a pipe, nothing."""
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        yield
+        return
+    with err.status(f"{stage}: running"):
+        yield
 
 
 def _done_since(manifest: Manifest, stage: str) -> str:

@@ -69,12 +69,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ray_node_args(num_cpus: int, node_ip: str = "127.0.0.1") -> list[str]:
+def ray_node_args(num_cpus: int, node_ip: str = "127.0.0.1", metrics_port: int | None = None) -> list[str]:
     """`ray start` flags shared by every node these tests start: a loopback address, and every port of the node
     explicit, so another Ray on this machine (a user's, a stale one, the node beside it) cannot collide."""
     return ["--block", f"--node-ip-address={node_ip}", f"--num-cpus={num_cpus}", "--disable-usage-stats",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={metrics_port or free_port()}", f"--runtime-env-agent-port={free_port()}",
             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
 
 
@@ -84,6 +84,7 @@ class RayHead:
     dashboard: str  # http://127.0.0.1:port, for `ray job submit`
     env: dict[str, str]
     temp_dir: Path
+    metrics: list[str]  # each node's Prometheus endpoint, http://<node ip>:<port>/metrics
 
 
 @contextlib.contextmanager
@@ -103,10 +104,12 @@ def ray_head_node(num_cpus: int, multi_node: bool = False,
            # a job's `python` is looked up on the head's PATH: make it this environment's, as in a cluster image
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
+    metrics_port = free_port()
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={gcs.rsplit(':', 1)[1]}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}",
-         *ray_node_args(num_cpus, node_ip)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         *ray_node_args(num_cpus, node_ip, metrics_port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while True:
@@ -121,11 +124,42 @@ def ray_head_node(num_cpus: int, multi_node: bool = False,
                 pytest.fail("the Ray head did not come up within 120 s")
             time.sleep(1)
     try:
-        yield RayHead(gcs, address, env, temp_dir)
+        yield RayHead(gcs, address, env, temp_dir, [f"http://{node_ip}:{metrics_port}/metrics"])
     finally:
         head.terminate()
         head.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def two_node_cluster(num_cpus: int, extra_env: dict[str, str] | None = None) -> Iterator[RayHead]:
+    """A head on 127.0.0.2 and a second node on 127.0.0.3 (see ray_head_node), `num_cpus` each, both alive."""
+    with ray_head_node(num_cpus=num_cpus, multi_node=True, extra_env=extra_env) as head:
+        metrics_port = free_port()
+        worker = subprocess.Popen([RAY, "start", f"--address={head.gcs}",
+                                   *ray_node_args(num_cpus, "127.0.0.3", metrics_port)],
+                                  env=head.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        head.metrics.append(f"http://127.0.0.3:{metrics_port}/metrics")
+        deadline = time.time() + 120
+        while alive_nodes(head) < 2:
+            assert worker.poll() is None, "the second node stopped"
+            assert time.time() < deadline, "the second node did not join within 120 s"
+            time.sleep(1)
+        try:
+            yield head
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+
+
+def alive_nodes(head: RayHead) -> int:
+    done = subprocess.run([RAY, "list", "nodes", "--address", head.gcs, "--format", "json"], env=head.env,
+                          capture_output=True, text=True, timeout=60)
+    try:  # while the head starts, `ray list nodes` may print "No resource in the cluster" instead of JSON
+        nodes = json.loads(done.stdout or "[]") if not done.returncode else []
+    except json.JSONDecodeError:
+        return 0
+    return sum(1 for n in nodes if n.get("state") == "ALIVE")
 
 
 def submit_job(dashboard: str, env: dict[str, str], entrypoint: list[str], timeout_s: float = 600,

@@ -5,14 +5,11 @@ The job finishes and registers its adapter."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import RAY, ray_head_node, ray_node_args, submit_job
+from conftest import submit_job, two_node_cluster
 from test_train import TRAIN, write_labelled_pairs
 
 from politune.config import TinyModelConfig, build_config
@@ -25,27 +22,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def two_nodes():
-    with ray_head_node(num_cpus=1, multi_node=True) as head:
-        worker = subprocess.Popen([RAY, "start", f"--address={head.gcs}", *ray_node_args(1, "127.0.0.3")],
-                                  env=head.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while alive_nodes(head) < 2:
-            assert worker.poll() is None, "the second node stopped"
-            assert time.time() < deadline, "the second node did not join within 120 s"
-            time.sleep(1)
+    with two_node_cluster(num_cpus=1) as head:
         yield head
-        worker.terminate()
-        worker.wait(timeout=60)
-
-
-def alive_nodes(head) -> int:
-    done = subprocess.run([RAY, "list", "nodes", "--address", head.gcs, "--format", "json"], env=head.env,
-                          capture_output=True, text=True, timeout=60)
-    try:  # while the head starts, `ray list nodes` may print "No resource in the cluster" instead of JSON
-        nodes = json.loads(done.stdout or "[]") if not done.returncode else []
-    except json.JSONDecodeError:
-        return 0
-    return sum(1 for n in nodes if n.get("state") == "ALIVE")
 
 
 def test_two_workers_on_two_nodes_train_and_register(two_nodes, tmp_path: Path) -> None:

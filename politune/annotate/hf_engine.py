@@ -21,6 +21,7 @@ import torch
 from politune.annotate.parse import ParseError, expected_and_argmax, parse_scores
 from politune.annotate.prompts import SCALES, answer_token_ids, generate_messages, prompt_version, scale_messages
 from politune.annotate.schema import annotation_row
+from politune.engines.metrics import StageMetrics
 from politune.models.loading import load_causal_lm
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class AnnotationMetrics:
         from ray.util.metrics import Counter, Histogram
 
         self.tags = {"run": run_id, "model": model}
+        self.stage = StageMetrics(run_id, "annotate")
         keys = ("run", "model")
         self.posts = Counter("politune_annotate_posts", "Posts annotated, by status.", tag_keys=(*keys, "status"))
         self.tokens_in = Counter("politune_annotate_tokens_in", "Prompt tokens read.", tag_keys=keys)
@@ -41,6 +43,7 @@ class AnnotationMetrics:
                                  boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120], tag_keys=keys)
 
     def record(self, statuses: list[str], tokens_in: int, tokens_out: int, seconds: float | None = None) -> None:
+        self.stage.count("documents", len(statuses))
         for status in set(statuses):
             self.posts.inc(statuses.count(status), tags={**self.tags, "status": status})
         if tokens_in:  # Ray's counters refuse an increment of 0

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from politune.config import RunConfig
+from politune.engines.metrics import StageMetrics
 from politune.engines.openai_http import post_all
 from politune.evaluate.asking import (
     PROBES,
@@ -77,6 +78,7 @@ def evaluate_models(cfg: RunConfig) -> EvaluateResult:
         needs_judge = "generate" in e.modes or bool(probes)
         check_targets(targets + ([judge] if needs_judge else []))
         init_ray(cfg)
+        metrics = StageMetrics(cfg.run_id, "evaluate")
         rows: list[dict[str, Any]] = []
         if "logprob" in e.modes:
             start = time.perf_counter()
@@ -86,6 +88,7 @@ def evaluate_models(cfg: RunConfig) -> EvaluateResult:
             replies = _post(cfg, COMPLETIONS, {group[0].key: (group[0], logprob_payload(group)) for group in groups})
             rows += [row for group in groups for row in logprob_rows(group, *replies[group[0].key])]
             seconds["logprob"] = time.perf_counter() - start
+            metrics.count("answers", len(rows))
         free_text = [Question(t, PROBES, p.id, p.question, 0, sample, "generate") for t in targets for p in probes
                      for sample in range(e.samples)]
         if "generate" in e.modes:
@@ -93,7 +96,9 @@ def evaluate_models(cfg: RunConfig) -> EvaluateResult:
                           for name, inst in instruments.items() for p in inst.items
                           for phrasing in range(e.phrasings) for sample in range(e.samples)]
         if free_text:
-            rows += _free_text_rows(cfg, free_text, judge, seconds)
+            free = _free_text_rows(cfg, free_text, judge, seconds)
+            metrics.count("answers", len(free))
+            rows += free
     eval_uri = join(cfg.run_uri, "eval")
     _write_answers(join(eval_uri, "answers.parquet"), rows)
     statuses = dict(Counter(r["status"] for r in rows))

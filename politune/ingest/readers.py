@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
 from politune.config import SourceConfig
+from politune.engines.metrics import StageMetrics
 from politune.ingest.schema import QUARANTINE_PART, RAW_MAX_CHARS, REPOST_PART, STAGING_SCHEMA
 from politune.ingest.shapes import BadRow, RecordMapper, Repost, make_doc_id, text_hash
 from politune.storage import is_outage, resolve
@@ -353,13 +354,14 @@ class CorpusDatasource(FileBasedDatasource):
     Ray Data fuse each file's read with its write, so a read task never waits on a full queue."""
 
     def __init__(self, sources: list[SourceConfig], files: list[CorpusFile], filesystem: pafs.FileSystem,
-                 max_text_chars: int, num_buckets: int, batch_rows: int) -> None:
+                 max_text_chars: int, num_buckets: int, batch_rows: int, run_id: str = "") -> None:
         # a file gone by now is not dropped: vanished_files() names it, and the stage quarantines it
         super().__init__([f.path for f in files], filesystem=filesystem, ignore_missing_paths=True)
         self.files = {f.path: f for f in files}
         self.mappers = {s.name: RecordMapper(s, max_text_chars) for s in sources}
         self.num_buckets = num_buckets
         self.batch_rows = batch_rows
+        self.run_id = run_id
 
     def vanished_files(self) -> list[CorpusFile]:
         """Listed files that were gone when the datasource looked them up (before any read task ran)."""
@@ -381,6 +383,12 @@ class CorpusDatasource(FileBasedDatasource):
             return UnreadableFile(f"could not be opened: {_error_text(err)}")
 
     def _read_stream(self, f: pa.NativeFile | UnreadableFile, path: str) -> Iterator[pa.Table]:
+        metrics = StageMetrics(self.run_id, "ingest")
+        for table in self._read_rows(f, path):
+            metrics.count("rows_read", len(table))
+            yield table
+
+    def _read_rows(self, f: pa.NativeFile | UnreadableFile, path: str) -> Iterator[pa.Table]:
         corpus_file = self.files[path]
         mapper = self.mappers[corpus_file.source]
         if isinstance(f, UnreadableFile) or corpus_file.size == 0:

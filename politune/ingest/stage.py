@@ -106,7 +106,7 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
     with _block_size(cfg.ingest.block_mb * 2**20):
         for fs, files in by_filesystem.values():
             datasource = CorpusDatasource(cfg.sources, files, fs, cfg.ingest.max_text_chars, num_buckets,
-                                          cfg.ingest.read_batch_rows)
+                                          cfg.ingest.read_batch_rows, run_id=cfg.run_id)
             vanished = datasource.vanished_files()
             _quarantine_vanished(vanished, out_fs, staging_path)
             if len(vanished) < len(files):

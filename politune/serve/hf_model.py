@@ -20,6 +20,7 @@ import torch
 from ray import serve
 
 from politune.config import RunConfig
+from politune.engines.metrics import StageMetrics
 from politune.registry import load_registry
 from politune.serve.guard import ADAPTER_NAME
 from politune.serve.hf_engine import AdapterModel, Row
@@ -70,6 +71,7 @@ class HFModelServer:
         s = run.serve
         torch.set_num_threads(s.num_threads or max(1, int(s.cpus_per_replica)))
         self.serve_cfg, self.run_uri = s, run.run_uri
+        self.stage_metrics = StageMetrics(run.run_id, "serve")
         self.engine = AdapterModel(model_path, "cuda" if s.gpus_per_replica else "cpu")
         self.downloads = Path(tempfile.mkdtemp(prefix="politune-adapters-"))
         self.held: set[str] = set()
@@ -152,6 +154,7 @@ class HFModelServer:
                     if n:  # Ray's counters refuse 0
                         counter.inc(n, tags={"model": model})
                 self.metrics.latency.observe(elapsed, tags={"model": model})
+        self.stage_metrics.count("requests", sum(1 for r in results if r.error is None))
         return results
 
     def _rows(self, req: GenerationRequest, result: Generation) -> list[Row]:

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from politune.engines.metrics import StageMetrics
 from politune.models.loading import load_causal_lm
 from politune.synthesize.drafts import PAIR_DRAFT_SCHEMA, draft, failed, first_line
 from politune.synthesize.prompts import answer_conversations, instruction_messages
@@ -25,7 +26,7 @@ class HFPairWriter:
     """Callable class for `Dataset.map_batches`: {doc_id, side, text} in, PAIR_DRAFT_SCHEMA rows out."""
 
     def __init__(self, model_path: str, chosen_from: str, max_new_tokens: int, max_prompt_tokens: int,
-                 max_retries: int = 2, num_threads: int | None = None, device: str = "cpu") -> None:
+                 max_retries: int = 2, num_threads: int | None = None, device: str = "cpu", run_id: str = "") -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.model, self.tokenizer = load_causal_lm(model_path, device=device)
@@ -35,6 +36,7 @@ class HFPairWriter:
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
         self.max_retries = max_retries
+        self.metrics = StageMetrics(run_id, "synthesize")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         posts = batch.to_pylist()
@@ -45,6 +47,7 @@ class HFPairWriter:
             except Exception as err:  # noqa: BLE001 - any engine failure is retried, then recorded
                 log.warning("pair batch failed (try %d of %d): %r", attempt + 1, self.max_retries + 1, err)
                 rows = [failed(p, f"{type(err).__name__}: {err}") for p in posts]
+        self.metrics.count("pair_drafts", len(rows))
         return pa.Table.from_pylist(rows, schema=PAIR_DRAFT_SCHEMA)
 
     def write_pairs(self, posts: list[dict[str, Any]]) -> list[dict[str, Any]]:

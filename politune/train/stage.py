@@ -71,6 +71,7 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
         # read here too so that missing pairs fail before Ray starts, naming the file
         pairs = {split: len(read_split(cfg.run_uri, side, split)) for split in ("train", "eval")}
         manifest = Manifest(cfg.run_uri)
+        manifest.forget(f"adapter:{name}")  # recorded again once this training has finished
         run_name = train_run_name(cfg, side)
         steps_uri = train_steps_uri(cfg, run_name)
         storage_fs, storage_path = resolve(join(cfg.run_uri, "adapters", "_train"))

@@ -36,6 +36,7 @@ from ray.train import Checkpoint
 from transformers import TrainerCallback
 
 from politune.config import RunConfig, TrainConfig
+from politune.engines.metrics import StageMetrics
 from politune.failures import WorkerFailure
 from politune.models import resolve_model
 from politune.models.loading import load_causal_lm
@@ -71,6 +72,22 @@ class ReportCheckpoints(TrainerCallback):
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
+
+
+class StageProgress(TrainerCallback):
+    """Rank 0's steps and latest loss on Ray's metrics endpoint (engines/metrics.py), tagged by run and stage."""
+
+    def __init__(self, run_id: str, adapter: str) -> None:
+        self.metrics = StageMetrics(run_id, "train")
+        self.adapter = adapter
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if ray.train.get_context().get_world_rank() == 0:
+            self.metrics.count("steps")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if ray.train.get_context().get_world_rank() == 0 and logs and "loss" in logs:
+            self.metrics.set(f"loss:{self.adapter}", float(logs["loss"]))
 
 
 def step_folder(steps_uri: str, step: int) -> str:
@@ -172,7 +189,8 @@ def _train(config: dict[str, Any], rank: int) -> None:
     t = cfg.train
     torch.set_num_threads(max(1, int(t.cpus_per_worker)))
     output_dir = tempfile.mkdtemp(prefix=f"politune-train-{side}-")
-    trainer, tokenizer, eval_rows = build_trainer(cfg, side, output_dir, [ReportCheckpoints(config.get("steps_uri"))],
+    callbacks = [ReportCheckpoints(config.get("steps_uri")), StageProgress(cfg.run_id, side)]
+    trainer, tokenizer, eval_rows = build_trainer(cfg, side, output_dir, callbacks,
                                                  config.get("model_path"))
     model = trainer.accelerator.unwrap_model(trainer.model).to(trainer.args.device)
 

@@ -1,0 +1,156 @@
+"""The whole study as a user runs it on a cluster: `ray job submit --working-dir . -- python jobs/pipeline.py`
+against a two-node Ray (a head on 127.0.0.2 and a node on 127.0.0.3, see conftest.ray_head_node) on the embedded
+default, with a smaller corpus. The job succeeds, work runs on both nodes, the run's Serve app answers evaluate,
+and the report is written. Then a resubmitted run (another training config) is stopped while it trains, and
+submitted again: the manifest shows that ingest, annotation, selection and synthesis were not redone."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import RAY, REPO, submit_job, two_node_cluster
+
+pytestmark = pytest.mark.integration
+
+STAGES = ("ingest", "annotate", "select", "synthesize", "train", "evaluate")
+
+
+def job_config(tmp_path: Path, port: int) -> Path:
+    """The local preset with every path absolute: the job's working directory is unpacked on each node apart."""
+    corpus = tmp_path / "corpus"
+    raw = {"base": "local", "run_id": "job", "storage_root": str(tmp_path / "runs"), "work_dir": str(tmp_path / "w"),
+           "tiny_model": {"out": str(tmp_path / "tiny")},
+           "corpus": {"n": 300, "out": str(corpus)},
+           "sources": [{"name": "truthsocial", "paths": [str(corpus / "truthsocial")], "shape": "truthsocial"},
+                       {"name": "politosphere", "paths": [str(corpus / "politosphere")], "shape": "politosphere"}],
+           # two Train workers, one a node (STRICT_SPREAD): the run must use both nodes
+           "train": {"num_workers": 2, "placement_strategy": "STRICT_SPREAD", "save_steps": 2, "max_steps": 8},
+           "serve": {"port": port},
+           "evaluate": {"probes": False, "phrasings": 1, "checkpoints": "final"}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def manifest(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "runs" / "job" / "manifest.json").read_text())
+
+
+def actor_nodes(head) -> set[str]:
+    """The nodes any actor ran on (the cluster runs only this test's jobs)."""
+    done = subprocess.run([RAY, "list", "actors", "--address", head.gcs, "--format", "json", "--limit", "10000",
+                           "--detail"], env=head.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return {a["node_id"] for a in json.loads(done.stdout) if a.get("node_id")}
+
+
+def submitted_job_id(done: subprocess.CompletedProcess) -> str:
+    return re.search(r"Job '(raysubmit_\w+)' submitted successfully", done.stdout + done.stderr).group(1)
+
+
+def submit_no_wait(head, entrypoint: list[str]) -> str:
+    started = subprocess.run([RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(REPO),
+                              "--no-wait", "--", *entrypoint], env=head.env, capture_output=True, text=True,
+                             timeout=120)
+    assert started.returncode == 0, started.stderr
+    return submitted_job_id(started)
+
+
+def job_status(head, job_id: str) -> str:
+    with urllib.request.urlopen(f"{head.dashboard}/api/jobs/{job_id}", timeout=30) as response:
+        return json.loads(response.read())["status"]
+
+
+def stage_items(urls: list[str]) -> dict[tuple[str, str], float]:
+    """politune_stage_items by (stage, kind), summed over the nodes' Prometheus endpoints."""
+    seen: dict[tuple[str, str], float] = {}
+    for url in urls:
+        try:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("ray_politune_stage_items") and 'run="job"' in line:
+                stage, kind = re.search(r'stage="(\w+)"', line)[1], re.search(r'kind="(\w+)"', line)[1]
+                seen[stage, kind] = seen.get((stage, kind), 0) + float(line.rsplit(" ", 1)[1])
+    return seen
+
+
+def watch(head, job_id: str, timeout_s: float) -> tuple[str, dict[tuple[str, str], float]]:
+    """Wait for a job to end, reading the stage metrics while it runs; its final status and the metrics seen."""
+    seen: dict[tuple[str, str], float] = {}
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        for key, value in stage_items(head.metrics).items():
+            seen[key] = max(seen.get(key, 0), value)
+        status = job_status(head, job_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status, seen
+        time.sleep(2)
+    return "TIMEOUT", seen
+
+
+def job_logs(head, job_id: str) -> str:
+    return subprocess.run([RAY, "job", "logs", "--address", head.dashboard, job_id], env=head.env,
+                          capture_output=True, text=True, timeout=120).stdout
+
+
+def test_the_study_as_a_submitted_job_on_two_nodes_then_killed_and_resubmitted(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    config = job_config(tmp_path, free_port())
+    # workers export their metrics every second (Ray's default is 10 s): a short stage is seen while it runs
+    with two_node_cluster(num_cpus=2, extra_env={"RAY_metrics_report_interval_ms": "1000"}) as head:
+        job_id = submit_no_wait(head, ["python", "jobs/pipeline.py", "--config", str(config)])
+        status, seen = watch(head, job_id, timeout_s=1500)
+        log = job_logs(head, job_id)
+        assert status == "SUCCEEDED", log[-5000:]
+        # every stage published its progress on the nodes' metrics endpoints, tagged by run and stage
+        for stage, kind in (("ingest", "rows_read"), ("annotate", "documents"), ("synthesize", "pair_drafts"),
+                            ("train", "steps"), ("serve", "requests"), ("evaluate", "answers")):
+            assert seen.get((stage, kind), 0) > 0, (stage, kind, seen)
+        assert seen["ingest", "rows_read"] == 300
+        for line in ("select:     ", "train:      adapter 'left'", "evaluate:   ", "compass:    "):
+            assert line in log, line  # the job log is the console's summary
+        assert "logging_progress" not in log  # Ray Data's progress log stays in Ray's files
+        first = manifest(tmp_path)
+        assert set(first["stages"]) == set(STAGES)
+        assert len(actor_nodes(head)) == 2  # Train workers (and Ray Data's actors) on both nodes
+        registry = json.loads((tmp_path / "runs" / "job" / "adapters" / "registry.json").read_text())["adapters"]
+        assert len(set(registry["left"]["metrics"]["worker_nodes"])) == 2  # one Train worker a node
+        answers = pq.read_table(tmp_path / "runs" / "job" / "eval" / "answers.parquet").to_pylist()
+        assert {r["model"] for r in answers} == {"tiny", "tiny:left", "tiny:right"}
+        assert all(r["status"] in ("ok", "unmapped") for r in answers)  # the Serve app answered every question
+        assert (tmp_path / "runs" / "job" / "report" / "report.html").is_file()
+
+        # another training config for the same run: train and evaluate are due; stop the job while it trains
+        resubmit = ["python", "jobs/pipeline.py", "--config", str(config), "--set", "train.beta=0.2"]
+        job_id = submit_no_wait(head, resubmit)
+        steps = tmp_path / "runs" / "job" / "adapters" / "_train"
+        before = set(steps.glob("left-*/adapter_steps/step-*/adapter_model.safetensors"))
+        deadline = time.time() + 600
+        while not set(steps.glob("left-*/adapter_steps/step-*/adapter_model.safetensors")) - before:
+            assert time.time() < deadline, "the resubmitted job saved no checkpoint within 600 s"
+            time.sleep(1)
+        stopped = subprocess.run([RAY, "job", "stop", "--address", head.dashboard, job_id], env=head.env,
+                                 capture_output=True, text=True, timeout=180)
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout + stopped.stderr, stopped.stderr
+        assert "adapter:left" not in manifest(tmp_path)["artifacts"]  # stopped halfway: not done
+
+        again = submit_job(head.dashboard, head.env, resubmit, timeout_s=1500)
+        assert again.returncode == 0, again.stdout[-5000:] + again.stderr[-3000:]
+        last = manifest(tmp_path)
+        for stage in ("ingest", "annotate", "select", "synthesize"):
+            assert last["stages"][stage] == first["stages"][stage], stage  # not redone
+            assert re.search(rf"^{stage}: +skipped: done", again.stdout, re.M), stage
+        for stage in ("train", "evaluate"):
+            assert last["stages"][stage]["started_at"] > first["stages"][stage]["finished_at"], stage
+        assert last["artifacts"]["adapter:left"]["config_hash"] != first["artifacts"]["adapter:left"]["config_hash"]
