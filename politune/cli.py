@@ -252,7 +252,11 @@ def plan(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = Set
          post_tokens: float = typer.Option(60.0, "--post-tokens", help="Tokens of an average post."),
          selected_share: float = typer.Option(None, "--selected-share",
                                               help="Share of posts select keeps (default: a previous run's, the "
-                                                   "quantile rule's, or 10%).")) -> None:
+                                                   "quantile rule's, or 10%)."),
+         ray_data_llm_ratio: float = typer.Option(
+             1.0, "--ray-data-llm-ratio", help="docs/s through ray.data.llm ÷ vllm.LLM in one process, as "
+                                               "bench/annotate.py --engine vllm measures it; divides the vLLM "
+                                               "stages' estimates.")) -> None:
     """Estimate tokens, GPU-hours, wall time and cost of each stage before running the study."""
     from politune.console import print_plan
     from politune.plan import GPUS, plan_study
@@ -262,7 +266,7 @@ def plan(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = Set
         typer.secho(f"error: --gpu {gpu}: expected one of {', '.join(GPUS)}", fg="red", err=True)
         raise typer.Exit(2)
     try:
-        plans, notes = plan_study(cfg, posts, GPUS[gpu], post_tokens, selected_share)
+        plans, notes = plan_study(cfg, posts, GPUS[gpu], post_tokens, selected_share, ray_data_llm_ratio)
     except ValueError as err:
         typer.secho(f"error: plan: {err}", fg="red", err=True)
         raise typer.Exit(1) from None

@@ -94,9 +94,14 @@ def gpu_hours(params: float, tokens_in: float, tokens_out: float, gpu: Gpu, trai
 
 
 def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
-               selected_share: float | None = None) -> tuple[list[StagePlan], list[str]]:
+               selected_share: float | None = None, ray_data_llm_ratio: float = 1.0,
+               ) -> tuple[list[StagePlan], list[str]]:
     """Per stage, the plan for `posts` posts of `post_tokens` tokens each, on `gpu`s; and notes on what it rests on
-    (a previous run's manifest that could not be read)."""
+    (a previous run's manifest that could not be read). `ray_data_llm_ratio`: the stage's docs/s through
+    ray.data.llm ÷ vllm.LLM's in one process (bench/annotate.py --engine vllm); the estimates of the stages that
+    run vLLM through ray.data.llm are divided by it."""
+    if not 0 < ray_data_llm_ratio <= 1.5:
+        raise ValueError(f"--ray-data-llm-ratio {ray_data_llm_ratio}: expected a ratio above 0 (about 1)")
     from politune.annotate.prompts import JSON_SCHEMA, SCALES, generate_messages, scale_messages
     from politune.synthesize.prompts import answer_conversations, instruction_messages
 
@@ -138,6 +143,14 @@ def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
                                               f"{t.num_epochs:g} epoch(s)"))
 
     plans.append(_evaluate_plan(cfg, gpu, measured))
+    if ray_data_llm_ratio != 1.0:
+        for p in plans:
+            through_ray_data_llm = (p.stage == "annotate" and a.engine == "vllm") or \
+                (p.stage == "synthesize" and s.engine == "vllm")
+            if through_ray_data_llm and p.basis == "estimate":
+                p.gpu_hours /= ray_data_llm_ratio
+                p.wall_hours /= ray_data_llm_ratio
+                p.basis = f"estimate / {ray_data_llm_ratio:g} (ray.data.llm ÷ vllm.LLM)"
     return plans, notes
 
 

@@ -109,3 +109,14 @@ def test_model_sizes() -> None:
 def test_bad_gpu_is_refused() -> None:
     result = runner.invoke(app, ["plan", "--gpu", "tpu"])
     assert result.exit_code == 2 and "--gpu tpu: expected one of h100, a100, l40s, l4" in result.output
+
+
+def test_the_benchmarked_ray_data_llm_ratio_scales_the_vllm_stages() -> None:
+    plain = by_stage(plan_study(gpu_preset(), 1_000_000, GPUS["h100"])[0])
+    scaled = by_stage(plan_study(gpu_preset(), 1_000_000, GPUS["h100"], ray_data_llm_ratio=0.8)[0])
+    for stage in ("annotate", "synthesize"):  # vLLM through ray.data.llm in the GPU presets
+        assert scaled[stage].gpu_hours == pytest.approx(plain[stage].gpu_hours / 0.8)
+        assert scaled[stage].basis == "estimate / 0.8 (ray.data.llm ÷ vllm.LLM)"
+    assert scaled["train"].gpu_hours == plain["train"].gpu_hours
+    with pytest.raises(ValueError, match="expected a ratio above 0"):
+        plan_study(gpu_preset(), 10, GPUS["h100"], ray_data_llm_ratio=0)
