@@ -108,6 +108,8 @@ def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
     post = "x" * int(post_tokens * CHARS_PER_TOKEN)
     measured = _measured(cfg)
     notes = [measured.pop("_unreadable")] if "_unreadable" in measured else []
+    share = selected_share if selected_share is not None else _selected_share(cfg, measured)
+    measured.pop("_selected", None)
     plans = []
 
     a = cfg.annotate
@@ -120,7 +122,6 @@ def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
                              "documents_per_s", note=f"{a.mode} mode, {len(SCALES)} scales" if a.mode == "logprob"
                              else f"generate mode, {len(JSON_SCHEMA['properties'])} scores as JSON"))
 
-    share = selected_share if selected_share is not None else _selected_share(cfg, measured)
     selected = posts * share
     s = cfg.synthesize
     instruction = "x" * INSTRUCTION_TOKENS * CHARS_PER_TOKEN
@@ -197,18 +198,21 @@ def _evaluate_plan(cfg: RunConfig, gpu: Gpu, measured: dict[str, Any]) -> StageP
 
 
 def _measured(cfg: RunConfig) -> dict[str, Any]:
-    """The stage records of a previous run of this config (its manifest's `stages`), if any can be read."""
+    """A previous run of this config, if its manifest can be read: its stage records (`stages`) and, under
+    "_selected", its selection's record."""
     uri = join(cfg.run_uri, "manifest.json")
     try:
-        return Manifest(cfg.run_uri).data.get("stages", {}) if exists(uri) else {}
+        if not exists(uri):
+            return {}
+        manifest = Manifest(cfg.run_uri)
     except OSError as err:  # the storage is not reachable from here: plan from the estimates alone
         return {"_unreadable": f"{uri} could not be read ({str(err).split(';')[0]}): every figure is an estimate"}
+    return {**manifest.data.get("stages", {}), "_selected": manifest.artifact("selected")}
 
 
 def _selected_share(cfg: RunConfig, measured: dict[str, Any]) -> float:
     """The share of posts select keeps: a previous run's, else the quantile rule's, else a stated 10%."""
-    manifest = Manifest(cfg.run_uri) if measured else None
-    selected = manifest.artifact("selected") if manifest else None
+    selected = measured.get("_selected")
     if selected and selected["counts"].get("documents"):
         return sum(selected["counts"]["kept"].values()) / selected["counts"]["documents"]
     if cfg.select.method == "quantile":

@@ -45,8 +45,11 @@ def list_runs(root: str) -> list[RunSummary]:
         return []
     runs = []
     for info in fs.get_file_info(pafs.FileSelector(path)):
-        if info.type == pafs.FileType.Directory and exists(join(root, info.base_name, "manifest.json")):
-            runs.append(read_run(root, info.base_name))
+        if info.type == pafs.FileType.Directory:
+            try:
+                runs.append(read_run(root, info.base_name))
+            except FileNotFoundError:  # a folder without a manifest is not a run
+                continue
     return sorted(runs, key=lambda r: r.last_written, reverse=True)
 
 
