@@ -17,7 +17,12 @@ from typing import Any
 
 
 class EndpointError(RuntimeError):
-    """The endpoint cannot be used: unreachable, or it does not serve the model."""
+    """The endpoint cannot be used: unreachable, or it does not serve the model. `status`: the HTTP status
+    it answered with, if it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def auth_headers(api_key_env: str) -> dict[str, str]:
@@ -34,8 +39,8 @@ def list_models(base_url: str, api_key_env: str, timeout_s: float = 10) -> list[
             return [m.get("id") for m in json.load(response).get("data", [])]
     except urllib.error.HTTPError as err:
         raise EndpointError(f"cannot list the models of the OpenAI-compatible endpoint {url}: HTTP {err.code} "
-                            f"{err.reason}" + (f" (is ${api_key_env} set to its token?)" if err.code == 401 else "")
-                            ) from None
+                            f"{err.reason}" + (f" (is ${api_key_env} set to its token?)" if err.code == 401 else ""),
+                            err.code) from None
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise EndpointError(f"cannot list the models of the OpenAI-compatible endpoint {url}: {err}") from None
 

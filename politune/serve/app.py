@@ -3,6 +3,7 @@ and the KubeRay RayService all come through here."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,4 +54,26 @@ def start_serving(cfg: RunConfig) -> Serving:
     serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s})
     serve.run(serve_app(cfg), name=APP_NAME, route_prefix="/")
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
-    return Serving(f"http://{host}:{s.port}/v1", catalog.model_ids())
+    base_url = f"http://{host}:{s.port}/v1"
+    wait_until_every_proxy_answers(base_url, s.api_key_env, proxies=len(serve.status().proxies))
+    return Serving(base_url, catalog.model_ids())
+
+
+def wait_until_every_proxy_answers(base_url: str, api_key_env: str, proxies: int, timeout_s: float = 120) -> None:
+    """serve.run returns once the replicas are up, but a proxy on another node may not have the route table
+    yet and answers 404 (Ray Serve's proxies tell only on /-/healthz). Proxies of nodes sharing one machine
+    share its port (SO_REUSEPORT), and a load balancer in front of a cluster spreads connections the same way:
+    so ask on fresh connections until 8 a proxy in a row have listed the models."""
+    from politune.engines.openai_http import EndpointError, list_models
+
+    needed, in_a_row, last = 8 * max(proxies, 1), 0, ""
+    deadline = time.monotonic() + timeout_s
+    while in_a_row < needed:
+        try:
+            list_models(base_url, api_key_env)
+            in_a_row += 1
+        except EndpointError as err:
+            in_a_row, last = 0, str(err)
+            if err.status in (401, 403) or time.monotonic() > deadline:
+                raise EndpointError(f"the Serve app is deployed but does not answer: {last}", err.status) from None
+            time.sleep(0.25)
