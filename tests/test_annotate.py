@@ -88,6 +88,32 @@ def test_metrics_reach_the_ray_metrics_endpoint(ray_local, tiny_model: Path, tmp
     assert "politune_annotate_tokens_in" in text
 
 
+def test_a_watched_stage_shows_its_live_counts(ray_local, tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    """The annotator's counts reach the run's progress board, and the driver's watch prints them: in a job log
+    (not a terminal) as `annotate: running N s · D documents (R/s)` lines."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from politune import stage_watch
+
+    monkeypatch.setattr(stage_watch, "LOG_EVERY_S", 0.0)  # a line every poll whose counts moved
+    cfg = run_config(tmp_path, tiny_model, 200, mode="logprob")
+    ingest_corpus(cfg)
+    log = io.StringIO()
+    with stage_watch.StageWatch("annotate", cfg.run_id, Console(file=log, width=200)) as watch:
+        result = annotate_documents(cfg)
+        deadline = time.time() + 30  # the counts are sent without waiting: the board catches up in a poll or two
+        while not watch.counts.startswith(f"{result.annotated_now:,} documents (") and time.time() < deadline:
+            time.sleep(0.2)
+    assert result.annotated_now > 0
+    assert watch.counts.startswith(f"{result.annotated_now:,} documents ("), watch.counts
+    lines = log.getvalue().splitlines()
+    live = r"annotate:\s+running \d+ s · [\d,]+ documents \([\d.,]+/s\)"
+    assert any(re.fullmatch(live, line) for line in lines), lines
+
+
 def test_generate_mode_records_malformed_answers(ray_local, tiny_model: Path, tmp_path: Path) -> None:
     cfg = run_config(tmp_path, tiny_model, 60, mode="generate", max_new_tokens=12)
     ingest_corpus(cfg)

@@ -95,6 +95,9 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
     assert (report / "compass.png").read_bytes()[:4] == b"\x89PNG" and (report / "report.html").is_file()
     assert f"compass:    {report.absolute()}/compass.png" in done.stdout.replace("\n", "")
     assert "Traceback" not in done.stdout + done.stderr
+    for stage, did in (("ingest", "800 rows read"), ("annotate", "documents scored"), ("select", "posts selected"),
+                       ("synthesize", "pairs written"), ("train", "steps"), ("evaluate", "answers")):
+        assert re.search(rf"^{stage}:\s+done in \d+ s · .*{did}", done.stderr, re.M), stage  # a line as it ends
     console = (done.stdout + done.stderr).splitlines()
     assert len(console) < 150, "\n".join(console)  # a summary a stage; Ray's own logs stay in its files
 

@@ -121,6 +121,8 @@ def test_the_study_as_a_submitted_job_on_two_nodes_then_killed_and_resubmitted(t
         for line in ("select:     ", "train:      adapter 'left'", "evaluate:   ", "compass:    "):
             assert line in log, line  # the job log is the console's summary
         assert "logging_progress" not in log  # Ray Data's progress log stays in Ray's files
+        for stage, did in (("ingest", "300 rows read"), ("annotate", "documents scored"), ("train", "steps")):
+            assert re.search(rf"^{stage}:\s+done in \d+ s · .*{did}", log, re.M), stage  # a line a stage, as it ends
         first = manifest(tmp_path)
         assert set(first["stages"]) == set(STAGES)
         assert len(actor_nodes(head)) == 2  # Train workers (and Ray Data's actors) on both nodes

@@ -110,3 +110,14 @@ def test_a_run_folder_copied_with_its_corpus_is_still_done(tmp_path: Path, monke
     shutil.copytree(first, copy)
     monkeypatch.chdir(copy)
     assert planned_stages(cfg) == ()
+
+
+def test_a_stage_says_what_it_did_in_words() -> None:
+    from politune.pipeline import figure_words
+    from politune.stage_watch import describe
+
+    assert figure_words({"documents_scored": 1200, "documents_per_s": 41.04, "adapters": ["left"],
+                         "seconds_by_mode": {"compass": 3.0}}) == ["1,200 documents scored", "41.0 documents/s"]
+    assert describe({"steps": 8, "rows_read": 3000}, {"loss:left": 0.69314}, 2.0) == \
+        "3,000 rows read (1,500.0/s) · 8 steps (4.0/s) · loss:left 0.693"
+    assert describe({}, {}, 1.0) == ""

@@ -76,7 +76,7 @@ def test_error_rows_become_replies_with_the_error() -> None:
         {"key": "b", "text": None, "truncated": None, "error": None,
          ERROR_COLUMN: "ValueError: prompt is longer than the maximum model length"},
     ])
-    replies = to_replies(batch).to_pylist()
+    replies = to_replies(batch, run_id="t").to_pylist()  # outside Ray: counted nowhere
     assert replies[0] == {"key": "a", "text": "fine", "truncated": False, "error": None}
     assert replies[1]["text"] is None and "maximum model length" in replies[1]["error"]
 

@@ -10,13 +10,17 @@ and Grafana set up) or any scraper of the nodes' metrics ports shows them while 
   collected (evaluate).
 - `politune_stage_value` (gauge): a stage's latest figure by name, e.g. train's loss.
 
-Annotate and serve also keep their own, finer metrics (politune_annotate_*, politune_serve_*).
+Annotate and serve also keep their own, finer metrics (politune_annotate_*, politune_serve_*). The same counts
+and figures also go to the run's progress board (engines/progress.py) when the driver has one: its console shows
+them live.
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Any
+
+from politune.engines.progress import find_board
 
 TAGS = ("run", "stage")
 
@@ -40,10 +44,14 @@ class StageMetrics:
     def count(self, kind: str, n: int = 1) -> None:
         if n > 0 and _ray_is_up():  # Ray's counters refuse an increment of 0
             _instruments()[0].inc(n, tags={**self.tags, "kind": kind})
+            if board := find_board(self.tags["run"]):
+                board.add.remote(self.tags["stage"], kind, n)
 
     def set(self, name: str, value: float) -> None:
         if _ray_is_up():
             _instruments()[1].set(value, tags={**self.tags, "name": name})
+            if board := find_board(self.tags["run"]):
+                board.set.remote(self.tags["stage"], name, value)
 
 
 def _ray_is_up() -> bool:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import ray.data
 
 from politune.config import RunConfig
+from politune.engines.metrics import StageMetrics
 from politune.engines.openai_http import chat_payload, chat_reply, check_endpoint, http_processor_config
 from politune.engines.rows import rows_with
 from politune.engines.vllm_processor import ERROR_COLUMN, vllm_processor_config
@@ -39,9 +40,10 @@ class ProcessorReplier:
     """Replies to conversations with a ray.data.llm processor: {key, messages_json} requests in, one
     REPLY_SCHEMA row a key out (the messages travel as JSON text so Arrow does not reshape them)."""
 
-    def __init__(self, config: Any, preprocess: Callable, postprocess: Callable, stage_num_cpus: float = 1) -> None:
+    def __init__(self, config: Any, preprocess: Callable, postprocess: Callable, run_id: str,
+                 stage_num_cpus: float = 1) -> None:
         self.config, self.preprocess, self.postprocess = config, preprocess, postprocess
-        self.stage_num_cpus = stage_num_cpus
+        self.run_id, self.stage_num_cpus = run_id, stage_num_cpus
 
     def __call__(self, requests: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
         from ray.data.llm import build_processor
@@ -52,7 +54,7 @@ class ProcessorReplier:
         processor = build_processor(self.config, preprocess=self.preprocess, postprocess=self.postprocess,
                                     preprocess_map_kwargs=map_kwargs, postprocess_map_kwargs=map_kwargs)
         replies = processor(ray.data.from_items(requests)).map_batches(
-            to_replies, batch_format="pyarrow", num_cpus=self.stage_num_cpus).take_all()
+            partial(to_replies, run_id=self.run_id), batch_format="pyarrow", num_cpus=self.stage_num_cpus).take_all()
         by_key = {r["key"]: r for r in replies}
         missing = {r["key"] for r in requests} - set(by_key)
         if missing or len(by_key) != len(replies):
@@ -66,7 +68,7 @@ def vllm_replier(cfg: RunConfig) -> ProcessorReplier:
     config = vllm_processor_config(s, resolve_model(s.model, cfg), s.batch_size, s.concurrency,
                                    structured_outputs=False, detokenize=True)
     return ProcessorReplier(config, partial(vllm_request, max_tokens=s.max_new_tokens),
-                            partial(vllm_reply, max_tokens=s.max_new_tokens), s.vllm_stage_num_cpus)
+                            partial(vllm_reply, max_tokens=s.max_new_tokens), cfg.run_id, s.vllm_stage_num_cpus)
 
 
 def openai_replier(cfg: RunConfig) -> ProcessorReplier:
@@ -75,7 +77,8 @@ def openai_replier(cfg: RunConfig) -> ProcessorReplier:
     check_endpoint(s.openai_base_url, model, s.openai_api_key_env)
     config = http_processor_config(s.openai_base_url, s.openai_api_key_env, s.batch_size, s.concurrency,
                                    s.openai_qps, s.openai_max_retries)
-    return ProcessorReplier(config, partial(openai_request, model=model, max_tokens=s.max_new_tokens), openai_reply)
+    return ProcessorReplier(config, partial(openai_request, model=model, max_tokens=s.max_new_tokens), openai_reply,
+                            cfg.run_id)
 
 
 def write_pairs(posts: list[dict[str, Any]], reply: ProcessorReplier, chosen_from: str) -> list[dict[str, Any]]:
@@ -132,11 +135,13 @@ def openai_reply(row: dict[str, Any]) -> dict[str, Any]:
     return {"key": row["key"], "text": text, "truncated": truncated, "error": error}
 
 
-def to_replies(batch: pa.Table) -> pa.Table:
-    """Processor rows (answers, and error rows that skipped the postprocess) -> REPLY_SCHEMA rows."""
+def to_replies(batch: pa.Table, run_id: str) -> pa.Table:
+    """Processor rows (answers, and error rows that skipped the postprocess) -> REPLY_SCHEMA rows; counted as
+    the synthesize stage's `replies` (engines/metrics.py)."""
     rows = []
     for r in rows_with(batch, ("key", "text", "truncated", "error", ERROR_COLUMN)):
         error = r["error"] or (str(r[ERROR_COLUMN]) if r[ERROR_COLUMN] else None)
         rows.append({"key": r["key"], "text": None if error else r["text"] or "",
                      "truncated": bool(r["truncated"]) and not error, "error": error})
+    StageMetrics(run_id, "synthesize").count("replies", len(rows))
     return pa.Table.from_pylist(rows, schema=REPLY_SCHEMA)
