@@ -114,13 +114,15 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, only: str | None
     planned = planned_stages(cfg, from_stage, only)
     prepared = prepare_stages(cfg, *planned)
     forced = set(planned) if (from_stage or only) else set()
+    # planned_stages found the first planned stage not done (ingest's check lists every source file: once is enough)
+    known_due = {planned[0]} if planned and not forced else set()
     result = PipelineResult(cfg.run_uri, prepared.tiny_model, prepared.corpus, cfg.serve.served_id, serve_url(cfg))
     for stage in stages:
         manifest = Manifest(cfg.run_uri)
         if stage not in planned:
             result.skipped[stage] = "not asked (--only)" if only else _done_since(manifest, stage)
             continue
-        if stage not in forced and is_done(cfg, stage, manifest):
+        if stage not in forced | known_due and is_done(cfg, stage, manifest):
             result.skipped[stage] = _done_since(manifest, stage)
             continue
         setattr(result, stage, _run_stage(stage, cfg))

@@ -121,3 +121,29 @@ def test_a_stage_says_what_it_did_in_words() -> None:
     assert describe({"steps": 8, "rows_read": 3000}, {"loss:left": 0.69314}, 2.0) == \
         "3,000 rows read (1,500.0/s) · 8 steps (4.0/s) · loss:left 0.693"
     assert describe({}, {}, 1.0) == ""
+
+
+def test_a_due_ingest_lists_the_sources_once_before_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan's check that ingest is due lists every source file (on S3, a request a page): the run does not
+    check it again. Each stage here is a stand-in that records its artifacts as the real one would."""
+    from types import SimpleNamespace
+
+    from politune import pipeline
+    from politune.ingest import stage as ingest_stage
+
+    (tmp_path / "posts.jsonl").write_text('{"text": "a post"}\n')
+    cfg = config(tmp_path)
+    listed = []
+    real_listing = ingest_stage.list_source_files
+    monkeypatch.setattr(ingest_stage, "list_source_files", lambda source: listed.append(source.name)
+                        or real_listing(source))
+    monkeypatch.setattr(pipeline, "prepare_stages", lambda cfg, *stages: SimpleNamespace(tiny_model=None, corpus=None))
+    monkeypatch.setattr(pipeline, "stage_figures", lambda stage, output, seconds: {})
+    monkeypatch.setattr(pipeline, "model_revision", lambda ref, cfg: "stand-in")
+    ran = []
+    monkeypatch.setattr(pipeline, "BUILDERS", {stage: (lambda cfg, stage=stage: ran.append(stage) or
+                                                       record_done(cfg, stage)) for stage in STAGES})
+    pipeline.run_pipeline(cfg)
+    assert ran == list(STAGES)
+    assert listed == ["posts", "posts"]  # the plan's check, then the stand-in recording (the real ingest's own)
+    assert pipeline.run_pipeline(cfg).skipped.keys() == set(STAGES) and ran == list(STAGES)
