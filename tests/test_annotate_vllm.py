@@ -76,6 +76,11 @@ def test_build_processor_gives_fixed_replicas_on_the_placement(ray_local, tmp_pa
     assert engine_stage.fn_constructor_kwargs["engine_kwargs"]["tensor_parallel_size"] == 8
     assert engine_stage.fn_constructor_kwargs["should_continue_on_error"] is True
 
+    untokenized = processor_config(gpu_config(concurrency=2, model=str(tmp_path), mode="generate",
+                                              vllm_tokenize_stage=False))
+    processor = build_processor(untokenized, preprocess=lambda r: r, postprocess=lambda r: r)
+    assert list(processor.stages) == ["ChatTemplateStage", "vLLMEngineStage", "DetokenizeStage"]  # the engine does
+
 
 def test_requests_carry_the_projects_prompts() -> None:
     request = vllm_engine.scale_request({"doc_id": "d", "scale": "quality", "text": "Tax the rich"}, ANSWER_IDS)

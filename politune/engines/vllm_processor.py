@@ -52,6 +52,6 @@ def vllm_processor_config(settings: VLLMFields, model_source: str, batch_size: i
         runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}},
         should_continue_on_error=True,
         chat_template_stage=ChatTemplateStageConfig(enabled=True, num_cpus=helper_cpus),
-        tokenize_stage=TokenizerStageConfig(enabled=True, num_cpus=helper_cpus),
+        tokenize_stage=TokenizerStageConfig(enabled=s.vllm_tokenize_stage, num_cpus=helper_cpus),
         detokenize_stage=DetokenizeStageConfig(enabled=detokenize, num_cpus=helper_cpus),
     )
