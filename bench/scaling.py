@@ -1,0 +1,302 @@
+"""Benchmark: each Ray stage's throughput at 1 and 2 workers, on one node and on two.
+
+    python bench/scaling.py                                  # every stage, here: about 30 minutes
+    python bench/scaling.py --stages annotate train          # some of them
+    python bench/scaling.py --address 10.0.0.5:6379 --storage-root s3://bucket/scaling --workers 1 8
+
+Here, each configuration runs in a fresh Ray on loopback addresses (politune/local_cluster.py): one node
+with 4 logical CPUs, or two nodes with 2 each (a head on 127.0.0.2, a node on 127.0.0.3). This machine has 2
+cores, so 2 workers can at best go 2.0x as fast as one, on one node or on two. With --address, every
+configuration runs on that cluster, with the worker counts given.
+
+A stage's "workers": ingest's CPUs (Ray Data read tasks; the cluster's CPUs are capped at that), annotate's
+and synthesize's engine actors (hf), train's Ray Train workers (SPREAD: one a node where there are two),
+evaluate's Serve model replicas (its HTTP request actors scale with them).
+
+Each run is a fresh driver process that runs the stage alone, on a copy of a prepared run. While the stage
+runs the driver reads the run's progress board four times a second (the counts every stage publishes:
+politune/engines/progress.py), which splits the run into:
+- start-up: from the stage's start to its first finished item (workers starting, the model loading, the
+  first batch). "model load" is the time one process takes to load the stage's model, for scale;
+- steady state: items/s between 10% and 90% of the items, the figure the ratios compare;
+- tail: from the last item to the stage's return (the last writes, the manifest, the pool shutting down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("ingest", "annotate", "synthesize", "train", "evaluate")
+# what a stage's progress is counted in: (board stage, kind, unit shown)
+COUNTED = {"ingest": ("ingest", "rows_read", "rows"), "annotate": ("annotate", "documents", "docs"),
+           "synthesize": ("synthesize", "pair_drafts", "posts"), "train": ("train", "steps", "pairs"),
+           "evaluate": ("serve", "requests", "requests")}
+SAMPLE_S = 0.25
+TRAIN = {"sides": ["left"], "lora": {"rank": 8, "alpha": 16}, "learning_rate": 0.005, "warmup_steps": 0,
+         "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 5,
+         "save_steps": 1000, "cpus_per_worker": 1, "num_epochs": 1, "placement_strategy": "SPREAD"}
+
+
+@dataclass
+class Setup:
+    name: str
+    workers: int
+    nodes: int
+
+
+LOCAL_SETUPS = [Setup("1 worker, 1 node", 1, 1), Setup("2 workers, 1 node", 2, 1), Setup("2 workers, 2 nodes", 2, 2)]
+
+
+# --- the driver: one stage, one configuration, in a process of its own --------------------------------------
+def drive(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run `spec["stage"]` alone on the config, joined to RAY_ADDRESS; sample its progress board."""
+    import ray
+
+    from politune.config import build_config
+    from politune.engines.progress import open_board
+    from politune.pipeline import BUILDERS
+    from politune.ray_runtime import init_ray
+
+    cfg = build_config(spec["config"])
+    stage = spec["stage"]
+    board_stage, kind, _ = COUNTED[stage]
+    init_ray(cfg)
+    board = open_board(cfg.run_id)
+    samples: list[tuple[float, float]] = []
+    nodes: set[str] = set()
+    stop = threading.Event()
+    start = time.perf_counter()
+
+    def sample() -> None:
+        from ray.util.state import list_actors
+
+        last_nodes = 0.0
+        while not stop.wait(SAMPLE_S):
+            items, _ = ray.get(board.read.remote(board_stage))
+            samples.append((time.perf_counter() - start, items.get(kind, 0)))
+            if spec.get("nodes", True) and time.perf_counter() - last_nodes > 3:  # where the stage's workers are
+                last_nodes = time.perf_counter()
+                actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+                nodes.update(a.node_id for a in actors if any(
+                    k in a.class_name for k in ("MapWorker", "RayTrainWorker", "ServeReplica:politune:HFModel")))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    BUILDERS[stage](cfg)
+    seconds = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    items, _ = ray.get(board.read.remote(board_stage))  # the last counts, once the stage has returned
+    samples.append((seconds, items.get(kind, 0)))
+    return {"seconds": seconds, "samples": samples, "nodes": len(nodes) if spec.get("nodes", True) else None}
+
+
+# --- the bench: prepare inputs, run every configuration, print the table ------------------------------------
+def breakdown(result: dict[str, Any], scale: float) -> dict[str, float]:
+    """start-up, steady items/s (x scale: pairs a step for train), tail, from the sampled counts."""
+    samples, seconds = result["samples"], result["seconds"]
+    total = max(c for _, c in samples)
+    if total <= 0:
+        raise RuntimeError(f"the stage counted nothing: {result}")
+
+    def first_at(share: float) -> tuple[float, float]:
+        return next((t, c) for t, c in samples if c >= share * total)
+
+    (t_first, _), (t10, c10), (t90, c90) = first_at(1e-9), first_at(0.1), first_at(0.9)
+    t_last = first_at(1.0)[0]
+    rate = (c90 - c10) / (t90 - t10) if t90 > t10 else total / max(t_last - t_first, 1e-9)
+    return {"items": total * scale, "startup": t_first, "steady": rate * scale, "tail": seconds - t_last,
+            "seconds": seconds}
+
+
+def run_driver(spec: dict[str, Any], env: dict[str, str], log: Path) -> dict[str, Any]:
+    with log.open("a") as out:
+        done = subprocess.run([sys.executable, __file__, "--drive", json.dumps(spec)], env=env, stdout=subprocess.PIPE,
+                              stderr=out, text=True, cwd=REPO)
+    if done.returncode:
+        raise RuntimeError(f"the {spec['stage']} driver failed: see {log}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def base_raw(root: str, run_id: str, model: Path) -> dict[str, Any]:
+    return {"run_id": run_id, "storage_root": root, "tiny_model": {"out": str(model)}, "corpus": None,
+            "serve": {"port": 0}}
+
+
+def prepare(workdir: Path, root: str, model: Path, posts: int, ingest_posts: int, pairs: int,
+            env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """What each stage reads, made once with a local Ray: a corpus for ingest, a run annotated, selected,
+    synthesized and trained for the others (annotate, synthesize and evaluate redo one stage on a copy),
+    and released-shape pairs for train."""
+    from politune.config import TinyModelConfig
+    from politune.corpus.generate import generate_corpus, labelled_pairs
+    from politune.local_cluster import free_port
+    from politune.models.tiny import build_tiny_model
+    from politune.synthesize.formats import write_pairs
+
+    if not (model / "config.json").exists():
+        build_tiny_model(TinyModelConfig(), model)
+    big, small = workdir / "corpus-ingest", workdir / "corpus"
+    generate_corpus(ingest_posts, big, seed=7, rows_per_file=max(1000, ingest_posts // 40))
+    generate_corpus(posts, small, seed=8)
+    sources = lambda corpus: [{"name": s, "paths": [str(corpus / s)], "shape": s}  # noqa: E731
+                              for s in ("truthsocial", "politosphere")]
+    released = {}
+    for side, rows in labelled_pairs(pairs, seed=11).items():
+        released[side] = [str(workdir / f"pairs-{side}.jsonl")]
+        write_pairs(rows, released[side][0])
+    base = {**base_raw(root, "base", model), "sources": sources(small), "ray": {"num_cpus": 2},
+            "train": {**TRAIN, "max_steps": 4, "placement_strategy": "PACK"},
+            "serve": {"port": free_port()}, "evaluate": {"probes": False}}
+    print(f"preparing: a run of {posts:,} posts through train (a few minutes) ...", flush=True)
+    for stage in ("ingest", "annotate", "select", "synthesize", "train"):
+        if stage == "select":  # no Ray: in this process
+            _select(base)
+        else:
+            run_driver({"stage": stage, "config": base, "nodes": False}, env, workdir / "prepare.log")
+    return {
+        "ingest": {**base_raw(root, "ingest", model), "sources": sources(big)},
+        "annotate": {**base, "run_id": "annotate", "annotate": {"batch_size": 16}},
+        "synthesize": {**base, "run_id": "synthesize"},
+        "train": {**base_raw(root, "train", model), "synthesize": {"source": "released", "released": released,
+                                                                   "eval_share": 0.05}, "train": TRAIN},
+        "evaluate": {**base, "run_id": "evaluate", "evaluate": {"probes": False, "phrasings": 3,
+                                                                "checkpoints": "final"}},
+    }
+
+
+def _select(raw: dict[str, Any]) -> None:
+    from politune.config import build_config
+    from politune.select import select_posts
+
+    select_posts(build_config(raw))
+
+
+def stage_config(stage: str, raw: dict[str, Any], setup: Setup, port: int) -> dict[str, Any]:
+    """The stage's config for a setup: its worker count, and a fresh copy of the prepared run."""
+    raw = json.loads(json.dumps(raw))
+    run_id = f"{stage}-{setup.workers}w{setup.nodes}n"
+    if stage in ("annotate", "synthesize", "evaluate"):
+        _copy_run(raw["storage_root"], "base", run_id)
+    raw["run_id"] = run_id
+    w = setup.workers
+    if stage == "annotate":
+        raw["annotate"] = {**raw.get("annotate", {}), "concurrency": w, "num_cpus_per_actor": 1}
+    elif stage == "synthesize":
+        raw["synthesize"] = {**raw.get("synthesize", {}), "concurrency": w, "num_cpus_per_actor": 1}
+    elif stage == "train":
+        raw["train"] = {**raw["train"], "num_workers": w}
+    elif stage == "evaluate":
+        raw["serve"] = {"port": port, "min_replicas": w, "max_replicas": w, "cpus_per_replica": 1}
+        raw["evaluate"] = {**raw["evaluate"], "concurrency": 2 * w, "batch_size": 2}
+    return raw
+
+
+def _copy_run(root: str, src: str, dst: str) -> None:
+    import pyarrow.fs as pafs
+
+    from politune.storage import delete_dir, join, resolve
+
+    delete_dir(join(root, dst))
+    fs, path = resolve(join(root, src))
+    _, target = resolve(join(root, dst))
+    pafs.copy_files(path, target, source_filesystem=fs, destination_filesystem=fs)
+
+
+def model_load_seconds(model: Path) -> float:
+    from politune.models.loading import load_causal_lm
+
+    start = time.perf_counter()
+    load_causal_lm(str(model), device="cpu")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", nargs="*", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--posts", type=int, default=1600, help="posts of the run annotate, synthesize and "
+                        "evaluate start from")
+    parser.add_argument("--ingest-posts", type=int, default=200_000)
+    parser.add_argument("--pairs", type=int, default=480, help="train: pairs a side")
+    parser.add_argument("--address", help="a Ray cluster's GCS address: run every configuration there")
+    parser.add_argument("--storage-root", help="with --address: where the runs go (s3://…, shared by the nodes)")
+    parser.add_argument("--workers", type=int, nargs=2, default=[1, 2], metavar=("FEW", "MANY"),
+                        help="with --address: the two worker counts compared")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--drive", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drive:
+        print(json.dumps(drive(json.loads(args.drive))))
+        return
+    if args.address and not args.storage_root:
+        parser.error("--address needs --storage-root: the cluster's nodes must all reach the runs")
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="politune-scaling-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    root = args.storage_root or str(workdir / "runs")
+    model = workdir / "tiny"
+    env = {**os.environ, "RAY_ADDRESS": args.address or ""}
+    local_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    prepared = workdir / "prepared.json"  # a rerun with the same --workdir starts from what is prepared
+    if prepared.exists():
+        inputs = json.loads(prepared.read_text())
+    else:
+        inputs = prepare(workdir, root, model, args.posts, args.ingest_posts, args.pairs, local_env)
+        prepared.write_text(json.dumps(inputs))
+    load_s = model_load_seconds(model)
+    setups = ([Setup(f"{n} workers, cluster", n, 0) for n in args.workers] if args.address else LOCAL_SETUPS)
+
+    from politune.local_cluster import free_port, loopback_cluster
+
+    rows = []
+    for stage in args.stages:
+        unit = COUNTED[stage][2]
+        measured = {}
+        for setup in setups:
+            raw = stage_config(stage, inputs[stage], setup, free_port())
+            if stage == "ingest" and not args.address:
+                cpus = [setup.workers] if setup.nodes == 1 else [1] * setup.nodes
+            else:
+                cpus = [2 * setup.workers] if setup.nodes == 1 else [2] * setup.nodes
+            print(f"{stage}: {setup.name} ...", flush=True)
+            cluster = nullcontext(None) if args.address else loopback_cluster(cpus)
+            with cluster as head:
+                run_env = env if args.address else {**head.env, "RAY_ADDRESS": head.gcs}
+                result = run_driver({"stage": stage, "config": raw}, run_env, workdir / f"{stage}.log")
+            scale = TRAIN["per_device_batch_size"] * setup.workers if stage == "train" else 1
+            measured[setup.name] = {**breakdown(result, scale), "nodes_used": result["nodes"]}
+        rows.append((stage, unit, measured))
+    print_table(rows, setups, load_s)
+
+
+def print_table(rows: list, setups: list[Setup], load_s: float) -> None:
+    print(f"\nmodel load in one process: {load_s:.1f} s (the tiny model)")
+    header = f"{'stage':<11} {'configuration':<20} {'items':>8} {'start-up s':>10} {'steady /s':>10} " \
+             f"{'tail s':>7} {'total s':>8} {'nodes':>5}  ratio (steady)"
+    print(header)
+    print("-" * len(header))
+    for stage, unit, measured in rows:
+        one = measured[setups[0].name]["steady"]
+        for setup in setups:
+            m = measured[setup.name]
+            ratio = "" if setup is setups[0] else f"{m['steady'] / one:.2f} x"
+            print(f"{stage:<11} {setup.name:<20} {m['items']:>8,.0f} {m['startup']:>10.1f} {m['steady']:>8.1f} "
+                  f"{unit[:1]} {m['tail']:>7.1f} {m['seconds']:>8.1f} {m['nodes_used'] or '-':>5}  {ratio}")
+    print("\nitems: rows (ingest), docs (annotate), posts (synthesize), pairs (train: steps x batch x workers), "
+          "requests (evaluate: the Serve replicas').")
+
+
+if __name__ == "__main__":
+    main()
