@@ -131,8 +131,8 @@ def run_driver(spec: dict[str, Any], env: dict[str, str], log: Path) -> dict[str
 
 
 def base_raw(root: str, run_id: str, model: Path) -> dict[str, Any]:
-    return {"run_id": run_id, "storage_root": root, "tiny_model": {"out": str(model)}, "corpus": None,
-            "serve": {"port": 0}}
+    return {"base": "local", "run_id": run_id, "storage_root": root, "work_dir": str(model.parent / "work"),
+            "tiny_model": {"out": str(model)}, "corpus": None}
 
 
 def prepare(workdir: Path, root: str, model: Path, posts: int, ingest_posts: int, pairs: int,
@@ -188,8 +188,10 @@ def stage_config(stage: str, raw: dict[str, Any], setup: Setup, port: int) -> di
     """The stage's config for a setup: its worker count, and a fresh copy of the prepared run."""
     raw = json.loads(json.dumps(raw))
     run_id = f"{stage}-{setup.workers}w{setup.nodes}n"
-    if stage in ("annotate", "synthesize", "evaluate"):
-        _copy_run(raw["storage_root"], "base", run_id)
+    if stage in ("annotate", "synthesize", "evaluate"):  # the prepared run without what the stage makes
+        _copy_run(raw["storage_root"], "base", run_id, leave_out={"annotate": {"annotations"},
+                                                                  "synthesize": {"preferences"},
+                                                                  "evaluate": {"eval", "report"}}[stage])
     raw["run_id"] = run_id
     w = setup.workers
     if stage == "annotate":
@@ -198,21 +200,45 @@ def stage_config(stage: str, raw: dict[str, Any], setup: Setup, port: int) -> di
         raw["synthesize"] = {**raw.get("synthesize", {}), "concurrency": w, "num_cpus_per_actor": 1}
     elif stage == "train":
         raw["train"] = {**raw["train"], "num_workers": w}
+        _copy_run(raw["storage_root"], _imported_pairs(raw), run_id, leave_out={"adapters"})
     elif stage == "evaluate":
         raw["serve"] = {"port": port, "min_replicas": w, "max_replicas": w, "cpus_per_replica": 1}
         raw["evaluate"] = {**raw["evaluate"], "concurrency": 2 * w, "batch_size": 2}
     return raw
 
 
-def _copy_run(root: str, src: str, dst: str) -> None:
+def _imported_pairs(raw: dict[str, Any]) -> str:
+    """A run holding the released-shape pairs, imported once (synthesize.source: released runs without Ray)."""
+    from politune.config import build_config
+    from politune.storage import exists, join
+    from politune.synthesize import synthesize_preferences
+
+    run_id = "train-pairs"
+    if not exists(join(raw["storage_root"], run_id, "manifest.json")):
+        synthesize_preferences(build_config({**raw, "run_id": run_id}))
+    return run_id
+
+
+def _copy_run(root: str, src: str, dst: str, leave_out: set[str]) -> None:
+    """Copy a run folder but its Ray session files and `leave_out` (which its manifest then forgets)."""
     import pyarrow.fs as pafs
 
-    from politune.storage import delete_dir, join, resolve
+    from politune.storage import Manifest, delete_dir, join, resolve
 
     delete_dir(join(root, dst))
-    fs, path = resolve(join(root, src))
+    fs, source = resolve(join(root, src))
     _, target = resolve(join(root, dst))
-    pafs.copy_files(path, target, source_filesystem=fs, destination_filesystem=fs)
+    fs.create_dir(target)
+    for entry in fs.get_file_info(pafs.FileSelector(source)):
+        if entry.base_name in leave_out | {"_ray"}:
+            continue
+        if entry.type == pafs.FileType.Directory:
+            fs.create_dir(f"{target}/{entry.base_name}", recursive=True)
+            pafs.copy_files(entry.path, f"{target}/{entry.base_name}", source_filesystem=fs,
+                            destination_filesystem=fs)
+        else:
+            fs.copy_file(entry.path, f"{target}/{entry.base_name}")
+    Manifest(join(root, dst)).forget(*leave_out)
 
 
 def model_load_seconds(model: Path) -> float:
@@ -260,8 +286,13 @@ def main() -> None:
 
     from politune.local_cluster import free_port, loopback_cluster
 
+    results = workdir / "results.json"  # a rerun with the same --workdir keeps the stages measured before
+    done = {row[0]: row for row in json.loads(results.read_text())} if results.exists() else {}
     rows = []
     for stage in args.stages:
+        if stage in done:
+            rows.append(done[stage])
+            continue
         unit = COUNTED[stage][2]
         measured = {}
         for setup in setups:
@@ -278,6 +309,7 @@ def main() -> None:
             scale = TRAIN["per_device_batch_size"] * setup.workers if stage == "train" else 1
             measured[setup.name] = {**breakdown(result, scale), "nodes_used": result["nodes"]}
         rows.append((stage, unit, measured))
+        results.write_text(json.dumps(rows, indent=1))
     print_table(rows, setups, load_s)
 
 
