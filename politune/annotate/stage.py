@@ -112,7 +112,6 @@ class HFEngine:
                 max_retries=a.max_retries, num_threads=max(1, int(a.num_cpus_per_actor)),
                 device="cuda" if a.num_gpus_per_actor > 0 else "cpu"),
             batch_size=a.batch_size, compute=ray.data.ActorPoolStrategy(size=a.concurrency),
-            scheduling_strategy="SPREAD",  # one actor a node before two on one (bench/scaling.py)
             num_cpus=a.num_cpus_per_actor,
             num_gpus=a.num_gpus_per_actor or None, batch_format="numpy",
         )

@@ -154,7 +154,6 @@ def _hf_drafts(cfg: RunConfig, posts: ray.data.Dataset) -> list[dict[str, Any]]:
             num_threads=max(1, int(s.num_cpus_per_actor)), device="cuda" if s.num_gpus_per_actor > 0 else "cpu",
             run_id=cfg.run_id),
         batch_size=s.batch_size, compute=ray.data.ActorPoolStrategy(size=s.concurrency),
-        scheduling_strategy="SPREAD",  # one actor a node before two on one (bench/scaling.py)
         num_cpus=s.num_cpus_per_actor, num_gpus=s.num_gpus_per_actor or None, batch_format="pyarrow",
     ).take_all()
 
