@@ -1,6 +1,6 @@
 """Benchmark: each Ray stage's throughput at 1 and 2 workers, on one node and on two.
 
-    python bench/scaling.py                                  # every stage, here: about 30 minutes
+    python bench/scaling.py                                  # every stage: about 30 minutes on 2 cores
     python bench/scaling.py --stages annotate train          # some of them
     python bench/scaling.py --address 10.0.0.5:6379 --storage-root s3://bucket/scaling --workers 1 8
 
