@@ -72,8 +72,10 @@ def test_an_actor_whose_constructor_fails(ray_local) -> None:
 def test_a_ray_data_actor_failure_points_at_ray_datas_log(ray_local, kind: str, error_type: str, text: str) -> None:
     udf = failing_udf(kind)
     with pytest.raises(Exception) as raised:
+        # num_cpus=0: Ray 2.60 keeps a failed pipeline's actor alive (seen: over 60 s, through gc.collect), and
+        # with a CPU it would starve the next test's pipeline on this 2-CPU Ray for good
         ray_local.data.range(20).map_batches(udf, compute=ray_local.data.ActorPoolStrategy(size=1),
-                                             batch_size=10).materialize()
+                                             batch_size=10, num_cpus=0).materialize()
     failure = remote_failure(raised.value)
     assert failure.where == f"Ray Data actor MapBatches({udf.__name__})", failure
     assert failure.error_type == error_type and text in failure.message
@@ -82,6 +84,7 @@ def test_a_ray_data_actor_failure_points_at_ray_datas_log(ray_local, kind: str, 
     message = failure_message("annotate", raised.value)
     assert message.startswith(f"annotate failed in a Ray Data actor MapBatches({udf.__name__}) (pid ")
     assert "Traceback" not in message and message.count(text) == 1
+
 
 
 def test_a_worker_failure_survives_pickling_and_names_its_node(ray_local) -> None:
