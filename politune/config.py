@@ -377,10 +377,6 @@ class ServeConfig(Section):
         "adapters/ folder, which must then be on S3.")
     vllm_device: Literal["cuda", "cpu"] = Field(
         "cuda", description="vllm: cuda for GPU replicas; cpu runs vLLM's CPU build in one CPU bundle, for tests.")
-    vllm_tokenize_stage: bool = Field(
-        True, description="vllm: tokenize in a Ray Data stage of its own, before the engine (ray.data.llm's "
-        "default: the engine's process only runs the model); false: the engine tokenizes the prompt itself, as "
-        "vllm.LLM does, one hop fewer. bench/annotate.py --engine vllm measures both.")
     vllm_engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vllm: more vLLM engine arguments, e.g. {gpu_memory_utilization: 0.9}.")
 
