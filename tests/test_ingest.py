@@ -327,3 +327,45 @@ def test_the_truth_social_datasets_tsv(ray_local, tmp_path: Path, compress: str)
         (9, "expected 13 tab-separated fields, got 5 (line 9)")]
     reposts = pq.read_table(resolve(f"{result.documents_uri.rsplit('/', 1)[0]}/reposts")[1]).to_pylist()
     assert [(r["row"], r["original_doc_id"]) for r in reposts] == [(4, docs["Back the blue"]["doc_id"])]
+
+
+ZSTD_MEMORY_PROBE = """
+import sys
+from politune.ingest.readers import Position, decompressed
+def rss_mb():
+    return next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith("VmRSS"))
+before, peak, lines = rss_mb(), 0, 0
+with open(sys.argv[1], "rb", buffering=0) as raw:
+    for _ in decompressed(raw, sys.argv[1], Position()):
+        lines += 1
+        if lines % 10_000 == 0:
+            peak = max(peak, rss_mb() - before)
+print(lines, peak)
+"""
+
+
+def test_a_long_window_zstd_file_streams_in_memory_bounded_by_its_window(tmp_path: Path) -> None:
+    """Pushshift's frames declare a 2**31-byte window. The decoder keeps at most one window of history, so
+    reading holds what was decompressed up to that window, never the file whole: with a 4 MiB window, 64 MiB of
+    lines cost a few MiB; with 2**31, up to the 64 MiB read (the README's bench states it for real sizes)."""
+    import subprocess
+    import sys
+
+    import zstandard
+
+    line = json.dumps({"id": "x", "body": "a comment " * 20}) + "\n"
+    n = 64 * 2**20 // len(line)
+    peak_mb = {}
+    for window_log in (22, 31):
+        path = tmp_path / f"RC_w{window_log}.zst"
+        params = zstandard.ZstdCompressionParameters.from_level(1, window_log=window_log)
+        with open(path, "wb") as f, zstandard.ZstdCompressor(compression_params=params).stream_writer(f) as w:
+            for _ in range(n // 1000):
+                w.write(line.encode() * 1000)
+        assert zstandard.get_frame_parameters(path.read_bytes()[:18]).window_size == 2**window_log
+        out = subprocess.run([sys.executable, "-c", ZSTD_MEMORY_PROBE, str(path)], capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert int(out[0]) == n // 1000 * 1000
+        peak_mb[window_log] = int(out[1])
+    assert peak_mb[22] < 24, peak_mb  # a 4 MiB window: the stream, not the file
+    assert peak_mb[31] < 64 + 24, peak_mb  # a 2 GiB window: at most what was read, not the window allocated
