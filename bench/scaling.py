@@ -44,6 +44,15 @@ COUNTED = {"ingest": ("ingest", "rows_read", "rows"), "annotate": ("annotate", "
            "synthesize": ("synthesize", "pair_drafts", "posts"), "train": ("train", "steps", "pairs"),
            "evaluate": ("serve", "requests", "requests")}
 SAMPLE_S = 0.25
+# Whose CPU time a stage's workers are (process titles Ray sets: `ray::<actor or task>`); any other `ray::` process
+# is the stage's other Ray work (Ray Data's read/write tasks, HTTP request actors, Serve's proxy and ingress),
+# and raylet, GCS, dashboard, agents and this driver are Ray's own.
+WORKER_TITLES = {"ingest": ("ray::",), "annotate": ("MapBatches(_HFAnnotatorTable)",),
+                 "synthesize": ("MapBatches(HFPairWriter)",), "train": ("RayTrainWorker",),
+                 "evaluate": ("ServeReplica:politune:model",)}
+SYSTEM_TITLES = ("raylet", "gcs_server", "dashboard", "DashboardAgent", "RuntimeEnvAgent", "log_monitor",
+                 "monitor.py", "ray::IDLE")
+CPU_ROLES = ("workers", "other", "system")
 TRAIN = {"sides": ["left"], "lora": {"rank": 8, "alpha": 16}, "learning_rate": 0.005, "warmup_steps": 0,
          "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 5,
          "save_steps": 1000, "cpus_per_worker": 1, "num_epochs": 1, "placement_strategy": "SPREAD"}
@@ -75,6 +84,7 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
     init_ray(cfg)
     board = open_board(cfg.run_id)
     samples: list[tuple[float, float]] = []
+    cpu = CpuByRole(stage)
     nodes: set[str] = set()
     stop = threading.Event()
     start = time.perf_counter()
@@ -86,6 +96,7 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
         while not stop.wait(SAMPLE_S):
             items, _ = ray.get(board.read.remote(board_stage))
             samples.append((time.perf_counter() - start, items.get(kind, 0)))
+            cpu.sample(samples[-1][0])
             if spec.get("nodes", True) and time.perf_counter() - last_nodes > 3:  # where the stage's workers are
                 last_nodes = time.perf_counter()
                 actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
@@ -100,7 +111,43 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
     sampler.join()
     items, _ = ray.get(board.read.remote(board_stage))  # the last counts, once the stage has returned
     samples.append((seconds, items.get(kind, 0)))
-    return {"seconds": seconds, "samples": samples, "nodes": len(nodes) if spec.get("nodes", True) else None}
+    return {"seconds": seconds, "samples": samples, "nodes": len(nodes) if spec.get("nodes", True) else None,
+            "cpu": cpu.series}
+
+
+class CpuByRole:
+    """CPU seconds used so far on this machine, by role (CPU_ROLES), sampled with the progress counts: the
+    steady window's difference says how many cores the stage's workers had, and how many went elsewhere.
+    On a real cluster (--address) it sees only this machine's processes."""
+
+    def __init__(self, stage: str) -> None:
+        self.workers = WORKER_TITLES[stage]
+        self.last: dict[int, float] = {}
+        self.totals = dict.fromkeys(CPU_ROLES, 0.0)
+        self.series: list[tuple[float, dict[str, float]]] = []
+
+    def role(self, title: str, pid: int) -> str:
+        if pid == os.getpid() or any(t in title for t in SYSTEM_TITLES) or not title.startswith("ray::"):
+            return "system"
+        return "workers" if any(t in title for t in self.workers) else "other"
+
+    def sample(self, at: float) -> None:
+        import psutil
+
+        first = not self.series  # what processes used before the first sample is not the stage's
+        for proc in psutil.process_iter():
+            try:
+                with proc.oneshot():
+                    title = " ".join(proc.cmdline())
+                    used = sum(proc.cpu_times()[:2])
+            except psutil.Error:
+                continue
+            if "ray" not in title and proc.pid != os.getpid():
+                continue  # not Ray's and not this driver: the machine's other load
+            delta = 0.0 if first else used - self.last.get(proc.pid, 0.0)  # a new process: all it used
+            self.last[proc.pid] = used
+            self.totals[self.role(title, proc.pid)] += max(delta, 0.0)
+        self.series.append((at, dict(self.totals)))
 
 
 # --- the bench: prepare inputs, run every configuration, print the table ------------------------------------
@@ -117,8 +164,14 @@ def breakdown(result: dict[str, Any], scale: float) -> dict[str, float]:
     (t_first, _), (t10, c10), (t90, c90) = first_at(1e-9), first_at(0.1), first_at(0.9)
     t_last = first_at(1.0)[0]
     rate = (c90 - c10) / (t90 - t10) if t90 > t10 else total / max(t_last - t_first, 1e-9)
-    return {"items": total * scale, "startup": t_first, "steady": rate * scale, "tail": seconds - t_last,
-            "seconds": seconds}
+    out = {"items": total * scale, "startup": t_first, "steady": rate * scale, "tail": seconds - t_last,
+           "seconds": seconds}
+    series = result.get("cpu") or []
+    if t90 > t10 and series:  # cores each role used during the steady window
+        at10 = next(v for t, v in series if t >= t10)
+        at90 = next(v for t, v in series if t >= t90)
+        out.update({f"cores_{role}": (at90[role] - at10[role]) / (t90 - t10) for role in CPU_ROLES})
+    return out
 
 
 def run_driver(spec: dict[str, Any], env: dict[str, str], log: Path) -> dict[str, Any]:
@@ -316,7 +369,7 @@ def main() -> None:
 def print_table(rows: list, setups: list[Setup], load_s: float) -> None:
     print(f"\nmodel load in one process: {load_s:.1f} s (the tiny model)")
     header = f"{'stage':<11} {'configuration':<20} {'items':>8} {'start-up s':>10} {'steady /s':>10} " \
-             f"{'tail s':>7} {'total s':>8} {'nodes':>5}  ratio (steady)"
+             f"{'tail s':>7} {'total s':>8} {'nodes':>5} {'cores w/o/s':>13}  ratio (steady)"
     print(header)
     print("-" * len(header))
     for stage, unit, measured in rows:
@@ -324,10 +377,14 @@ def print_table(rows: list, setups: list[Setup], load_s: float) -> None:
         for setup in setups:
             m = measured[setup.name]
             ratio = "" if setup is setups[0] else f"{m['steady'] / one:.2f} x"
+            cores = "/".join(f"{m[f'cores_{r}']:.1f}" for r in CPU_ROLES) if "cores_workers" in m else "-"
             print(f"{stage:<11} {setup.name:<20} {m['items']:>8,.0f} {m['startup']:>10.1f} {m['steady']:>8.1f} "
-                  f"{unit[:1]} {m['tail']:>7.1f} {m['seconds']:>8.1f} {m['nodes_used'] or '-':>5}  {ratio}")
+                  f"{unit[:1]} {m['tail']:>7.1f} {m['seconds']:>8.1f} {m['nodes_used'] or '-':>5} {cores:>13}  {ratio}")
     print("\nitems: rows (ingest), docs (annotate), posts (synthesize), pairs (train: steps x batch x workers), "
           "requests (evaluate: the Serve replicas').")
+    print("cores w/o/s: CPU cores used in the steady window (this machine's processes) by the stage's workers (w: "
+          "read tasks, engine actors, Train workers, model replicas), by its other Ray work (o: Ray Data's other "
+          "tasks, HTTP request actors, Serve's proxy and ingress) and by Ray's own processes and the driver (s).")
 
 
 if __name__ == "__main__":

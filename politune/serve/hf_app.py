@@ -130,10 +130,10 @@ class OpenAIIngress:
         if max_tokens == 0 and not data.echo:
             raise APIError(400, "max_tokens: 0 needs echo: true (to score the prompt)", param="max_tokens")
         prompts = [data.prompt] if isinstance(data.prompt, str) else data.prompt
-        generations = await asyncio.gather(*(self._generate(served, GenerationRequest(
+        generations = await self._generate(served, [GenerationRequest(
             request_id=uuid.uuid4().hex, adapter=served.adapter_name, prompt=prompt, max_tokens=max_tokens,
             temperature=data.temperature, top_p=data.top_p, n=data.n, stop=data.stop, seed=data.seed,
-            logprobs=data.logprobs, echo=data.echo)) for prompt in prompts))
+            logprobs=data.logprobs, echo=data.echo) for prompt in prompts])
         response = completion_response(served.model_id, generations, data.logprobs is not None)
         return response.model_dump()
 
@@ -142,21 +142,22 @@ class OpenAIIngress:
         served, max_tokens = self._resolve(data, data.max_completion_tokens or data.max_tokens, self.cfg.max_tokens,
                                            tags)
         top = data.top_logprobs if data.logprobs else None
-        generation = await self._generate(served, GenerationRequest(
+        [generation] = await self._generate(served, [GenerationRequest(
             request_id=uuid.uuid4().hex, adapter=served.adapter_name, messages=[m.model_dump(exclude_none=True)
                                                                              for m in data.messages],
             max_tokens=max_tokens, temperature=data.temperature, top_p=data.top_p, n=data.n, stop=data.stop,
-            seed=data.seed, logprobs=(top or 0) if data.logprobs else None))
+            seed=data.seed, logprobs=(top or 0) if data.logprobs else None)])
         return chat_response(served.model_id, generation, data.logprobs).model_dump()
 
-    async def _generate(self, served: ServedModel, request: GenerationRequest) -> Generation:
+    async def _generate(self, served: ServedModel, requests: list[GenerationRequest]) -> list[Generation]:
+        """A request's prompts in one call to a model replica; the first refusal among them answers for all."""
         handle = self.model
         if self.cfg.adapter_batching == "per_adapter" and served.adapter_name:
             # the name the replica's multiplexer loads it under: Serve routes the request to a replica holding
             # the adapter, and its batcher splits every batch by this id (the base's requests have none)
             handle = handle.options(multiplexed_model_id=served.adapter_name)
         try:
-            generation: Generation = await handle.generate.remote(request)
+            generations: list[Generation] = await handle.generate_many.remote(requests)
         except BackPressureError:
             raise overloaded(f"more than {self.cfg.max_queued_requests} requests are waiting") from None
         except asyncio.CancelledError:
@@ -164,10 +165,11 @@ class OpenAIIngress:
         except Exception as err:  # a replica that died or failed: the message is Serve's, never a secret
             raise APIError(503, f"the model replica failed: {type(err).__name__}; retry", type="server_error",
                            code="replica_failed") from None
-        if generation.error:
-            status, message, param = generation.error
-            raise APIError(status, message, param=param)
-        return generation
+        for generation in generations:
+            if generation.error:
+                status, message, param = generation.error
+                raise APIError(status, message, param=param)
+        return generations
 
 
 def build_hf_app(cfg: RunConfig) -> Application:

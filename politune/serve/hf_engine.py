@@ -77,6 +77,7 @@ class AdapterModel:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos_ids.add(self.tokenizer.eos_token_id)
         self.max_positions = getattr(self.base.config, "max_position_embeddings", None)
+        self._token_texts: dict[int, str] = {}
 
     # adapters -------------------------------------------------------------------------------------------
     @property
@@ -110,7 +111,11 @@ class AdapterModel:
         return self.tokenizer(prompt)["input_ids"]
 
     def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
+        """A token's own text (echoed prompts list every token: a decode call each would cost more than the model)."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode([token_id])
+        return text
 
     # generation ---------------------------------------------------------------------------------------------
     def generate(self, rows: list[Row], is_cancelled: Callable[[str], bool] = lambda _: False) -> list[GeneratedChoice]:
@@ -188,15 +193,18 @@ class AdapterModel:
         ids, mask = self._padded(sequences)
         logits = self.model(input_ids=ids, attention_mask=mask, **self._adapter_kwargs(rows)).logits
         width = ids.shape[1]
+        # position t predicts token t+1: each token's log-probability, for the whole batch in one pass
+        shifted = logits[:, :-1].float()
+        norms = torch.logsumexp(shifted, dim=-1)
+        picked = (shifted.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - norms).tolist()
         for b, (row, choice, seq) in enumerate(zip(rows, choices, sequences, strict=True)):
             start = width - len(seq)  # left padding
-            logprobs = torch.log_softmax(logits[b, start:-1].float(), dim=-1)  # position t predicts token t+1
+            logprobs = shifted[b, start:] - norms[b, start:, None] if row.logprobs else None  # the top alternatives'
             first = 0 if row.echo else len(row.prompt_ids)
             tokens, token_lps, tops = [], [], []
             for t in range(first, len(seq)):
                 tokens.append(self.token_text(seq[t]))
-                lp = None if t == 0 else float(logprobs[t - 1, seq[t]])
-                token_lps.append(lp)
+                token_lps.append(None if t == 0 else picked[b][start + t - 1])
                 if row.logprobs:
                     if t == 0:
                         tops.append({})

@@ -111,12 +111,15 @@ class HFModelServer:
                 (folder / file).write_bytes(src.read())
         return folder
 
-    async def generate(self, request: GenerationRequest) -> Generation:
+    async def generate_many(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """Several requests in one call (a /completions request's prompts): one round trip from the ingress
+        instead of one a prompt; they still enter the batcher one by one, and share a forward pass."""
         try:
-            return await self._batched(request)
+            return list(await asyncio.gather(*(self._batched(r) for r in requests)))
         except asyncio.CancelledError:  # the client went away: stop its rows at the next token
-            self.cancelled.add(request.request_id)
-            self.metrics.cancelled.inc(tags={"model": self.adapter_id(request.adapter)})
+            for request in requests:
+                self.cancelled.add(request.request_id)
+                self.metrics.cancelled.inc(tags={"model": self.adapter_id(request.adapter)})
             raise
 
     # Several batches may be in here at once (Serve's default is one, held for the whole call): they wait for the
