@@ -116,6 +116,21 @@ def test_a_batch_mixing_adapters_gives_each_row_its_own_adapter(server: dict) ->
             alone[model]["choices"][0]["logprobs"]["token_logprobs"], abs=1e-4), model
 
 
+def test_a_request_of_many_prompts_takes_one_slot_and_scores_each_as_alone(server: dict) -> None:
+    """16 prompts in one /completions (what evaluate's forced choice sends) are one call to a model replica: with
+    room for 4 running and 8 waiting, a call a prompt would have been refused. Each prompt's scores are its own."""
+    body = {"model": "tiny:left", "max_tokens": 0, "echo": True, "logprobs": 0}
+    prompts = [f"Statement {i}: taxes should {'rise' if i % 2 else 'fall'}." for i in range(16)]
+    status, answer = call(f"{server['url']}/completions", {**body, "prompt": prompts})
+    assert status == 200, answer
+    assert [c["index"] for c in answer["choices"]] == list(range(16))
+    for i in (0, 7, 15):
+        alone = call(f"{server['url']}/completions", {**body, "prompt": prompts[i]})[1]["choices"][0]
+        assert answer["choices"][i]["text"] == alone["text"] == prompts[i]
+        assert answer["choices"][i]["logprobs"]["token_logprobs"] == pytest.approx(
+            alone["logprobs"]["token_logprobs"], abs=1e-4)
+
+
 def test_openai_client_chat_and_completions(server: dict) -> None:
     api = client(server)
     chat = api.chat.completions.create(model="tiny:left", messages=[{"role": "user", "content": "Taxes?"}],
