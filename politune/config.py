@@ -149,7 +149,8 @@ class AnnotateConfig(VLLMFields):
     max_new_tokens: int = Field(48, ge=1, description="generate mode: answer length.")
     max_prompt_tokens: int = Field(1024, ge=16, description="Longer prompts lose the start of the post.")
     max_retries: int = Field(2, ge=0, description="Retries of a failed engine batch before engine_error.")
-    rows_per_file: int = Field(2000, ge=1, description="Posts an output file: the unit of resume.")
+    rows_per_file: int = Field(2000, ge=1, description="Posts an output file at most: the unit of resume (fewer "
+                               "in a small run, so that every engine actor gets a share).")
 
 
 class SideThresholds(Section):

@@ -218,3 +218,18 @@ def test_parse_scores_accepts(answer: str, scores) -> None:
 def test_parse_scores_rejects(answer: str, message: str) -> None:
     with pytest.raises(ParseError, match=message):
         parse_scores(answer)
+
+
+def test_a_small_run_is_cut_into_blocks_for_every_actor_of_the_pool(ray_local) -> None:
+    """A block goes to one actor whole: 1,519 posts in one 2,000-row block kept one of two annotators idle
+    (bench/scaling.py). Blocks are cut for the pool, at least a batch and at most rows_per_file each."""
+    import ray.data
+
+    from politune.engines.blocks import BLOCKS_PER_ACTOR, blocks_for_pool, rows_per_block
+
+    assert rows_per_block(1519, 2, 16, 2000) == 190  # 8 blocks, 4 an actor
+    assert rows_per_block(1_000_000, 8, 16, 2000) == 2000  # a real corpus keeps the file size
+    assert rows_per_block(20, 4, 16, 2000) == 16  # never under a batch
+    assert rows_per_block(0, 2, 16, 2000) == 2000  # count unknown: the file size
+    cut = blocks_for_pool(ray.data.range(1519).repartition(1), 1519, 2, 16, 2000).materialize()
+    assert cut.num_blocks() >= 2 * BLOCKS_PER_ACTOR and cut.count() == 1519

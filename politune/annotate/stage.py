@@ -1,7 +1,8 @@
 """The annotate stage: `documents/` in, `annotations/` out, one row a document, resumable.
 
-Ray Data streams the documents through the engine's actor pool in blocks of `rows_per_file` posts;
-each block lands as one Parquet file as soon as it is scored. Resume is sound because a Parquet
+Ray Data streams the documents through the engine's actor pool in blocks of at most `rows_per_file` posts
+(smaller in a small run, so that every actor gets some: engines/blocks.py); each block lands as one Parquet
+file as soon as it is scored. Resume is sound because a Parquet
 file is readable only once its footer is written: the doc_ids in readable files are done, an
 unreadable (half-written) file is removed, and a rerun scores only the rest. Every document ends
 in exactly one row, which is checked at the end.
@@ -33,6 +34,7 @@ from politune.annotate.scale_rows import annotate_by_scale
 from politune.annotate.schema import ANNOTATION_SCHEMA, STATUSES
 from politune.annotate.vllm_engine import VLLMEngine
 from politune.config import RunConfig
+from politune.engines.blocks import blocks_for_pool
 from politune.models import resolve_model
 from politune.prepare import prepares
 from politune.ray_runtime import init_ray
@@ -82,7 +84,9 @@ def _annotate(cfg: RunConfig, annotations_uri: str) -> AnnotateResult:
         pending = documents
         if len(done):
             pending = pending.map_batches(drop_done, fn_args=(ray.put(done),), batch_format="pyarrow")
-        pending = pending.repartition(target_num_rows_per_block=cfg.annotate.rows_per_file)
+        a = cfg.annotate
+        pending = blocks_for_pool(pending, _kept_documents(manifest) - len(done), a.concurrency, a.batch_size,
+                                  a.rows_per_file)
         engine = HFEngine(cfg) if cfg.annotate.engine == "hf" else VLLMEngine(cfg)
         engine.annotate(pending).write_parquet(out_path, filesystem=out_fs, mode=SaveMode.APPEND)
 
@@ -94,6 +98,12 @@ def _annotate(cfg: RunConfig, annotations_uri: str) -> AnnotateResult:
                 "annotated_now": result.annotated_now, "resumed_from": result.resumed_from,
                 "prompt_version": prompt_version(cfg.annotate.mode)})
     return result
+
+
+def _kept_documents(manifest: Manifest) -> int:
+    """The documents ingest kept, as its manifest entry counts them (0 when it does not: blocks stay full size)."""
+    per_source = (manifest.artifact("documents") or {}).get("counts", {}).get("per_source", {})
+    return sum(c.get("kept", 0) for c in per_source.values())
 
 
 class HFEngine:

@@ -26,6 +26,7 @@ import ray
 import ray.data
 
 from politune.config import RunConfig
+from politune.engines.blocks import blocks_for_pool
 from politune.models import resolve_model
 from politune.prepare import prepares
 from politune.ray_runtime import init_ray
@@ -39,6 +40,7 @@ from politune.synthesize.llm_writer import write_pairs as llm_write_pairs
 from politune.synthesize.prompts import PROMPT_VERSION
 
 SIDES = ("left", "right")
+MOST_ROWS_A_BLOCK = 1000  # posts a writer actor takes at once (its drafts come back to the driver, not to files)
 DROPPED_SCHEMA = pa.schema([*PREFERENCE_SCHEMA, pa.field("reason", pa.string()), pa.field("field", pa.string()),
                             pa.field("detail", pa.string())])  # an engine's error, or the consistency scores
 
@@ -128,12 +130,14 @@ def _generated_pairs(cfg: RunConfig) -> list[dict[str, Any]]:
     """One draft pair a selected post, from the synthesizer; a post whose engine call failed carries the error."""
     s = cfg.synthesize
     selected_uri = join(cfg.run_uri, "selected")
-    Manifest(cfg.run_uri).require("selected", selected_uri, "politune select")
+    manifest = Manifest(cfg.run_uri)
+    manifest.require("selected", selected_uri, "politune select")
     init_ray(cfg)
     fs, path = resolve(selected_uri)
     posts = ray.data.read_parquet(path, filesystem=fs, columns=["doc_id", "side", "text"])
     if s.engine == "hf":
-        drafts = _hf_drafts(cfg, posts)
+        selected = sum((manifest.artifact("selected") or {}).get("counts", {}).get("kept", {}).values())
+        drafts = _hf_drafts(cfg, blocks_for_pool(posts, selected, s.concurrency, s.batch_size, MOST_ROWS_A_BLOCK))
     else:
         replier = vllm_replier(cfg) if s.engine == "vllm" else openai_replier(cfg)
         drafts = llm_write_pairs(posts.take_all(), replier, s.chosen_from)
