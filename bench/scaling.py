@@ -20,6 +20,9 @@ politune/engines/progress.py), which splits the run into:
   first batch). "model load" is the time one process takes to load the stage's model, for scale;
 - steady state: items/s between 10% and 90% of the items, the figure the ratios compare;
 - tail: from the last item to the stage's return (the last writes, the manifest, the pool shutting down).
+It also reads every process's CPU time on this machine once a second and reports, for the steady window, the
+cores used by the stage's workers, by its other Ray work and by Ray's own processes and the driver: a low ratio
+is then workers that do not get the cores, or cores that go elsewhere.
 """
 
 from __future__ import annotations
