@@ -423,9 +423,9 @@ def test_a_replica_killed_under_load_costs_503s_not_500s_or_hangs(two_replicas: 
     assert gone(victim.pid) and actor(state_api, victim.actor_id).state == "DEAD"
     new = [a for a in actors(state_api, replica_class, state="ALIVE") if a.actor_id != replicas[1].actor_id]
     assert len(new) == 1 and new[0].pid not in (victim.pid, replicas[1].pid), new
-    # and it answered: Serve's log of the new replica (replica_<app>_<deployment>_<id>.log) has generate calls
+    # and it answered: Serve's log of the new replica (replica_<app>_<deployment>_<id>.log) has generate_many calls
     # (Serve sends no task events for requests, so the state API cannot tell)
     from politune.ray_runtime import logs_dir
 
     log = logs_dir() / "serve" / f"replica_{SERVE_APP}_{MODEL_DEPLOYMENT}_{new[0].name.rsplit('#', 1)[-1]}.log"
-    assert "CALL generate OK" in log.read_text(), log
+    assert "CALL generate_many OK" in log.read_text(), log
