@@ -112,6 +112,10 @@ class IngestConfig(Section):
     )
     read_batch_rows: int = Field(5_000, ge=1, description="Rows mapped at a time while reading a file.")
     block_mb: float = Field(16, gt=0, description="Target size of a Ray Data block while reading.")
+    read_task_mb: float = Field(
+        32, gt=0, description="Input MiB a read task takes: files are grouped into tasks of about this size (a larger "
+        "file is a task alone), with at least 4 tasks a CPU of the cluster while there are files for them. Each task "
+        "costs Ray a scheduling round, and holds what it read in memory until it writes it.")
 
 
 class VLLMFields(Section):

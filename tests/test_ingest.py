@@ -19,6 +19,8 @@ import pytest
 from politune.config import build_config
 from politune.corpus.generate import generate_corpus
 from politune.ingest import ingest_corpus
+from politune.ingest import stage as ingest_stage
+from politune.ingest.stage import read_task_count
 from politune.storage import read_json, resolve
 
 pytestmark = pytest.mark.integration
@@ -51,7 +53,7 @@ def norm(text: str) -> str:
 def corpus(tmp_path_factory) -> dict:
     """Files of every format, and the counts ingest must arrive at."""
     root = tmp_path_factory.mktemp("corpus")
-    jsonl = generate_corpus(500, root / "jsonl", seed=11, fmt="jsonl", rows_per_file=100)
+    jsonl = generate_corpus(500, root / "jsonl", seed=11, fmt="jsonl", rows_per_file=40)
     gz = generate_corpus(500, root / "gz", seed=12, fmt="jsonl.gz", rows_per_file=1000)
     parquet = generate_corpus(500, root / "parquet", seed=13, fmt="parquet", rows_per_file=150)
     (root / "bad").mkdir()
@@ -126,9 +128,18 @@ def check_counts(result, corpus: dict) -> None:
     assert totals["duplicates"] == corpus["valid"] - corpus["distinct"]
 
 
-def test_every_format_from_local_paths(ray_local, corpus, tmp_path: Path) -> None:
+def test_every_format_from_local_paths(ray_local, corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tasks: list[tuple[int, int]] = []  # (files, read tasks): files share tasks here, so a task reads several
+
+    def counted(sizes: list[int], cpus: int, task_mb: float) -> int:
+        tasks.append((len(sizes), read_task_count(sizes, cpus, task_mb)))
+        return tasks[-1][1]
+
+    monkeypatch.setattr(ingest_stage, "read_task_count", counted)
     cfg = make_config(corpus["sources"], str(tmp_path / "runs"))
     result = ingest_corpus(cfg)
+    [(files, read_tasks)] = tasks
+    assert files > read_tasks == 8  # 2 CPUs in the test's Ray: 4 tasks a CPU, so some files share a task
     assert result.num_buckets > 1  # dedup ran over several buckets, and still found every copy
     check_counts(result, corpus)
 
@@ -149,6 +160,16 @@ def test_every_format_from_local_paths(ray_local, corpus, tmp_path: Path) -> Non
     manifest = read_json(f"{cfg.run_uri}/manifest.json")
     assert manifest["artifacts"]["documents"]["counts"]["per_source"] == result.counts
     assert set(manifest["artifacts"]["documents"]["inputs"]) == {s["name"] for s in corpus["sources"]}
+
+
+def test_files_are_grouped_into_read_tasks_of_about_read_task_mb() -> None:
+    mb = 2**20
+    assert read_task_count([2 * mb] * 40, cpus=2, task_mb=32) == 8  # 80 MB is 3 tasks by size: 4 a CPU instead
+    assert read_task_count([2 * mb] * 40, cpus=1, task_mb=32) == 4
+    assert read_task_count([2 * mb] * 400, cpus=2, task_mb=32) == 25  # 800 MB in tasks of 32
+    assert read_task_count([100 * mb] * 10, cpus=2, task_mb=32) == 10  # a file larger than a task is one alone
+    assert read_task_count([mb] * 3, cpus=2, task_mb=32) == 3  # never more tasks than files
+    assert read_task_count([0], cpus=4, task_mb=32) == 1
 
 
 def test_bad_rows_are_quarantined_with_file_row_field_and_reason(ray_local, corpus, tmp_path: Path) -> None:

@@ -110,7 +110,8 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
             vanished = datasource.vanished_files()
             _quarantine_vanished(vanished, out_fs, staging_path)
             if len(vanished) < len(files):
-                ray.data.read_datasource(datasource, override_num_blocks=len(files)).write_parquet(
+                tasks = read_task_count([f.size for f in files], _cluster_cpus(), cfg.ingest.read_task_mb)
+                ray.data.read_datasource(datasource, override_num_blocks=tasks).write_parquet(
                     staging_path, filesystem=out_fs, partition_cols=["part"], mode=SaveMode.APPEND)
 
     counts, damaged = _dedup_and_collect(out_fs, staging_path, documents_uri, quarantine_uri, reposts_uri, cfg)
@@ -128,6 +129,23 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
     manifest.record("reposts", path=reposts_uri, config_hash=made_of["reposts"][0], inputs=made_of["reposts"][1],
                     counts={s: c["reposts"] for s, c in counts.items()})
     return IngestResult(documents_uri, quarantine_uri, counts, num_buckets, damaged)
+
+
+READ_TASKS_PER_CPU = 4  # a few each, so the last tasks do not leave all but one CPU waiting
+
+
+def read_task_count(sizes: list[int], cpus: int, task_mb: float) -> int:
+    """Read tasks for files of these sizes (bytes): about `task_mb` of input each, at least READ_TASKS_PER_CPU a
+    CPU, never more than one a file (Ray Data cuts the file list into this many runs of consecutive files).
+
+    Measured on 2 cores: a task of one 1.8 MB file does 0.35 s of work, and each CPU then waits about 0.2 s for
+    its next task, so two read slots went no faster than one. Fewer, larger tasks pay that wait less often."""
+    by_size = math.ceil(sum(sizes) / (task_mb * 2**20))
+    return max(1, min(len(sizes), max(by_size, READ_TASKS_PER_CPU * cpus)))
+
+
+def _cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _quarantine_vanished(vanished: list[CorpusFile], fs: pafs.FileSystem, staging_path: str) -> None:
