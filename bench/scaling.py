@@ -2,6 +2,7 @@
 
     python bench/scaling.py                                  # every stage: about 30 minutes on 2 cores
     python bench/scaling.py --stages annotate train          # some of them
+    python bench/scaling.py --stages ingest --repeats 3      # each configuration 3 times: median and range
     python bench/scaling.py --address 10.0.0.5:6379 --storage-root s3://bucket/scaling --workers 1 8
 
 Here, each configuration runs in a fresh Ray on loopback addresses (politune/local_cluster.py): one node
@@ -318,6 +319,8 @@ def main() -> None:
     parser.add_argument("--storage-root", help="with --address: where the runs go (s3://…, shared by the nodes)")
     parser.add_argument("--workers", type=int, nargs=2, default=[1, 2], metavar=("FEW", "MANY"),
                         help="with --address: the two worker counts compared")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration: the table shows the "
+                        "median and the range of the ratios (this machine's speed varies between runs)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -352,23 +355,42 @@ def main() -> None:
             rows.append(done[stage])
             continue
         unit = COUNTED[stage][2]
-        measured = {}
-        for setup in setups:
-            raw = stage_config(stage, inputs[stage], setup, free_port())
-            if stage == "ingest" and not args.address:
-                cpus = [setup.workers] if setup.nodes == 1 else [1] * setup.nodes
-            else:
-                cpus = [2 * setup.workers] if setup.nodes == 1 else [2] * setup.nodes
-            print(f"{stage}: {setup.name} ...", flush=True)
-            cluster = nullcontext(None) if args.address else loopback_cluster(cpus)
-            with cluster as head:
-                run_env = env if args.address else {**head.env, "RAY_ADDRESS": head.gcs}
-                result = run_driver({"stage": stage, "config": raw}, run_env, workdir / f"{stage}.log")
-            scale = TRAIN["per_device_batch_size"] * setup.workers if stage == "train" else 1
-            measured[setup.name] = {**breakdown(result, scale), "nodes_used": result["nodes"]}
+        runs: dict[str, list[dict[str, Any]]] = {setup.name: [] for setup in setups}
+        for repeat in range(args.repeats):  # interleaved, so each repeat's configurations share the machine's mood
+            for setup in setups:
+                raw = stage_config(stage, inputs[stage], setup, free_port())
+                if stage == "ingest" and not args.address:
+                    cpus = [setup.workers] if setup.nodes == 1 else [1] * setup.nodes
+                else:
+                    cpus = [2 * setup.workers] if setup.nodes == 1 else [2] * setup.nodes
+                print(f"{stage}: {setup.name}{f' (run {repeat + 1} of {args.repeats})' if args.repeats > 1 else ''}"
+                      " ...", flush=True)
+                cluster = nullcontext(None) if args.address else loopback_cluster(cpus)
+                with cluster as head:
+                    run_env = env if args.address else {**head.env, "RAY_ADDRESS": head.gcs}
+                    result = run_driver({"stage": stage, "config": raw}, run_env, workdir / f"{stage}.log")
+                scale = TRAIN["per_device_batch_size"] * setup.workers if stage == "train" else 1
+                runs[setup.name].append({**breakdown(result, scale), "nodes_used": result["nodes"]})
+        measured = {name: median_run(got) for name, got in runs.items()}
         rows.append((stage, unit, measured))
         results.write_text(json.dumps(rows, indent=1))
     print_table(rows, setups, load_s)
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median steady rate, with every run's steady rate (in run order) beside it."""
+    middle = sorted(runs, key=lambda r: r["steady"])[(len(runs) - 1) // 2]
+    return {**middle, "steady_runs": [r["steady"] for r in runs]}
+
+
+def ratio_text(many: dict[str, Any], one: dict[str, Any]) -> str:
+    """2 ÷ 1 of the median runs; with repeats, the range of the ratios of runs made side by side."""
+    text = f"{many['steady'] / one['steady']:.2f} x"
+    pairs = list(zip(many.get("steady_runs", []), one.get("steady_runs", []), strict=False))
+    if len(pairs) > 1:
+        ratios = sorted(m / o for m, o in pairs)
+        text += f" ({ratios[0]:.2f}-{ratios[-1]:.2f} over {len(pairs)} runs)"
+    return text
 
 
 def print_table(rows: list, setups: list[Setup], load_s: float) -> None:
@@ -378,10 +400,10 @@ def print_table(rows: list, setups: list[Setup], load_s: float) -> None:
     print(header)
     print("-" * len(header))
     for stage, unit, measured in rows:
-        one = measured[setups[0].name]["steady"]
+        one = measured[setups[0].name]
         for setup in setups:
             m = measured[setup.name]
-            ratio = "" if setup is setups[0] else f"{m['steady'] / one:.2f} x"
+            ratio = "" if setup is setups[0] else ratio_text(m, one)
             cores = "/".join(f"{m[f'cores_{r}']:.1f}" for r in CPU_ROLES) if "cores_workers" in m else "-"
             print(f"{stage:<11} {setup.name:<20} {m['items']:>8,.0f} {m['startup']:>10.1f} {m['steady']:>8.1f} "
                   f"{unit[:1]} {m['tail']:>7.1f} {m['seconds']:>8.1f} {m['nodes_used'] or '-':>5} {cores:>13}  {ratio}")
