@@ -223,6 +223,10 @@ class SynthesizeConfig(VLLMFields):
     num_cpus_per_actor: float = Field(1, gt=0)
     num_gpus_per_actor: float = Field(0, ge=0)
     max_new_tokens: int = Field(256, ge=1, description="Longest instruction or answer.")
+    temperature: float = Field(
+        0.0, ge=0, le=2, description="0: greedy (each post's instruction and answers are the most likely ones). "
+        "Above 0: sampled, each request seeded from its post's doc_id on vllm and openai, each batch from its "
+        "posts' on hf. A small model's greedy instructions repeat, and a repeated instruction drops its pair.")
     drop_truncated: bool = Field(
         True, description="Drop a pair whose instruction or answer stopped at max_new_tokens. The tiny model never "
         "stops, so the local preset keeps them.")

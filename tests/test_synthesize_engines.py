@@ -69,6 +69,37 @@ def test_openai_rows_read_answers_cut_offs_and_error_bodies() -> None:
     assert llm_writer.openai_reply({"key": "k", "http_response": refused})["error"].startswith("endpoint error")
 
 
+def test_sampled_requests_carry_the_temperature_and_a_seed_from_their_key() -> None:
+    row = llm_writer.request("d1|chosen", [{"role": "user", "content": "hi"}])
+    vllm = llm_writer.vllm_request(row, max_tokens=16, temperature=0.8)["sampling_params"]
+    assert vllm == {"temperature": 0.8, "max_tokens": 16, "seed": llm_writer.request_seed("d1|chosen")}
+    assert llm_writer.request_seed("d1|chosen") != llm_writer.request_seed("d1|rejected")
+    payload = llm_writer.openai_request(row, "tiny", 8, temperature=0.8)["payload"]
+    assert payload["temperature"] == 0.8 and payload["seed"] == vllm["seed"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from politune.config import TinyModelConfig
+    from politune.models.tiny import build_tiny_model
+
+    return build_tiny_model(TinyModelConfig(), tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_the_hf_writer_samples_the_same_text_again_and_not_the_greedy_text(tiny_model: Path) -> None:
+    from politune.synthesize.hf_writer import HFPairWriter
+
+    posts = [{"doc_id": f"d{i}", "side": side, "text": text} for i, (side, text) in enumerate(
+        [("left", "Healthcare is a right."), ("right", "Secure the border and cut taxes."), ("left", "Union strong.")])]
+    kwargs = {"model_path": str(tiny_model), "chosen_from": "generated", "max_new_tokens": 12,
+              "max_prompt_tokens": 512}
+    sampled = HFPairWriter(**kwargs, temperature=1.0)
+    first = sampled.write_pairs(posts)
+    assert sampled.write_pairs(posts) == first
+    greedy = HFPairWriter(**kwargs).write_pairs(posts)
+    assert [d["prompt"] for d in greedy] != [d["prompt"] for d in first]
+
+
 def test_error_rows_become_replies_with_the_error() -> None:
     batch = pa.Table.from_pylist([
         {"key": "a", "text": "fine", "truncated": False, "error": None, ERROR_COLUMN: ""},

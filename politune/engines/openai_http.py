@@ -66,9 +66,13 @@ def http_processor_config(base_url: str, api_key_env: str, batch_size: int, conc
         session_factory=partial(ConcurrentPosts, limit=batch_size))
 
 
-def chat_payload(model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
-    """A greedy chat/completions request."""
-    return {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0}
+def chat_payload(model: str, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0,
+                 seed: int | None = None) -> dict[str, Any]:
+    """A chat/completions request: greedy, or sampled at `temperature` (with `seed` where the server takes one)."""
+    payload = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+    if temperature > 0 and seed is not None:
+        payload["seed"] = seed
+    return payload
 
 
 def chat_reply(response: dict[str, Any]) -> tuple[str | None, bool, str | None]:

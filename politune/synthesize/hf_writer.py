@@ -9,6 +9,7 @@ retried; after the last try its rows carry the error, so every post still ends i
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Any
 
 import pyarrow as pa
@@ -26,7 +27,8 @@ class HFPairWriter:
     """Callable class for `Dataset.map_batches`: {doc_id, side, text} in, PAIR_DRAFT_SCHEMA rows out."""
 
     def __init__(self, model_path: str, chosen_from: str, max_new_tokens: int, max_prompt_tokens: int,
-                 max_retries: int = 2, num_threads: int | None = None, device: str = "cpu", run_id: str = "") -> None:
+                 max_retries: int = 2, num_threads: int | None = None, device: str = "cpu", run_id: str = "",
+                 temperature: float = 0.0) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.model, self.tokenizer = load_causal_lm(model_path, device=device)
@@ -36,6 +38,7 @@ class HFPairWriter:
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
         self.max_retries = max_retries
+        self.temperature = temperature
         self.metrics = StageMetrics(run_id, "synthesize")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -51,6 +54,8 @@ class HFPairWriter:
         return pa.Table.from_pylist(rows, schema=PAIR_DRAFT_SCHEMA)
 
     def write_pairs(self, posts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.temperature > 0:  # the same batch samples the same text (a batch is sampled together)
+            torch.manual_seed(zlib.crc32("".join(p["doc_id"] for p in posts).encode()))
         texts, cut = self.reply([instruction_messages(p["text"]) for p in posts])
         instructions = [(first_line(t), c) for t, c in zip(texts, cut, strict=True)]
         asks = [(i, role, conversation) for i, p in enumerate(posts)
@@ -63,13 +68,15 @@ class HFPairWriter:
         return [draft(p, instructions[i], answers[i]) for i, p in enumerate(posts)]
 
     def reply(self, conversations: list[list[dict[str, str]]]) -> tuple[list[str], list[bool]]:
-        """Greedy replies, and whether each stopped at max_new_tokens instead of ending."""
+        """Replies (greedy, or sampled at the temperature), and whether each stopped at max_new_tokens."""
         texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                  for c in conversations]
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                                 max_length=self.max_prompt_tokens, add_special_tokens=False).to(self.model.device)
         with torch.no_grad():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+            sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0} if self.temperature > 0 \
+                else {"do_sample": False}
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling,
                                       pad_token_id=self.tokenizer.pad_token_id)
         new = out[:, inputs["input_ids"].shape[1]:]
         ended = (new == self.tokenizer.eos_token_id).any(dim=1) | (new == self.tokenizer.pad_token_id).any(dim=1)

@@ -15,6 +15,7 @@ flagged as truncated, for the cleaner. Output: one draft a post (drafts.py).
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -67,7 +68,7 @@ def vllm_replier(cfg: RunConfig) -> ProcessorReplier:
     s = cfg.synthesize
     config = vllm_processor_config(s, resolve_model(s.model, cfg), s.batch_size, s.concurrency,
                                    structured_outputs=False, detokenize=True)
-    return ProcessorReplier(config, partial(vllm_request, max_tokens=s.max_new_tokens),
+    return ProcessorReplier(config, partial(vllm_request, max_tokens=s.max_new_tokens, temperature=s.temperature),
                             partial(vllm_reply, max_tokens=s.max_new_tokens), cfg.run_id, s.vllm_stage_num_cpus)
 
 
@@ -77,7 +78,8 @@ def openai_replier(cfg: RunConfig) -> ProcessorReplier:
     check_endpoint(s.openai_base_url, model, s.openai_api_key_env)
     config = http_processor_config(s.openai_base_url, s.openai_api_key_env, s.batch_size, s.concurrency,
                                    s.openai_qps, s.openai_max_retries)
-    return ProcessorReplier(config, partial(openai_request, model=model, max_tokens=s.max_new_tokens), openai_reply,
+    return ProcessorReplier(config, partial(openai_request, model=model, max_tokens=s.max_new_tokens,
+                                            temperature=s.temperature), openai_reply,
                             cfg.run_id)
 
 
@@ -115,9 +117,16 @@ def answer_key(doc_id: str, role: str) -> str:
 
 
 # --- row functions, run inside the processors' map stages ----------------------------------------------
-def vllm_request(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
-    return {"key": row["key"], "messages": json.loads(row["messages_json"]),
-            "sampling_params": {"temperature": 0.0, "max_tokens": max_tokens}}
+def vllm_request(row: dict[str, Any], max_tokens: int, temperature: float = 0.0) -> dict[str, Any]:
+    sampling = {"temperature": temperature, "max_tokens": max_tokens}
+    if temperature > 0:
+        sampling["seed"] = request_seed(row["key"])
+    return {"key": row["key"], "messages": json.loads(row["messages_json"]), "sampling_params": sampling}
+
+
+def request_seed(key: str) -> int:
+    """A sampled request's seed, from its key (doc_id and role): a rerun samples the same text."""
+    return zlib.crc32(key.encode())
 
 
 def vllm_reply(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
@@ -126,8 +135,9 @@ def vllm_reply(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
             "error": None}
 
 
-def openai_request(row: dict[str, Any], model: str, max_tokens: int) -> dict[str, Any]:
-    return {"key": row["key"], "payload": chat_payload(model, json.loads(row["messages_json"]), max_tokens)}
+def openai_request(row: dict[str, Any], model: str, max_tokens: int, temperature: float = 0.0) -> dict[str, Any]:
+    return {"key": row["key"], "payload": chat_payload(model, json.loads(row["messages_json"]), max_tokens,
+                                                       temperature, request_seed(row["key"]))}
 
 
 def openai_reply(row: dict[str, Any]) -> dict[str, Any]:
