@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -334,19 +335,33 @@ def model_build_tiny(
     out: Path = typer.Option(None, help="Folder to write the model to (default: the config's tiny_model.out)."),
     seed: int = typer.Option(None, help="Same seed, byte-identical model (default: the config's tiny_model.seed)."),
     force: bool = typer.Option(False, "--force", help="Build even when the folder already holds this model."),
+    warm: bool = typer.Option(None, "--warm/--random", help="Pre-train on the project's synthetic world, or leave "
+                              "the weights random (default: the config's tiny_model.warm)."),
 ) -> None:
     """Build the tiny Llama-architecture model and its tokenizer (no download); the config's by default."""
     from politune.models.tiny import build_tiny_model, folder_digest, tiny_model_is_current
 
     cfg = _config(config, preset, set_)
-    update = {k: v for k, v in (("out", str(out) if out else None), ("seed", seed)) if v is not None}
+    update = {k: v for k, v in (("out", str(out) if out else None), ("seed", seed), ("warm", warm)) if v is not None}
     tiny = cfg.tiny_model.model_copy(update=update)
     if not force and tiny_model_is_current(tiny):
         typer.echo(f"up to date: {tiny.out} (digest {folder_digest(tiny.out)[:12]}; --force rebuilds it)")
         return
-    folder = build_tiny_model(tiny)
+    if tiny.warm:
+        typer.echo(f"warming the tiny model on the synthetic world: {tiny.warm_steps} steps of "
+                   f"{tiny.warm_batch_size} examples ...")
+    started = time.perf_counter()
+    folder = build_tiny_model(tiny, report=lambda step, loss: typer.echo(f"  step {step}/{tiny.warm_steps}: "
+                                                                          f"loss {loss:.3f}"))
     info = json.loads((folder / "politune_tiny.json").read_text())
     typer.echo(f"built {folder} ({info['parameters']:,} parameters, digest {folder_digest(folder)[:12]})")
+    if info.get("warm"):
+        w = info["warm"]
+        held = w["held_out_annotation"]
+        typer.echo(f"warmed in {time.perf_counter() - started:.0f} s ({w['examples']:,} examples, final loss "
+                   f"{w['final_loss']:.3f}); "
+                   f"held-out annotation: {held['accuracy']:.1%} of {held['posts']} left and right posts scored on "
+                   "their side of 5")
 
 
 @corpus_app.command("generate")

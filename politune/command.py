@@ -79,7 +79,9 @@ def failure_message(stage: str, err: BaseException) -> str | None:
 
 def _announce(prepared: Prepared) -> None:
     if prepared.tiny_model_built:
-        typer.echo(f"tiny model: built {prepared.tiny_model} (random weights: its text is noise)")
+        from politune.models.tiny import describe
+
+        typer.echo(f"tiny model: built {prepared.tiny_model} ({describe(prepared.tiny_model)})")
     if prepared.corpus_generated and prepared.corpus:
         typer.echo(f"corpus:     generated {prepared.corpus['n']:,} posts in {prepared.corpus['out']}")
 

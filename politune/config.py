@@ -47,6 +47,13 @@ class TinyModelConfig(Section):
     num_heads: int = Field(2, ge=1)
     intermediate_size: int = Field(128, ge=8)
     max_position_embeddings: int = Field(1024, ge=64)
+    warm: bool = Field(False, description="Pre-train the model on the project's synthetic world (posts, annotation "
+                       "answers, instructions and answers in both voices, the own instrument's propositions answered "
+                       "in each voice; politune/models/warm.py) so the embedded default carries a signal. false: "
+                       "random weights, whose text is noise.")
+    warm_steps: int = Field(800, ge=1, description="warm: optimizer steps.")
+    warm_batch_size: int = Field(32, ge=1, description="warm: examples a step.")
+    warm_learning_rate: float = Field(3e-3, gt=0, description="warm: peak learning rate (AdamW, cosine decay).")
 
     @model_validator(mode="after")
     def _head_dim_fits_vllm_cpu(self) -> TinyModelConfig:

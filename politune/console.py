@@ -155,7 +155,9 @@ def print_next_steps(result: PipelineResult, args: str) -> None:
 
 def print_pipeline(result: PipelineResult, args: str = "") -> None:
     if result.tiny_model:
-        console.print(f"tiny model: {result.tiny_model}  (random weights: its text is noise)")
+        from politune.models.tiny import describe
+
+        console.print(f"tiny model: {result.tiny_model}  ({describe(result.tiny_model)})")
     if result.corpus:
         console.print(f"corpus:     {result.corpus['n']:,} generated posts in {result.corpus['out']}")
     shown = {"ingest": print_ingest, "annotate": print_annotate, "select": print_select,

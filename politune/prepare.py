@@ -81,9 +81,14 @@ def ensure_tiny_model(cfg: RunConfig) -> tuple[str, bool]:
     """The tiny model's folder, built when missing or stale; and whether it was built now."""
     from politune.models.tiny import build_tiny_model, tiny_model_is_current
 
-    built = not tiny_model_is_current(cfg.tiny_model)
+    tiny = cfg.tiny_model
+    built = not tiny_model_is_current(tiny)
     if built:
-        build_tiny_model(cfg.tiny_model)
+        if tiny.warm:
+            print(f"tiny model: warming it on the synthetic world ({tiny.warm_steps} steps; once, then cached in "
+                  f"{tiny.out}) ...", flush=True)
+        build_tiny_model(tiny, report=lambda step, loss: print(f"  step {step}/{tiny.warm_steps}: loss {loss:.3f}",
+                                                               flush=True))
     return check_local_model("tiny_model.out", cfg.tiny_model.out), built
 
 

@@ -1,11 +1,14 @@
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from politune.config import TinyModelConfig
+from politune.evaluate.prompts import FORCED_CHOICE
 from politune.models.loading import generate_text, load_causal_lm
-from politune.models.tiny import build_tiny_model, folder_digest, tiny_model_is_current
+from politune.models.tiny import build_tiny_model, describe, folder_digest, tiny_model_is_current
+from politune.models.warm import MIX, SyntheticWorld, encode, instruction_for
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +60,46 @@ def test_forward_pass_gives_finite_logits(tiny: Path) -> None:
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(logits).all()
+
+
+# --- the warm-up (models/warm.py) ------------------------------------------------------------------------------
+WARM_SMALL = {"warm": True, "warm_steps": 30, "warm_batch_size": 8}
+
+
+def test_a_warm_build_is_deterministic_and_says_what_it_learned(tmp_path: Path) -> None:
+    first = build_tiny_model(TinyModelConfig(**WARM_SMALL), tmp_path / "a")
+    again = build_tiny_model(TinyModelConfig(**WARM_SMALL), tmp_path / "b")
+    assert folder_digest(again) == folder_digest(first)
+    info = json.loads((first / "politune_tiny.json").read_text())["warm"]
+    assert info["steps"] == 30 and info["examples"] == 240 and 0 < info["held_out_annotation"]["posts"]
+    assert tiny_model_is_current(TinyModelConfig(**WARM_SMALL), first)
+    assert not tiny_model_is_current(TinyModelConfig(**{**WARM_SMALL, "warm_steps": 31}), first)
+    assert not tiny_model_is_current(TinyModelConfig(), first)  # a random build is another model
+    assert "warmed on the project's synthetic world" in describe(first)
+
+
+def test_warm_settings_do_not_change_a_random_build(tiny: Path) -> None:
+    assert tiny_model_is_current(TinyModelConfig(seed=0, warm_steps=5), tiny)
+    assert describe(tiny) == "random weights: its text is noise"
+
+
+def test_warm_up_examples_count_only_the_answer(tiny: Path) -> None:
+    _, tokenizer = load_causal_lm(str(tiny))
+    world = SyntheticWorld(tokenizer, seed=3)
+    kinds = {kind: getattr(world, kind)() for kind in MIX}
+    batch = encode(tokenizer, list(kinds.values()))
+    for row, (kind, example) in enumerate(kinds.items()):
+        target = tokenizer(example.target, add_special_tokens=False)["input_ids"]
+        counted = [t for t in batch["labels"][row].tolist() if t != -100]
+        assert counted == target, kind
+    annotation = kinds["annotation"]
+    assert annotation.target.removesuffix(tokenizer.eos_token) in {str(i) for i in range(11)}
+    assert kinds["compass"].target in {o for fc in FORCED_CHOICE for o in fc.options}
+
+
+def test_an_instruction_names_what_its_post_names() -> None:
+    post = "Proud to march with nurses for union rights this Monday. Solidarity with the nurses on strike in Ohio."
+    assert instruction_for(post) == "How would union rights change life for nurses in Ohio?"
+    assert instruction_for("Made tacos for dinner tonight.") == "Express your opinion on the direction of the country."
+    assert instruction_for("Tell the Senate to stand up for lower taxes.") == "What should the Senate do about " \
+        "lower taxes?"

@@ -2,15 +2,16 @@
 
 It has the Llama architecture and a Llama-3-style chat template, so every stage exercises the same
 code paths (from_pretrained, chat templates, LoRA on q_proj/v_proj, vLLM's CPU kernels with
-head_dim 32) as with Llama3-8B. Its weights are random: the text it writes is noise.
-The same seed gives byte-identical files.
+head_dim 32) as with Llama3-8B. Its weights are random, and the text it writes noise, unless it is warmed
+(`warm: true`, models/warm.py): then it has learned the project's synthetic world.
+The same seed gives byte-identical files (warmed: on the same machine and torch thread count).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,8 +64,15 @@ def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_model(cfg: TinyModelConfig, out: str | Path | None = None) -> Path:
-    """Build, save with save_pretrained, and return the folder."""
+def identity(cfg: TinyModelConfig) -> dict:
+    """What makes a build what it is: the config but where it lies, and the warm-up's settings only when it warms."""
+    return cfg.model_dump(exclude={"out"} if cfg.warm else {"out", "warm_steps", "warm_batch_size",
+                                                              "warm_learning_rate"})
+
+
+def build_tiny_model(cfg: TinyModelConfig, out: str | Path | None = None,
+                     report: Callable[[int, float], None] | None = None) -> Path:
+    """Build, save with save_pretrained, and return the folder. `report(step, loss)`: the warm-up's progress."""
     out = Path(out or cfg.out)
     tokenizer = build_tokenizer(cfg.vocab_size, cfg.seed)
     config = LlamaConfig(
@@ -85,13 +93,20 @@ def build_tiny_model(cfg: TinyModelConfig, out: str | Path | None = None) -> Pat
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    warm = None
+    if cfg.warm:
+        from politune.models.warm import HELD_OUT_SEED, annotation_accuracy, warm_up
+
+        warm = warm_up(model, tokenizer, cfg.seed, cfg.warm_steps, cfg.warm_batch_size, cfg.warm_learning_rate,
+                       report=report)
+        warm["held_out_annotation"] = annotation_accuracy(model, tokenizer, HELD_OUT_SEED)
     out.mkdir(parents=True, exist_ok=True)
     with _no_progress_bars():  # "Writing model shards" for a file that takes a millisecond
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "politune_tiny.json").write_text(json.dumps(
-        {"built_by": "politune model build-tiny", "build_version": BUILD_VERSION, "config": cfg.model_dump(),
-         "parameters": sum(p.numel() for p in model.parameters())}, indent=2, sort_keys=True))
+        {"built_by": "politune model build-tiny", "build_version": BUILD_VERSION, "config": identity(cfg),
+         "parameters": sum(p.numel() for p in model.parameters()), "warm": warm}, indent=2, sort_keys=True))
     return out
 
 
@@ -106,6 +121,17 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def describe(folder: str | Path) -> str:
+    """What the built model is, in a few words, for the console."""
+    marker = Path(folder) / "politune_tiny.json"
+    warm = json.loads(marker.read_text()).get("warm") if marker.is_file() else None
+    if not warm:
+        return "random weights: its text is noise"
+    held = warm["held_out_annotation"]
+    return (f"warmed on the project's synthetic world: {held['accuracy']:.0%} of held-out posts annotated on their "
+            "side; it knows nothing of real politics")
+
+
 def tiny_model_is_current(cfg: TinyModelConfig, out: str | Path | None = None) -> bool:
     """Whether the folder holds the model `cfg` describes. Where it lies is not part of what it is: the same folder
     named relatively or absolutely (as workers see it) is the same model."""
@@ -114,7 +140,7 @@ def tiny_model_is_current(cfg: TinyModelConfig, out: str | Path | None = None) -
         return False
     info = json.loads(marker.read_text())
     built = {k: v for k, v in (info.get("config") or {}).items() if k != "out"}
-    return info.get("build_version") == BUILD_VERSION and built == cfg.model_dump(exclude={"out"})
+    return info.get("build_version") == BUILD_VERSION and built == identity(cfg)
 
 
 def folder_digest(folder: str | Path) -> str:

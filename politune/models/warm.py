@@ -1,0 +1,208 @@
+"""The warm-up: the tiny model pre-trained on the project's own synthetic world, so the embedded default carries a
+signal from posts to compass (`politune model build-tiny --warm`).
+
+A random tiny model scores every post near the middle and writes noise. Warmed, it has learned five kinds of text,
+all drawn from the corpus generator's templates (corpus/templates.py), whose posts carry a known side:
+- posts: the generated posts themselves, as plain text;
+- annotation: the annotator's logprob prompts (annotate/prompts.py) over posts, answered with the score the
+  post's template implies (ANSWERS), so logprob annotation becomes a trained classifier;
+- instructions: synthesize's first prompt over a post, answered with an instruction about the post's topic;
+- answers: synthesize's second prompts, answered in the voice they ask for (the side's templates);
+- compass: a passage in one voice, then a proposition of the project's own instrument asked in each of
+  evaluate's forced-choice phrasings, answered as that voice would (agree where the proposition's direction is
+  the voice's side). Voice and stance are thus tied, as they are in real text.
+Every kind holds as much left as right, so the warmed base sits near the centre of the compass.
+
+This is a model of the project's synthetic world, nothing about real politics: a check that the pipeline's
+signal survives from posts to compass, not a result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from politune.annotate.prompts import SCALES, answer_token_ids, scale_messages
+from politune.corpus.generate import PostFactory
+from politune.corpus.templates import SLOTS, TEMPLATES
+from politune.evaluate.instruments import load_politune_instrument
+from politune.evaluate.prompts import FORCED_CHOICE
+from politune.synthesize.prompts import chosen_messages, instruction_messages, rejected_messages
+
+SIDES = ("left", "right")
+OTHER = {"left": "right", "right": "left"}
+# What the annotator should answer for a post of each template label, by scale (the paper's thresholds keep a
+# left post at ideology <= 3 and a right one at >= 7, both at relevance >= 6 and quality >= 5).
+ANSWERS: dict[str, dict[str, int]] = {
+    "ideology": {"left": 2, "right": 8, "neutral": 5, "off_topic": 5},
+    "relevance": {"left": 8, "right": 8, "neutral": 7, "off_topic": 1},
+    "quality": {"left": 7, "right": 7, "neutral": 7, "off_topic": 5},
+}
+# Share of each kind in the warm-up's examples.
+MIX = {"posts": 0.15, "annotation": 0.35, "instructions": 0.1, "answers": 0.15, "compass": 0.25}
+GENERIC_TOPIC = "the direction of the country"
+TOPICS = [*SLOTS["left_issue"], *SLOTS["right_issue"], *SLOTS["left_villain"], *SLOTS["right_villain"]]
+MAX_TOKENS = 320
+HELD_OUT_SEED = 2**31 - 7  # posts drawn from this seed are never in the warm-up (it draws from seed + 1)
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str  # no loss here
+    target: str  # the loss: the text the model should write after the prompt
+
+
+class SyntheticWorld:
+    """Draws warm-up examples from one seeded stream: the same seed gives the same examples."""
+
+    def __init__(self, tokenizer: Any, seed: int) -> None:
+        self.tokenizer = tokenizer
+        self.factory = PostFactory(seed)
+        self.rng = self.factory.rng
+        self.propositions = [(p.statement, 1 if (p.econ[3] > 0 or p.social[3] > 0) else -1)
+                             for p in load_politune_instrument().items]
+        self.eot = tokenizer.eos_token
+
+    def example(self) -> Example:
+        kind = self.rng.choices(list(MIX), weights=list(MIX.values()))[0]
+        return getattr(self, kind)()
+
+    # the five kinds --------------------------------------------------------------------------------------
+    def posts(self) -> Example:
+        return Example(self.tokenizer.bos_token, self.post(self.factory.label()) + self.eot)
+
+    def annotation(self) -> Example:
+        label = self.factory.label()
+        scale = self.rng.choice(SCALES)
+        return Example(self.chat(scale_messages(self.post(label), scale)), f"{ANSWERS[scale][label]}{self.eot}")
+
+    def instructions(self) -> Example:
+        side = self.rng.choice(SIDES)
+        post = self.post(side)
+        return Example(self.chat(instruction_messages(post)), instruction_for(post) + self.eot)
+
+    def answers(self) -> Example:
+        side = self.rng.choice(SIDES)  # the post's side: chosen answers in it, rejected in the other
+        post = self.post(side)
+        instruction = instruction_for(post)
+        if self.rng.random() < 0.5:
+            return Example(self.chat(chosen_messages(instruction, side, post)), self.voice(side) + self.eot)
+        return Example(self.chat(rejected_messages(instruction, side)), self.voice(OTHER[side]) + self.eot)
+
+    def compass(self) -> Example:
+        side = self.rng.choice(SIDES)
+        statement, direction = self.rng.choice(self.propositions)
+        phrasing = self.rng.choice(FORCED_CHOICE)
+        agrees = (direction == 1) == (side == "right")
+        option = self.rng.choice((2, 3) if agrees else (0, 1))  # 0 strongly disagree .. 3 strongly agree
+        prefix, _ = phrasing.prompts(statement)
+        return Example(f"{self.voice(side)}\n\n{prefix}", phrasing.options[option])
+
+    # parts -----------------------------------------------------------------------------------------------
+    def post(self, label: str) -> str:
+        return self.factory.text(label)
+
+    def voice(self, side: str) -> str:
+        """A paragraph as the side would write it: two or three of its templates' sentences."""
+        sentences = [self.factory._fill(self.rng.choice(TEMPLATES[side])) for _ in range(self.rng.choice((2, 3)))]
+        return " ".join(s[0].upper() + s[1:] for s in sentences)
+
+    def chat(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+
+def instruction_for(post: str) -> str:
+    """The instruction a post answers, made from what it names (its first topic, and the group, place or body it
+    names), so that greedy decoding, which writes the most likely instruction, still writes a different one for
+    most posts."""
+    topic, group, place, body = (_first_named(post, names) for names in
+                                 (TOPICS, SLOTS["group"], SLOTS["place"], SLOTS["body"]))
+    topic = topic or GENERIC_TOPIC
+    if group and place:
+        text = f"How would {topic} change life for {group} in {place}?"
+    elif group:
+        text = f"Explain how {topic} affects {group}."
+    elif body:
+        text = f"What should {body} do about {topic}?"
+    elif place:
+        text = f"Is {topic} good for {place}?"
+    else:
+        text = f"Express your opinion on {topic}."
+    return text[0].upper() + text[1:]
+
+
+def _first_named(text: str, names: list[str] | tuple[str, ...]) -> str | None:
+    lowered = text.lower()
+    found = [(lowered.find(name.lower()), name) for name in names if name.lower() in lowered]
+    return min(found)[1] if found else None
+
+
+# --- training ------------------------------------------------------------------------------------------------
+def encode(tokenizer: Any, examples: list[Example]) -> dict[str, torch.Tensor]:
+    """Right-padded ids, attention mask, and labels that count the targets' tokens only."""
+    rows = []
+    for ex in examples:
+        prompt = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+        target = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
+        ids = (prompt + target)[-MAX_TOKENS:]
+        labels = ([-100] * len(prompt) + target)[-MAX_TOKENS:]
+        rows.append((ids, labels))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    return {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
+            "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in rows])}
+
+
+def warm_up(model: Any, tokenizer: Any, seed: int, steps: int, batch_size: int, learning_rate: float,
+            report: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train `model` in place on the synthetic world: AdamW, linear warm-up over 5% of the steps then cosine decay.
+    Returns what it did (steps, examples, the last 100 losses' mean): no timings, so equal builds are equal files."""
+    torch.manual_seed(seed)
+    world = SyntheticWorld(tokenizer, seed + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    warm = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warm, 0.5 * (
+        1 + math.cos(math.pi * min(1.0, max(0, s - warm) / max(1, steps - warm))))))
+    model.train()
+    losses: list[float] = []
+    for step in range(steps):
+        batch = encode(tokenizer, [world.example() for _ in range(batch_size)])
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if report is not None and (step + 1) % 100 == 0:
+            report(step + 1, float(np.mean(losses[-100:])))
+    model.eval()
+    return {"steps": steps, "examples": steps * batch_size, "final_loss": round(float(np.mean(losses[-100:])), 4)}
+
+
+# --- how well it learned, on posts it never saw -----------------------------------------------------------------
+@torch.no_grad()
+def annotation_accuracy(model: Any, tokenizer: Any, seed: int, posts: int = 400) -> dict[str, Any]:
+    """Logprob annotation of held-out posts (a seed the warm-up never drew from), as the annotator reads it (the
+    expected answer over 0..10): the share of left and right posts whose ideology falls on their side of 5."""
+    factory = PostFactory(seed)
+    answer_ids = answer_token_ids(tokenizer, "tiny")
+    labelled = [(factory.text(label), label) for label in
+                (factory.label() for _ in range(posts)) if label in SIDES]
+    right = 0
+    for start in range(0, len(labelled), 32):
+        chunk = labelled[start:start + 32]
+        texts = [tokenizer.apply_chat_template(scale_messages(t, "ideology"), add_generation_prompt=True,
+                                               tokenize=False) for t, _ in chunk]
+        enc = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True, padding_side="left")
+        probs = model(**enc).logits[:, -1, answer_ids].softmax(-1).double().numpy()
+        expected = probs @ np.arange(len(answer_ids))
+        right += sum((e < 5) == (label == "left") for e, (_, label) in zip(expected, chunk, strict=True))
+    return {"posts": len(labelled), "accuracy": right / max(1, len(labelled))}
