@@ -119,7 +119,7 @@ class PostFactory:
         rng = self.rng
         if self.recent and rng.random() < REPOST_RATE:
             return rng.choice(self.recent)
-        sentences = [self._fill(rng.choice(TEMPLATES[label])) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
+        sentences = [self.fill(rng.choice(TEMPLATES[label])) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
         if rng.random() < 0.4:
             sentences.append(rng.choice(HASHTAGS[label]))
         text = " ".join(s[0].upper() + s[1:] for s in sentences)
@@ -134,7 +134,7 @@ class PostFactory:
         self.count += 1
         return self.clock
 
-    def _fill(self, template: str) -> str:
+    def fill(self, template: str) -> str:
         return template.format_map(_RandomSlots(self.rng))
 
 

@@ -27,15 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from politune.annotate.parse import expected_and_argmax
 from politune.annotate.prompts import SCALES, answer_token_ids, scale_messages
 from politune.corpus.generate import PostFactory
 from politune.corpus.templates import SLOTS, TEMPLATES
 from politune.evaluate.instruments import load_politune_instrument
 from politune.evaluate.prompts import FORCED_CHOICE
-from politune.synthesize.prompts import chosen_messages, instruction_messages, rejected_messages
+from politune.synthesize.prompts import OPPOSITE, SIDES, chosen_messages, instruction_messages, rejected_messages
 
-SIDES = ("left", "right")
-OTHER = {"left": "right", "right": "left"}
 # What the annotator should answer for a post of each template label, by scale (the paper's thresholds keep a
 # left post at ideology <= 3 and a right one at >= 7, both at relevance >= 6 and quality >= 5).
 ANSWERS: dict[str, dict[str, int]] = {
@@ -92,7 +91,7 @@ class SyntheticWorld:
         instruction = instruction_for(post)
         if self.rng.random() < 0.5:
             return Example(self.chat(chosen_messages(instruction, side, post)), self.voice(side) + self.eot)
-        return Example(self.chat(rejected_messages(instruction, side)), self.voice(OTHER[side]) + self.eot)
+        return Example(self.chat(rejected_messages(instruction, side)), self.voice(OPPOSITE[side]) + self.eot)
 
     def compass(self) -> Example:
         side = self.rng.choice(SIDES)
@@ -109,12 +108,11 @@ class SyntheticWorld:
 
     def voice(self, side: str) -> str:
         """A paragraph as the side would write it: two or three of its templates' sentences."""
-        sentences = [self.factory._fill(self.rng.choice(TEMPLATES[side])) for _ in range(self.rng.choice((2, 3)))]
+        sentences = [self.factory.fill(self.rng.choice(TEMPLATES[side])) for _ in range(self.rng.choice((2, 3)))]
         return " ".join(s[0].upper() + s[1:] for s in sentences)
 
     def chat(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
 
 
 def instruction_for(post: str) -> str:
@@ -202,7 +200,6 @@ def annotation_accuracy(model: Any, tokenizer: Any, seed: int, posts: int = 400)
         texts = [tokenizer.apply_chat_template(scale_messages(t, "ideology"), add_generation_prompt=True,
                                                tokenize=False) for t, _ in chunk]
         enc = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True, padding_side="left")
-        probs = model(**enc).logits[:, -1, answer_ids].softmax(-1).double().numpy()
-        expected = probs @ np.arange(len(answer_ids))
+        expected, _ = expected_and_argmax(model(**enc).logits[:, -1, answer_ids].double().numpy())
         right += sum((e < 5) == (label == "left") for e, (_, label) in zip(expected, chunk, strict=True))
     return {"posts": len(labelled), "accuracy": right / max(1, len(labelled))}
