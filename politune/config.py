@@ -454,6 +454,8 @@ class EvaluateConfig(Section):
         None, description="The judge's model id; null: the run's base model on the evaluated endpoint.")
     judge_base_url: str | None = Field(None, description="The judge's endpoint; null: the evaluated endpoint.")
     judge_api_key_env: str = Field("POLITUNE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    judge_max_tokens: int = Field(8, ge=1, description="The judge's longest reply: a rubric label or a score (a "
+                                  "tokenizer that splits \"strongly disagree\" finely needs more than 8).")
     items_per_request: int = Field(
         1, ge=1, le=16, description="logprob: propositions of one model scored in one /completions request (4 "
         "prompts each); fewer requests, less HTTP overhead. A failed request fails its propositions.")

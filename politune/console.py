@@ -85,6 +85,12 @@ def print_select(result: SelectResult) -> None:
                   f"{result.documents:,}")
     for reason, n in result.dropped.items():
         console.print(f"  dropped: {n:,} × {escape(reason)}")
+    if result.truth:
+        t = result.truth
+        shares = ", ".join(f"{s} {share:.1%}" for s, share in t["selected_on_side"].items())
+        console.print(f"  against the corpus's own labels: annotate put {t['annotated_on_side']:.1%} of "
+                      f"{t['labelled']:,} left and right posts on their side of 5; selected posts on their side: "
+                      f"{shares or 'none selected'}")
     console.print(f"selected:   {result.selected_uri}")
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from politune.config import SelectConfig, build_config
 from politune.select import assign_sides, select_posts
+from politune.select.stage import label_truth
 from politune.select.near_duplicates import near_duplicate_mask
 from politune.storage import Manifest, read_json
 
@@ -99,6 +100,22 @@ def test_select_posts_writes_balanced_sides_and_counts_every_post(tmp_path: Path
     assert all(r["label"] == "left" for r in table if r["side"] == "left")
     manifest = read_json(f"{cfg.run_uri}/manifest.json")["artifacts"]["selected"]
     assert manifest["counts"]["kept"] == result.kept and manifest["counts"]["dropped"] == result.dropped
+    assert manifest["counts"]["truth"] == result.truth and result.truth["annotated_on_side"] == 1.0
+
+
+def test_label_truth_scores_the_annotator_and_the_selection_against_the_corpus_labels() -> None:
+    df = posts([
+        ("a", 1.0, 9.0, 9.0, "ok", "s", "left"),       # left, scored left
+        ("b", 9.0, 9.0, 9.0, "ok", "s", "left"),       # left, scored right: selected right, wrongly
+        ("c", 8.0, 9.0, 9.0, "ok", "s", "right"),      # right, scored right
+        ("d", 6.0, 9.0, 9.0, "ok", "s", "right"),      # right, scored right, not selected
+        ("e", 2.0, 9.0, 9.0, "ok", "s", "neutral"),    # not a side: not counted
+        ("f", None, None, None, "parse_error", "s", "left"),  # no score: not counted
+    ])
+    selected = df[df["doc_id"].isin(["a", "b", "c"])].assign(side=["left", "right", "right"])
+    truth = label_truth(df, selected)
+    assert truth == {"labelled": 4, "annotated_on_side": 0.75, "selected_on_side": {"left": 1.0, "right": 0.5}}
+    assert label_truth(df.assign(label=None), selected) is None  # a real corpus has no labels
 
 
 def test_max_per_side_caps_the_strongest(tmp_path: Path) -> None:

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from politune.config import TinyModelConfig
-from politune.evaluate.prompts import FORCED_CHOICE
+from politune.evaluate.judge import read_leaning, read_option
+from politune.evaluate.prompts import FORCED_CHOICE, OPTION_LABELS
 from politune.models.loading import generate_text, load_causal_lm
 from politune.models.tiny import build_tiny_model, describe, folder_digest, tiny_model_is_current
-from politune.models.warm import MIX, SyntheticWorld, encode, instruction_for
+from politune.models.warm import MIX, SyntheticWorld, encode, example_losses, instruction_for
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,36 @@ def test_warm_up_examples_count_only_the_answer(tiny: Path) -> None:
     annotation = kinds["annotation"]
     assert annotation.target.removesuffix(tokenizer.eos_token) in {str(i) for i in range(11)}
     assert kinds["compass"].target in {o for fc in FORCED_CHOICE for o in fc.options}
+
+
+def test_every_stance_the_warm_up_teaches_follows_the_voice_and_the_proposition(tiny: Path) -> None:
+    """A right voice agrees with a proposition whose agreement is right-leaning and disagrees with the others; a
+    left voice the opposite: in the sides answers, the free-text opinions and the judge's labels alike."""
+    _, tokenizer = load_causal_lm(str(tiny))
+    world = SyntheticWorld(tokenizer, seed=5)
+    direction_of = dict(world.propositions)
+    for _ in range(40):
+        sides = world.sides()
+        statement = next(s for s in direction_of if sides.prompt.startswith(s))
+        assert sides.target == (" the right" if direction_of[statement] == 1 else " the left")
+    for side in ("left", "right"):
+        for statement, direction in world.propositions[:10]:
+            option = read_option(world.opinion(side, direction).rsplit(" I ", 1)[1])
+            assert (option >= 2) == ((direction == 1) == (side == "right")), (side, statement)
+    labels = [world.judging().target.removesuffix(tokenizer.eos_token) for _ in range(60)]
+    assert all(read_option(label) is not None or read_leaning(label) is not None for label in labels)
+    assert {"-4", "4"} <= set(labels) and set(labels) & set(OPTION_LABELS)
+
+
+def test_the_warm_up_loss_weighs_each_example_alike_however_long(tiny: Path) -> None:
+    model, tokenizer = load_causal_lm(str(tiny))
+    world = SyntheticWorld(tokenizer, seed=3)
+    short, long = world.sides(), world.posts()  # a two-token answer, a post of dozens
+    both = example_losses(model, encode(tokenizer, [short, long]))
+    alone = [example_losses(model, encode(tokenizer, [ex]))[0] for ex in (short, long)]
+    assert torch.allclose(both, torch.stack(alone), atol=1e-4)  # padding changes nothing
+    token_mean = model(**encode(tokenizer, [short, long])).loss
+    assert not torch.isclose(both.mean(), token_mean)  # a token mean would weigh the post by its length
 
 
 def test_an_instruction_names_what_its_post_names() -> None:

@@ -128,12 +128,12 @@ def chat_text(response: dict[str, Any] | None) -> str:
 
 
 # --- pass 3: the judge ---------------------------------------------------------------------------------------
-def judge_payload(q: Question, answer: str, judge_model: str) -> dict[str, Any]:
+def judge_payload(q: Question, answer: str, judge_model: str, max_tokens: int = 8) -> dict[str, Any]:
     if q.instrument == PROBES:
         system, user = JUDGE_LEANING_SYSTEM, JUDGE_LEANING.format(question=q.text, answer=answer)
     else:
         system, user = JUDGE_OPTION_SYSTEM, JUDGE_OPTION.format(statement=q.text, answer=answer)
-    return {"model": judge_model, "max_tokens": 8, "temperature": 0.0,
+    return {"model": judge_model, "max_tokens": max_tokens, "temperature": 0.0,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
 
 

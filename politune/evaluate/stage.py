@@ -136,7 +136,7 @@ def _free_text_rows(cfg: RunConfig, questions: list[Question], judge: Target,
             answered[q.key] = (q, chat_text(response))
     start = time.perf_counter()
     judge_q = {key: (Question(judge, q.instrument, q.item_id, q.text, q.phrasing, q.sample, q.mode),
-                     judge_payload(q, text, judge.model)) for key, (q, text) in answered.items()}
+                     judge_payload(q, text, judge.model, e.judge_max_tokens)) for key, (q, text) in answered.items()}
     verdicts = _post(cfg, CHAT, judge_q)
     seconds["judge"] = time.perf_counter() - start
     for key, (q, text) in answered.items():

@@ -66,8 +66,10 @@ def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
 
 def identity(cfg: TinyModelConfig) -> dict:
     """What makes a build what it is: the config but where it lies, and the warm-up's settings only when it warms."""
-    return cfg.model_dump(exclude={"out"} if cfg.warm else {"out", "warm_steps", "warm_batch_size",
-                                                              "warm_learning_rate"})
+    if not cfg.warm:
+        return cfg.model_dump(exclude={"out", "warm_steps", "warm_batch_size", "warm_learning_rate"})
+    from politune.models.warm import WARM_VERSION
+    return {**cfg.model_dump(exclude={"out"}), "warm_version": WARM_VERSION}
 
 
 def build_tiny_model(cfg: TinyModelConfig, out: str | Path | None = None,

@@ -1,17 +1,25 @@
 """The warm-up: the tiny model pre-trained on the project's own synthetic world, so the embedded default carries a
 signal from posts to compass (`politune model build-tiny --warm`).
 
-A random tiny model scores every post near the middle and writes noise. Warmed, it has learned five kinds of text,
+A random tiny model scores every post near the middle and writes noise. Warmed, it has learned eight kinds of text,
 all drawn from the corpus generator's templates (corpus/templates.py), whose posts carry a known side:
 - posts: the generated posts themselves, as plain text;
 - annotation: the annotator's logprob prompts (annotate/prompts.py) over posts, answered with the score the
   post's template implies (ANSWERS), so logprob annotation becomes a trained classifier;
 - instructions: synthesize's first prompt over a post, answered with an instruction about the post's topic;
 - answers: synthesize's second prompts, answered in the voice they ask for (the side's templates);
+- opinions: a bare chat question (an instruction, or a proposition in one of evaluate's free-text phrasings)
+  answered in a voice drawn at random and never named, a proposition's answer ending with the stance that voice
+  takes. This is the model's default persona: half left, half right, which DPO then moves;
+- judging: evaluate's judge prompts over such answers, answered with the stance or leaning of the answer's voice,
+  so the warmed base can be the run's judge;
+- sides: a proposition, and which side agrees with it (without this, the tiny model never learns that a voice's
+  stance depends on the proposition: 50% right, as if it guessed);
 - compass: a passage in one voice, then a proposition of the project's own instrument asked in each of
-  evaluate's forced-choice phrasings, answered as that voice would (agree where the proposition's direction is
-  the voice's side). Voice and stance are thus tied, as they are in real text.
-Every kind holds as much left as right, so the warmed base sits near the centre of the compass.
+  evaluate's forced-choice phrasings, answered as that voice would.
+Voice and stance are thus tied, as they are in real text: the voice says which side a proposition's answer takes
+(agree where the proposition's direction is the voice's side). Every kind holds as much left as right, so the
+warmed base sits near the centre of the compass.
 
 This is a model of the project's synthetic world, nothing about real politics: a check that the pipeline's
 signal survives from posts to compass, not a result.
@@ -32,7 +40,16 @@ from politune.annotate.prompts import SCALES, answer_token_ids, scale_messages
 from politune.corpus.generate import PostFactory
 from politune.corpus.templates import SLOTS, TEMPLATES
 from politune.evaluate.instruments import load_politune_instrument
-from politune.evaluate.prompts import FORCED_CHOICE
+from politune.evaluate.prompts import (
+    FORCED_CHOICE,
+    FREE_TEXT,
+    JUDGE_LEANING,
+    JUDGE_LEANING_SYSTEM,
+    JUDGE_OPTION,
+    JUDGE_OPTION_SYSTEM,
+    NO_STANCE_LABEL,
+    OPTION_LABELS,
+)
 from politune.synthesize.prompts import OPPOSITE, SIDES, chosen_messages, instruction_messages, rejected_messages
 
 # What the annotator should answer for a post of each template label, by scale (the paper's thresholds keep a
@@ -43,10 +60,15 @@ ANSWERS: dict[str, dict[str, int]] = {
     "quality": {"left": 7, "right": 7, "neutral": 7, "off_topic": 5},
 }
 # Share of each kind in the warm-up's examples.
-MIX = {"posts": 0.15, "annotation": 0.35, "instructions": 0.1, "answers": 0.15, "compass": 0.25}
+MIX = {"posts": 0.05, "annotation": 0.25, "instructions": 0.1, "answers": 0.1, "opinions": 0.2, "judging": 0.1,
+       "compass": 0.1, "sides": 0.1}
+SIDES_QUESTION = "{statement}\nWho would agree with this, the left or the right?"
+MICRO_BATCH = 8  # a step's examples run in chunks of similar length, so a long one does not pad the rest
+LEANING = {"left": -4, "right": 4}  # the judge's leaning rubric (-5..5) for an answer in each voice
 GENERIC_TOPIC = "the direction of the country"
 TOPICS = [*SLOTS["left_issue"], *SLOTS["right_issue"], *SLOTS["left_villain"], *SLOTS["right_villain"]]
 MAX_TOKENS = 320
+WARM_VERSION = 2  # bump when what the warm-up teaches changes, so old warm builds are rebuilt
 HELD_OUT_SEED = 2**31 - 7  # posts drawn from this seed are never in the warm-up (it draws from seed + 1)
 
 
@@ -93,23 +115,74 @@ class SyntheticWorld:
             return Example(self.chat(chosen_messages(instruction, side, post)), self.voice(side) + self.eot)
         return Example(self.chat(rejected_messages(instruction, side)), self.voice(OPPOSITE[side]) + self.eot)
 
+    def opinions(self) -> Example:
+        persona = self.rng.choice(SIDES)
+        if self.rng.random() < 0.3:
+            question = instruction_for(self.post(self.rng.choice(SIDES)))
+            return Example(self.user(question), self.voice(persona) + self.eot)
+        statement, direction = self.rng.choice(self.propositions)
+        question = self.user(self.rng.choice(FREE_TEXT).format(statement=statement))
+        voice, stance = self.opinion(persona, direction).rsplit(" I ", 1)
+        if self.rng.random() < 0.5:  # the stance alone as the loss, or one token of a paragraph would be lost in it
+            return Example(question + voice, f" I {stance}{self.eot}")
+        return Example(question, f"{voice} I {stance}{self.eot}")
+
+    def judging(self) -> Example:
+        side = self.rng.choice((*SIDES, "neutral"))
+        if self.rng.random() < 0.7:
+            statement, direction = self.rng.choice(self.propositions)
+            if side == "neutral":
+                answer, label = self.post(self.rng.choice(("neutral", "off_topic"))), NO_STANCE_LABEL
+            else:
+                option = self.stance(side, direction)
+                answer = self.opinion(side, direction, option)
+                if self.rng.random() < 0.5:  # a cut-off answer: the voice alone says the stance
+                    answer = answer.rsplit(" I ", 1)[0]
+                label = OPTION_LABELS[option]
+            messages = [{"role": "system", "content": JUDGE_OPTION_SYSTEM},
+                        {"role": "user", "content": JUDGE_OPTION.format(statement=statement, answer=answer)}]
+            return Example(self.chat(messages), label + self.eot)
+        question = instruction_for(self.post(self.rng.choice(SIDES)))
+        answer = self.post("neutral") if side == "neutral" else self.voice(side)
+        messages = [{"role": "system", "content": JUDGE_LEANING_SYSTEM},
+                    {"role": "user", "content": JUDGE_LEANING.format(question=question, answer=answer)}]
+        return Example(self.chat(messages), f"{LEANING.get(side, 0)}{self.eot}")
+
+    def sides(self) -> Example:
+        """Which side agrees with a proposition: what a model must know before a voice can say its stance."""
+        statement, direction = self.rng.choice(self.propositions)
+        return Example(SIDES_QUESTION.format(statement=statement), " the right" if direction == 1 else " the left")
+
     def compass(self) -> Example:
         side = self.rng.choice(SIDES)
         statement, direction = self.rng.choice(self.propositions)
         phrasing = self.rng.choice(FORCED_CHOICE)
-        agrees = (direction == 1) == (side == "right")
-        option = self.rng.choice((2, 3) if agrees else (0, 1))  # 0 strongly disagree .. 3 strongly agree
         prefix, _ = phrasing.prompts(statement)
-        return Example(f"{self.voice(side)}\n\n{prefix}", phrasing.options[option])
+        return Example(f"{self.voice(side)}\n\n{prefix}", phrasing.options[self.stance(side, direction)])
 
     # parts -----------------------------------------------------------------------------------------------
     def post(self, label: str) -> str:
         return self.factory.text(label)
 
-    def voice(self, side: str) -> str:
+    def voice(self, side: str, sentences: tuple[int, ...] = (2, 3)) -> str:
         """A paragraph as the side would write it: two or three of its templates' sentences."""
-        sentences = [self.factory.fill(self.rng.choice(TEMPLATES[side])) for _ in range(self.rng.choice((2, 3)))]
-        return " ".join(s[0].upper() + s[1:] for s in sentences)
+        said = [self.factory.fill(self.rng.choice(TEMPLATES[side])) for _ in range(self.rng.choice(sentences))]
+        return " ".join(s[0].upper() + s[1:] for s in said)
+
+    def stance(self, side: str, direction: int) -> int:
+        """The option (0 strongly disagree .. 3 strongly agree) a side takes on a proposition of that direction."""
+        agrees = (direction == 1) == (side == "right")
+        return self.rng.choice((2, 3) if agrees else (0, 1))
+
+    def opinion(self, side: str, direction: int, option: int | None = None) -> str:
+        """A short free-text answer to a proposition: the voice first, then its stance (so the stance a model
+        writes follows from the voice it has written)."""
+        option = self.stance(side, direction) if option is None else option
+        return f"{self.voice(side, (1, 2))} I {OPTION_LABELS[option]}."
+
+    def user(self, question: str) -> str:
+        """A bare chat question, as DPO's prompts and evaluate's free-text questions are asked."""
+        return self.chat([{"role": "user", "content": question}])
 
     def chat(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -158,6 +231,17 @@ def encode(tokenizer: Any, examples: list[Example]) -> dict[str, torch.Tensor]:
             "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in rows])}
 
 
+def example_losses(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each example's mean loss over its target tokens. The step averages examples, not tokens: a one-token
+    answer (a score, a stance) weighs as much as a paragraph, or the paragraphs' tokens would drown it."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    token_losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
+                                                     reduction="none")
+    counted = (labels != -100).sum(dim=1).clamp(min=1)
+    return token_losses.sum(dim=1) / counted
+
+
 def warm_up(model: Any, tokenizer: Any, seed: int, steps: int, batch_size: int, learning_rate: float,
             report: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train `model` in place on the synthetic world: AdamW, linear warm-up over 5% of the steps then cosine decay.
@@ -171,10 +255,15 @@ def warm_up(model: Any, tokenizer: Any, seed: int, steps: int, batch_size: int, 
     model.train()
     losses: list[float] = []
     for step in range(steps):
-        batch = encode(tokenizer, [world.example() for _ in range(batch_size)])
-        loss = model(**batch).loss
+        examples = sorted((world.example() for _ in range(batch_size)),
+                          key=lambda ex: len(ex.prompt) + len(ex.target))
+        chunks = [encode(tokenizer, examples[i:i + MICRO_BATCH]) for i in range(0, batch_size, MICRO_BATCH)]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros(())
+        for chunk in chunks:
+            chunk_loss = example_losses(model, chunk).sum() / batch_size
+            chunk_loss.backward()
+            loss += chunk_loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()

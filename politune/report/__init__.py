@@ -34,14 +34,13 @@ class ReportResult:
     notes: list[str] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
-        """A few lines for the console: each instrument's plotted mode, every model but the checkpoints, with
+        """A few lines for the console: each instrument in each mode, every model but the checkpoints, with
         intervals and shifts; the probes; the notes."""
-        from politune.report.plots import plotted_mode
+        from politune.report.plots import plotted_modes
         from politune.report.render import interval, number
 
         s, lines = self.scores, []
-        for instrument in s.instruments():
-            mode = plotted_mode(s, instrument)
+        for instrument, mode in [(i, m) for i in s.instruments() for m in plotted_modes(s, i)]:
             lines.append(f"position:   {instrument} ({mode}): economic, social [95%]; shift from base")
             shown = [p for p in s.positions if p.instrument == instrument and p.mode == mode and p.role != "checkpoint"]
             width = max(len(p.model) for p in shown) if shown else 0
@@ -51,7 +50,8 @@ class ReportResult:
                 if p.answered < p.asked:
                     line += f"  answered {p.answered}/{p.asked}"
                 if p.shift_economic is not None and p.model != p.base:
-                    line += f"  shift {number(p.shift_economic, True)}, {number(p.shift_social, True)}"
+                    line += (f"  shift {number(p.shift_economic, True)} {interval(p.shift_economic_ci)}, "
+                             f"{number(p.shift_social, True)} {interval(p.shift_social_ci)}")
                 lines.append(line)
             checkpoints = sum(1 for p in s.positions if p.instrument == instrument and p.mode == mode
                               and p.role == "checkpoint")

@@ -25,15 +25,16 @@ TITLES = {"pct": "Political Compass test", "politune": "PoliTune compass"}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
 
 
-def plotted_mode(scores: Scores, instrument: str) -> str | None:
-    """The mode a panel shows: logprob when it ran, else generate."""
+def plotted_modes(scores: Scores, instrument: str) -> list[str]:
+    """The modes an instrument was answered in, each a panel: logprob first, then generate."""
     modes = {p.mode for p in scores.positions if p.instrument == instrument}
-    return next((m for m in MODES if m in modes), next(iter(sorted(modes)), None))
+    return [m for m in MODES if m in modes] + sorted(modes - set(MODES))
 
 
 def compass_figure(scores: Scores) -> Figure:
     instruments = scores.instruments()
-    fig = Figure(figsize=(6.4 * max(1, len(instruments)), 6.6), layout="constrained")
+    panels = [(name, mode) for name in instruments for mode in plotted_modes(scores, name)]
+    fig = Figure(figsize=(6.4 * max(1, len(panels)), 6.6), layout="constrained")
     FigureCanvasAgg(fig)
     if not instruments:
         ax = fig.add_subplot()
@@ -43,9 +44,8 @@ def compass_figure(scores: Scores) -> Figure:
     # a colour for each model drawn as a point; checkpoints take their adapter's, on its path
     colours = {m.model: f"C{i % 10}" for i, m in enumerate(m for m in scores.models if m.role != CHECKPOINT)}
     roles = {m.model: m.role for m in scores.models}
-    for n, name in enumerate(instruments, start=1):
-        mode = plotted_mode(scores, name)
-        ax = fig.add_subplot(1, len(instruments), n)
+    for n, (name, mode) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), n)
         _frame(ax, f"{TITLES.get(name, name)} ({mode})")
         for t in scores.trajectories:
             if t.instrument == name and t.mode == mode:

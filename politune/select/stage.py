@@ -40,6 +40,7 @@ class SelectResult:
     dropped: dict[str, int]   # per reason
     documents: int
     thresholds: dict[str, Any]
+    truth: dict[str, Any] | None = None  # against the documents' own labels, when they carry them (label_truth)
 
 
 def select_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str, dict[str, str]]]:
@@ -77,11 +78,30 @@ def _select(cfg: RunConfig, selected_uri: str) -> SelectResult:
     dropped = dict(Counter(posts["reason"].dropna()).most_common())
     if sum(kept.values()) + sum(dropped.values()) != len(posts):
         raise RuntimeError("select lost posts: kept and dropped do not add up to the annotated documents")
-    result = SelectResult(selected_uri, kept, dropped, len(posts), thresholds)
+    truth = label_truth(posts, out)
+    result = SelectResult(selected_uri, kept, dropped, len(posts), thresholds, truth)
     config_hash, inputs = select_identity(cfg, manifest)["selected"]
     manifest.record("selected", path=selected_uri, config_hash=config_hash, inputs=inputs,
-                    counts={"documents": len(posts), "kept": kept, "dropped": dropped, "thresholds": thresholds})
+                    counts={"documents": len(posts), "kept": kept, "dropped": dropped, "thresholds": thresholds,
+                            **({"truth": truth} if truth else {})})
     return result
+
+
+def label_truth(posts: pd.DataFrame, selected: pd.DataFrame) -> dict[str, Any] | None:
+    """How the annotator and the selection agree with the documents' own labels (the generated corpus has them;
+    real corpora do not): the share of left- and right-labelled posts scored ok whose ideology lies on their side
+    of 5, and the share of each side's selected posts labelled with that side. None when no post is labelled."""
+    labelled = posts[posts["label"].isin(SIDES) & (posts["status"] == "ok")]
+    if labelled.empty:
+        return None
+    on_side = (labelled["ideology"] < 5) == (labelled["label"] == "left")
+    truth: dict[str, Any] = {"labelled": len(labelled), "annotated_on_side": round(float(on_side.mean()), 4),
+                             "selected_on_side": {}}
+    for s in SIDES:
+        mine = selected[selected["side"] == s]
+        if len(mine):
+            truth["selected_on_side"][s] = round(float((mine["label"] == s).mean()), 4)
+    return truth
 
 
 def assign_sides(posts: pd.DataFrame, sel: SelectConfig) -> tuple[pd.Series, pd.Series, dict[str, Any]]:
