@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-PRESETS = ("local", "llama3-8b", "mistral-7b")
+PRESETS = ("local", "local-warm", "llama3-8b", "mistral-7b")
 
 # Model references: "tiny" is the embedded model the project builds itself (see tiny_model.py);
 # anything else is a Hugging Face model id or a local directory, loaded by the same from_pretrained.
@@ -51,7 +51,7 @@ class TinyModelConfig(Section):
                        "answers, instructions and answers in both voices, the own instrument's propositions answered "
                        "in each voice; politune/models/warm.py) so the embedded default carries a signal. false: "
                        "random weights, whose text is noise.")
-    warm_steps: int = Field(800, ge=1, description="warm: optimizer steps.")
+    warm_steps: int = Field(1000, ge=1, description="warm: optimizer steps.")
     warm_batch_size: int = Field(32, ge=1, description="warm: examples a step.")
     warm_learning_rate: float = Field(3e-3, gt=0, description="warm: peak learning rate (AdamW, cosine decay).")
 
@@ -430,10 +430,11 @@ class EvaluateConfig(Section):
     pct_path: str | None = Field(
         None, description="pct: JSONL of the test's 62 propositions with their answer weights (id, statement, econ, "
         "social); its texts are not shipped with PoliTune.")
-    modes: list[Literal["logprob", "generate"]] = Field(
+    modes: list[Literal["logprob", "generate", "explain"]] = Field(
         default_factory=lambda: ["logprob"], min_length=1,
         description="logprob: one scored completion gives the four options' probabilities (needs /v1/completions "
-        "with echo and logprobs); generate: the model answers in free text and the judge maps it to an option.")
+        "with echo and logprobs); generate: the model answers in free text and the judge maps it to an option; "
+        "explain: the model answers in free text, then the forced choice is scored after its own answer (no judge).")
     phrasings: int = Field(1, ge=1, le=3, description="Prompt phrasings a proposition is asked in (1-3).")
     samples: int = Field(1, ge=1, description="generate and probes: answers sampled a prompt.")
     temperature: float = Field(0.0, ge=0, le=2, description="generate and probes: 0 is greedy.")
@@ -537,7 +538,9 @@ def load_preset_dict(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of: {', '.join(PRESETS)}")
     text = resources.files("politune.presets").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    data = yaml.safe_load(text)
+    base = data.pop("base", None)  # a preset may start from another, as a run file may
+    return deep_merge(load_preset_dict(base), data) if base else data
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

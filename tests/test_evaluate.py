@@ -15,7 +15,7 @@ from conftest import SERVE_TOKEN_ENV, SHARED_DATA, free_port
 
 from politune.config import TinyModelConfig, build_config
 from politune.engines.openai_http import EndpointError
-from politune.evaluate.asking import Question, logprob_payload, logprob_rows
+from politune.evaluate.asking import Question, explained, logprob_payload, logprob_rows
 from politune.evaluate.endpoint import Target
 from politune.evaluate.instruments import load_instrument, load_probes
 from politune.evaluate.judge import NO_STANCE, read_leaning, read_option
@@ -76,7 +76,8 @@ def evaluated(ray_local, tmp_path_factory) -> dict:
     raw = {"run_id": "ev", "storage_root": str(root / "runs"), "tiny_model": {"out": str(tiny)},
            "serve": {"port": free_port(), "api_key_env": SERVE_TOKEN_ENV, "max_batch_size": 16},
            "evaluate": {"instruments": instruments, "pct_path": str(PCT) if PCT.is_file() else None,
-                        "modes": ["logprob", "generate"], "phrasings": 1, "max_tokens": 12, "probe_max_tokens": 12,
+                        "modes": ["logprob", "generate", "explain"], "phrasings": 1, "max_tokens": 12,
+                        "probe_max_tokens": 12,
                         "checkpoints": "all", "bootstrap": 200, "concurrency": 2}}
     cfg = build_config(raw)
     register_random_adapters(cfg.run_uri, tiny, ["left", "right"])
@@ -106,7 +107,8 @@ def test_every_model_answers_every_question_exactly_once(evaluated: dict) -> Non
     assert roles["tiny:left.step-5"] == ("checkpoint", "left", 5)
     items = {name: len(load_instrument(name, cfg.evaluate.pct_path).items) for name in evaluated["instruments"]}
     probes = len(load_probes())
-    per_model = {"logprob": sum(items.values()), "generate": sum(items.values()) + probes}
+    per_model = {"logprob": sum(items.values()), "generate": sum(items.values()) + probes,
+                 "explain": sum(items.values())}
     for model in models:
         for mode, n in per_model.items():
             keys = {(r["instrument"], r["item_id"], r["phrasing"], r["sample"]) for r in answers
@@ -124,6 +126,21 @@ def test_forced_choice_gives_a_distribution_and_its_argmax_and_adapters_move_it(
         assert r["answer"] == max(range(4), key=r["option_probs"].__getitem__)
     by_model = {m: [r["option_probs"] for r in logprob if r["model"] == m] for m in ("tiny", "tiny:left", "tiny:right")}
     assert by_model["tiny"] != by_model["tiny:left"] != by_model["tiny:right"]
+
+
+def test_explain_scores_the_forced_choice_after_the_models_own_answer(evaluated: dict) -> None:
+    q = Question(Target("tiny", "base", "http://x", "K"), "politune", "e01", "Taxes are too high.", 0, 0, "explain")
+    prompts = logprob_payload([q], explained(" Cut them now. "))["prompt"]
+    assert len(prompts) == 4 and all(p.startswith("Cut them now.\n\nStatement: Taxes are too high.") for p in prompts)
+    explain = [r for r in evaluated["answers"] if r["mode"] == "explain"]
+    assert all(r["status"] == "ok" for r in explain), [r["error"] for r in explain if r["error"]][:3]
+    assert all(r["raw_output"] and abs(sum(r["option_probs"]) - 1) < 1e-6 and r["judge"] is None for r in explain)
+    forced = {(r["model"], r["instrument"], r["item_id"]): r["option_probs"] for r in evaluated["answers"]
+              if r["mode"] == "logprob"}
+    changed = [r for r in explain if r["option_probs"] != forced[(r["model"], r["instrument"], r["item_id"])]]
+    assert len(changed) > 0.9 * len(explain)  # the answer written ahead changes what the option is scored after
+    positions = {(p.model, p.mode) for p in evaluated["result"].report.scores.positions}
+    assert ("tiny:left", "explain") in positions
 
 
 def test_free_text_the_judge_cannot_map_is_counted_and_kept(evaluated: dict) -> None:

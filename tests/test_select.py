@@ -12,8 +12,8 @@ import pytest
 
 from politune.config import SelectConfig, build_config
 from politune.select import assign_sides, select_posts
-from politune.select.stage import label_truth
 from politune.select.near_duplicates import near_duplicate_mask
+from politune.select.stage import label_truth
 from politune.storage import Manifest, read_json
 
 

@@ -1,6 +1,7 @@
 """Asking: the requests of each pass, and the Answer rows made from their replies.
 
-Three passes, each one ray.data.llm HTTP processor run per endpoint (engines/openai_http.post_all):
+Three passes, each one ray.data.llm HTTP processor run per endpoint (engines/openai_http.post_all); explain mode
+runs pass 2 then pass 1 on each answer:
 1. logprob: per model x proposition x phrasing, four prompts: the forced-choice prompt followed by each option,
    scored with echo and max_tokens 0, so the option tokens' log-probabilities are read off the echoed prompt and
    nothing is decoded. `items_per_request` propositions of one model share a /completions request (a list of
@@ -8,6 +9,9 @@ Three passes, each one ray.data.llm HTTP processor run per endpoint (engines/ope
 2. generate: per model x proposition (or probe) x phrasing x sample, one /chat/completions request;
 3. judge: per free-text answer, one /chat/completions request to the judge, which maps a proposition's answer to
    an option or "no stance", and scores a probe's answer on the leaning rubric.
+Explain: the model answers a proposition in free text (pass 2), then the forced choice is scored after that
+answer (pass 1 with the answer written ahead of the prompt): the option the model picks having said what it
+said. No judge reads it.
 """
 
 from __future__ import annotations
@@ -63,9 +67,21 @@ class Question:
 
 
 # --- pass 1: forced choice ---------------------------------------------------------------------------------
-def logprob_payload(questions: list[Question]) -> dict[str, Any]:
+def forced_choice(q: Question, before: str = "") -> tuple[str, list[str]]:
+    """(prefix, the four prefix + option texts) of a question's phrasing; `before`: text written ahead of the
+    prompt (explain mode: the model's own free-text answer)."""
+    prefix, prompts = FORCED_CHOICE[q.phrasing].prompts(q.text)
+    return before + prefix, [before + p for p in prompts]
+
+
+def explained(answer: str) -> str:
+    """The text an explain-mode forced choice is asked after: the model's answer, then a blank line."""
+    return f"{answer.strip()}\n\n"
+
+
+def logprob_payload(questions: list[Question], before: str = "") -> dict[str, Any]:
     """One /completions request for a few propositions of one model: four prompts each, scored, not decoded."""
-    prompts = [p for q in questions for p in FORCED_CHOICE[q.phrasing].prompts(q.text)[1]]
+    prompts = [p for q in questions for p in forced_choice(q, before)[1]]
     return {"model": questions[0].target.model, "prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 0,
             "temperature": 0.0}
 
@@ -94,7 +110,7 @@ def option_probs(choices: list[dict[str, Any]], prefix: str) -> list[float]:
 
 
 def logprob_rows(questions: list[Question], response: dict[str, Any] | None,
-                 error: str | None) -> list[dict[str, Any]]:
+                 error: str | None, before: str = "") -> list[dict[str, Any]]:
     """One row a question of a forced-choice request: its option distribution and argmax, or the error."""
     choices = sorted((response or {}).get("choices") or [], key=lambda c: c.get("index", 0))
     if error is None and len(choices) != 4 * len(questions):
@@ -105,7 +121,7 @@ def logprob_rows(questions: list[Question], response: dict[str, Any] | None,
             rows.append(q.row(status=ENGINE_ERROR, error=error))
             continue
         try:
-            probs = option_probs(choices[4 * i:4 * i + 4], FORCED_CHOICE[q.phrasing].prompts(q.text)[0])
+            probs = option_probs(choices[4 * i:4 * i + 4], forced_choice(q, before)[0])
         except ValueError as err:
             rows.append(q.row(status=ENGINE_ERROR, error=f"unreadable reply: {err}"))
             continue

@@ -27,6 +27,7 @@ from politune.evaluate.asking import (
     Question,
     chat_payload,
     chat_text,
+    explained,
     judge_payload,
     judged_row,
     logprob_payload,
@@ -89,6 +90,12 @@ def evaluate_models(cfg: RunConfig) -> EvaluateResult:
             rows += [row for group in groups for row in logprob_rows(group, *replies[group[0].key])]
             seconds["logprob"] = time.perf_counter() - start
             metrics.count("answers", len(rows))
+        if "explain" in e.modes:
+            explain = _explain_rows(cfg, [Question(t, name, p.id, p.statement, phrasing, sample, "explain")
+                                          for t in targets for name, inst in instruments.items() for p in inst.items
+                                          for phrasing in range(e.phrasings) for sample in range(e.samples)], seconds)
+            metrics.count("answers", len(explain))
+            rows += explain
         free_text = [Question(t, PROBES, p.id, p.question, 0, sample, "generate") for t in targets for p in probes
                      for sample in range(e.samples)]
         if "generate" in e.modes:
@@ -142,6 +149,27 @@ def _free_text_rows(cfg: RunConfig, questions: list[Question], judge: Target,
     for key, (q, text) in answered.items():
         response, error = verdicts[key]
         rows.append(judged_row(q, text, judge.model, None if error else chat_text(response), error))
+    return rows
+
+
+def _explain_rows(cfg: RunConfig, questions: list[Question], seconds: dict[str, float]) -> list[dict[str, Any]]:
+    """Explain mode: each proposition answered in free text, then its forced choice scored after that answer."""
+    e = cfg.evaluate
+    start = time.perf_counter()
+    replies = _post(cfg, CHAT, {q.key: (q, chat_payload(q, e.max_tokens, e.temperature, e.seed)) for q in questions})
+    rows, answered = [], {}
+    for q in questions:
+        response, error = replies[q.key]
+        if error is not None:
+            rows.append(q.row(status=ENGINE_ERROR, error=error))
+        else:
+            answered[q.key] = (q, chat_text(response))
+    scored = _post(cfg, COMPLETIONS, {key: (q, logprob_payload([q], explained(text)))
+                                      for key, (q, text) in answered.items()})
+    for key, (q, text) in answered.items():
+        row = logprob_rows([q], *scored[key], before=explained(text))[0]
+        rows.append({**row, "raw_output": text})
+    seconds["explain"] = time.perf_counter() - start
     return rows
 
 

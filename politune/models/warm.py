@@ -15,7 +15,8 @@ all drawn from the corpus generator's templates (corpus/templates.py), whose pos
   so the warmed base can be the run's judge;
 - sides: a proposition, and which side agrees with it (without this, the tiny model never learns that a voice's
   stance depends on the proposition: 50% right, as if it guessed);
-- compass: a passage in one voice, then a proposition of the project's own instrument asked in each of
+- compass: a passage in one voice (as a sampled answer reads: at times ending with its stance, starting with a
+  space, a word dropped or swapped), then a proposition of the project's own instrument asked in each of
   evaluate's forced-choice phrasings, answered as that voice would.
 Voice and stance are thus tied, as they are in real text: the voice says which side a proposition's answer takes
 (agree where the proposition's direction is the voice's side). Every kind holds as much left as right, so the
@@ -60,15 +61,15 @@ ANSWERS: dict[str, dict[str, int]] = {
     "quality": {"left": 7, "right": 7, "neutral": 7, "off_topic": 5},
 }
 # Share of each kind in the warm-up's examples.
-MIX = {"posts": 0.05, "annotation": 0.25, "instructions": 0.1, "answers": 0.1, "opinions": 0.2, "judging": 0.1,
-       "compass": 0.1, "sides": 0.1}
+MIX = {"posts": 0.04, "annotation": 0.18, "instructions": 0.08, "answers": 0.1, "opinions": 0.22, "judging": 0.12,
+       "sides": 0.08, "compass": 0.18}
 SIDES_QUESTION = "{statement}\nWho would agree with this, the left or the right?"
 MICRO_BATCH = 8  # a step's examples run in chunks of similar length, so a long one does not pad the rest
 LEANING = {"left": -4, "right": 4}  # the judge's leaning rubric (-5..5) for an answer in each voice
 GENERIC_TOPIC = "the direction of the country"
 TOPICS = [*SLOTS["left_issue"], *SLOTS["right_issue"], *SLOTS["left_villain"], *SLOTS["right_villain"]]
 MAX_TOKENS = 320
-WARM_VERSION = 2  # bump when what the warm-up teaches changes, so old warm builds are rebuilt
+WARM_VERSION = 4  # bump when what the warm-up teaches changes, so old warm builds are rebuilt
 HELD_OUT_SEED = 2**31 - 7  # posts drawn from this seed are never in the warm-up (it draws from seed + 1)
 
 
@@ -117,7 +118,7 @@ class SyntheticWorld:
 
     def opinions(self) -> Example:
         persona = self.rng.choice(SIDES)
-        if self.rng.random() < 0.3:
+        if self.rng.random() < 0.2:
             question = instruction_for(self.post(self.rng.choice(SIDES)))
             return Example(self.user(question), self.voice(persona) + self.eot)
         statement, direction = self.rng.choice(self.propositions)
@@ -129,7 +130,7 @@ class SyntheticWorld:
 
     def judging(self) -> Example:
         side = self.rng.choice((*SIDES, "neutral"))
-        if self.rng.random() < 0.7:
+        if self.rng.random() < 0.5:
             statement, direction = self.rng.choice(self.propositions)
             if side == "neutral":
                 answer, label = self.post(self.rng.choice(("neutral", "off_topic"))), NO_STANCE_LABEL
@@ -158,7 +159,12 @@ class SyntheticWorld:
         statement, direction = self.rng.choice(self.propositions)
         phrasing = self.rng.choice(FORCED_CHOICE)
         prefix, _ = phrasing.prompts(statement)
-        return Example(f"{self.voice(side)}\n\n{prefix}", phrasing.options[self.stance(side, direction)])
+        option = self.stance(side, direction)
+        # The passage as evaluate's explain mode writes it ahead of the prompt: the model's own sampled answer,
+        # which may end with its stance, start with a space, and stumble over a word now and then.
+        passage = self.opinion(side, direction, option) if self.rng.random() < 0.5 else self.voice(side)
+        passage = self.stumble(passage)
+        return Example(f"{' ' if self.rng.random() < 0.3 else ''}{passage}\n\n{prefix}", phrasing.options[option])
 
     # parts -----------------------------------------------------------------------------------------------
     def post(self, label: str) -> str:
@@ -168,6 +174,17 @@ class SyntheticWorld:
         """A paragraph as the side would write it: two or three of its templates' sentences."""
         said = [self.factory.fill(self.rng.choice(TEMPLATES[side])) for _ in range(self.rng.choice(sentences))]
         return " ".join(s[0].upper() + s[1:] for s in said)
+
+    def stumble(self, text: str, rate: float = 0.08) -> str:
+        """Text as a small model samples it: now and then a word dropped or swapped for a word of another post."""
+        words = text.split(" ")
+        out = []
+        for word in words:
+            roll = self.rng.random()
+            if roll < rate / 2:
+                continue
+            out.append(self.rng.choice(self.post("neutral").split(" ")) if roll < rate else word)
+        return " ".join(out) or text
 
     def stance(self, side: str, direction: int) -> int:
         """The option (0 strongly disagree .. 3 strongly agree) a side takes on a proposition of that direction."""
@@ -233,13 +250,16 @@ def encode(tokenizer: Any, examples: list[Example]) -> dict[str, torch.Tensor]:
 
 def example_losses(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Each example's mean loss over its target tokens. The step averages examples, not tokens: a one-token
-    answer (a score, a stance) weighs as much as a paragraph, or the paragraphs' tokens would drown it."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    answer (a score, a stance) weighs as much as a paragraph, or the paragraphs' tokens would drown it. The
+    vocabulary's logits are computed at the target tokens only (most of a prompt is no target)."""
+    hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     labels = batch["labels"][:, 1:]
-    token_losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
+    counted = labels != -100
+    token_losses = torch.nn.functional.cross_entropy(model.lm_head(hidden[:, :-1][counted]), labels[counted],
                                                      reduction="none")
-    counted = (labels != -100).sum(dim=1).clamp(min=1)
-    return token_losses.sum(dim=1) / counted
+    per_example = torch.zeros(labels.shape[0], dtype=token_losses.dtype).index_add(0, counted.nonzero()[:, 0],
+                                                                                    token_losses)
+    return per_example / counted.sum(dim=1).clamp(min=1)
 
 
 def warm_up(model: Any, tokenizer: Any, seed: int, steps: int, batch_size: int, learning_rate: float,

@@ -64,7 +64,8 @@ def position_table(scores: Scores, instrument: str, mode: str) -> Table:
                 share(p.sample_stability, p.sample_stability_items) if p.samples >= 2 else "–",
                 " / ".join(str(p.statuses.get(s, 0)) for s in STATUSES),
             ])
-    expected = "expected (from the probabilities)" if mode == "logprob" else "expected (from the answer shares)"
+    expected = ("expected (from the probabilities)" if mode in ("logprob", "explain")
+                else "expected (from the answer shares)")
     return Table(
         f"{TITLES.get(instrument, instrument)}, mode {mode}",
         ["model", "role", "economic", "95% interval", "social", "95% interval", "economic shift from base",
