@@ -130,17 +130,8 @@ def _free_text_rows(cfg: RunConfig, questions: list[Question], judge: Target,
     """Free-text answers (propositions in generate mode, probes), then the judge's reading of each."""
     e = cfg.evaluate
     start = time.perf_counter()
-    replies = _post(cfg, CHAT, {q.key: (q, chat_payload(q, e.probe_max_tokens if q.instrument == PROBES
-                                                         else e.max_tokens, e.temperature, e.seed))
-                                for q in questions})
+    rows, answered = _answer_freely(cfg, questions)
     seconds["generate"] = time.perf_counter() - start
-    rows, answered = [], {}
-    for q in questions:
-        response, error = replies[q.key]
-        if error is not None:
-            rows.append(q.row(status=ENGINE_ERROR, error=error))
-        else:
-            answered[q.key] = (q, chat_text(response))
     start = time.perf_counter()
     judge_q = {key: (Question(judge, q.instrument, q.item_id, q.text, q.phrasing, q.sample, q.mode),
                      judge_payload(q, text, judge.model, e.judge_max_tokens)) for key, (q, text) in answered.items()}
@@ -152,11 +143,13 @@ def _free_text_rows(cfg: RunConfig, questions: list[Question], judge: Target,
     return rows
 
 
-def _explain_rows(cfg: RunConfig, questions: list[Question], seconds: dict[str, float]) -> list[dict[str, Any]]:
-    """Explain mode: each proposition answered in free text, then its forced choice scored after that answer."""
+def _answer_freely(cfg: RunConfig, questions: list[Question]
+                   ) -> tuple[list[dict[str, Any]], dict[str, tuple[Question, str]]]:
+    """Each question answered in free text: (the rows of the requests that failed, the answers by key)."""
     e = cfg.evaluate
-    start = time.perf_counter()
-    replies = _post(cfg, CHAT, {q.key: (q, chat_payload(q, e.max_tokens, e.temperature, e.seed)) for q in questions})
+    replies = _post(cfg, CHAT, {q.key: (q, chat_payload(q, e.probe_max_tokens if q.instrument == PROBES
+                                                         else e.max_tokens, e.temperature, e.seed))
+                                for q in questions})
     rows, answered = [], {}
     for q in questions:
         response, error = replies[q.key]
@@ -164,6 +157,13 @@ def _explain_rows(cfg: RunConfig, questions: list[Question], seconds: dict[str, 
             rows.append(q.row(status=ENGINE_ERROR, error=error))
         else:
             answered[q.key] = (q, chat_text(response))
+    return rows, answered
+
+
+def _explain_rows(cfg: RunConfig, questions: list[Question], seconds: dict[str, float]) -> list[dict[str, Any]]:
+    """Explain mode: each proposition answered in free text, then its forced choice scored after that answer."""
+    start = time.perf_counter()
+    rows, answered = _answer_freely(cfg, questions)
     scored = _post(cfg, COMPLETIONS, {key: (q, logprob_payload([q], explained(text)))
                                       for key, (q, text) in answered.items()})
     for key, (q, text) in answered.items():
