@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from politune.evaluate.schema import STATUSES
-from politune.report.scores import Scores
+from politune.report.scores import SCORED_MODES, Scores
 
 LISTED = 50          # unmapped answers listed in the report
 ANSWER_CHARS = 160   # of an answer's text
@@ -64,8 +64,7 @@ def position_table(scores: Scores, instrument: str, mode: str) -> Table:
                 share(p.sample_stability, p.sample_stability_items) if p.samples >= 2 else "–",
                 " / ".join(str(p.statuses.get(s, 0)) for s in STATUSES),
             ])
-    expected = ("expected (from the probabilities)" if mode in ("logprob", "explain")
-                else "expected (from the answer shares)")
+    expected = "expected (from the probabilities)" if mode in SCORED_MODES else "expected (from the answer shares)"
     return Table(
         f"{TITLES.get(instrument, instrument)}, mode {mode}",
         ["model", "role", "economic", "95% interval", "social", "95% interval", "economic shift from base",

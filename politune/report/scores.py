@@ -25,6 +25,7 @@ from politune.evaluate.schema import ADAPTER, ANSWER_SCHEMA, BASE, CHECKPOINT, E
 
 PROBES = "probes"
 MODES = ("logprob", "generate", "explain")
+SCORED_MODES = ("logprob", "explain")  # an answer is the options' probabilities, not a judge's label
 LISTED_UNMAPPED = 200   # unmapped rows kept in the scores (all are in answers.parquet)
 LISTED_CHARS = 500      # of their texts
 REQUIRED = ("model", "instrument", "item_id", "mode", "status")
@@ -288,7 +289,7 @@ def _distribution(r: dict[str, Any]) -> np.ndarray | None:
     """An ok row's answer as a distribution over the options: option_probs (logprob, explain) or one-hot
     (generate)."""
     probs = r.get("option_probs")
-    if r.get("mode") in ("logprob", "explain") and probs is not None and len(probs) == 4:
+    if r.get("mode") in SCORED_MODES and probs is not None and len(probs) == 4:
         vec = np.asarray(probs, dtype=float)
         if np.isfinite(vec).all() and (vec >= 0).all() and vec.sum() > 0:
             return vec / vec.sum()
