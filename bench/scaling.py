@@ -190,7 +190,7 @@ def run_driver(spec: dict[str, Any], env: dict[str, str], log: Path) -> dict[str
 
 
 def base_raw(root: str, run_id: str, model: Path) -> dict[str, Any]:
-    return {"base": "local", "run_id": run_id, "storage_root": root, "work_dir": str(model.parent / "work"),
+    return {"base": "local-random", "run_id": run_id, "storage_root": root, "work_dir": str(model.parent / "work"),
             "tiny_model": {"out": str(model)}, "corpus": None}
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-PRESETS = ("local", "local-warm", "llama3-8b", "mistral-7b")
+PRESETS = ("local", "local-random", "llama3-8b", "mistral-7b")
 
 # Model references: "tiny" is the embedded model the project builds itself (see tiny_model.py);
 # anything else is a Hugging Face model id or a local directory, loaded by the same from_pretrained.

@@ -29,7 +29,7 @@ def job_arguments(description: str, sides: bool = False, stages: bool = False) -
     pipeline's --from and --only."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="run config YAML (default: the `local` preset)")
-    parser.add_argument("--preset", help="a shipped preset: local, local-warm, llama3-8b, mistral-7b")
+    parser.add_argument("--preset", help="a shipped preset: local, local-random, llama3-8b, mistral-7b")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD.PATH=VALUE",
                         help="override one config field (repeatable)")
     parser.add_argument("--verbose", "-v", action="store_true",

@@ -55,7 +55,7 @@ def test_a_missing_source_path_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
 
 def test_build_tiny_takes_its_folder_from_the_config(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
-    config.write_text(f"base: local\nrun_id: x\ntiny_model:\n  out: {tmp_path / 'from-config'}\n")
+    config.write_text(f"base: local-random\nrun_id: x\ntiny_model:\n  out: {tmp_path / 'from-config'}\n")
     built = runner.invoke(app, ["model", "build-tiny", "--config", str(config)])
     assert built.exit_code == 0 and built.output.startswith(f"built {tmp_path / 'from-config'} (")
     assert (tmp_path / "from-config" / "model.safetensors").is_file()

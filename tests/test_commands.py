@@ -1,6 +1,7 @@
 """The commands as a user meets them: separate processes in fresh folders, nothing prepared beforehand.
 
-One `politune run` (the README's first command) is shared by the module. Its run directory then feeds each stage
+One `politune run` (the README's first command, on the random-weights preset: these tests check the commands, and
+test_study_signal checks what the warmed default shows) is shared by the module. Its run directory then feeds each stage
 command run alone in a fresh folder that holds only that stage's input (the tiny model, the corpus and Ray are
 each command's own business); the README's bring-your-own-pairs path runs from nothing; and failures are told
 once: a damaged model inside a Ray Train worker, a model folder that does not exist.
@@ -27,7 +28,8 @@ pytestmark = pytest.mark.integration
 
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
        "COLUMNS": "160", "NO_COLOR": "1"}
-DEMO_SETS = ["--set", "corpus.n=800", "--set", "ray.num_cpus=2"]
+RUN = "local-random"  # the plumbing on random weights; the warmed `local` preset has test_study_signal
+DEMO_SETS = ["--preset", RUN, "--set", "corpus.n=800", "--set", "ray.num_cpus=2"]
 
 
 def politune(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -43,12 +45,12 @@ class DemoRun:
 
     @property
     def run(self) -> Path:
-        return self.folder / "runs" / "local"
+        return self.folder / "runs" / RUN
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """`politune run` in a fresh folder, as the README's `make demo` runs it (a smaller corpus)."""
+    """`politune run --preset local-random` in a fresh folder (a smaller corpus)."""
     folder = tmp_path_factory.mktemp("demo")
     port = free_port()  # evaluate serves the run's models there
     done = politune(["run", *DEMO_SETS, "--set", f"serve.port={port}"], folder, timeout=1200)
@@ -60,11 +62,11 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
     done, tmp_path, port = demo_run.done, demo_run.folder, demo_run.port
     sets = [*DEMO_SETS, "--set", f"serve.port={port}"]
     assert "tiny model:" in done.stdout and "800 generated posts" in done.stdout
-    manifest = json.loads((tmp_path / "runs" / "local" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "runs" / RUN / "manifest.json").read_text())
     counts = manifest["artifacts"]["documents"]["counts"]["per_source"]
     assert sum(c["read"] for c in counts.values()) == 800
     assert (tmp_path / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
-    assert list((tmp_path / "runs" / "local" / "documents").glob("*.parquet"))
+    assert list((tmp_path / "runs" / RUN / "documents").glob("*.parquet"))
     artifacts = manifest["artifacts"]
     assert artifacts["annotations"]["counts"]["documents"] == sum(c["kept"] for c in counts.values())
     kept = artifacts["selected"]["counts"]["kept"]
@@ -76,7 +78,7 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
         assert c["read"] == kept[side] == c["train"] + c["eval"] + sum(c["dropped"].values())
         assert c["train"] > 0  # noise, but pairs reach training
     assert "preferences:" in done.stdout
-    registry = json.loads((tmp_path / "runs" / "local" / "adapters" / "registry.json").read_text())["adapters"]
+    registry = json.loads((tmp_path / "runs" / RUN / "adapters" / "registry.json").read_text())["adapters"]
     finals = {name: entry for name, entry in registry.items() if entry["checkpoint_of"] is None}
     assert sorted(finals) == ["left", "right"]  # the main command trains an adapter a side
     for side, entry in finals.items():
@@ -85,13 +87,13 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
     assert "adapter 'left' (dpo on left, base tiny)" in done.stdout
 
     # and ends with every model of the run on the compass: the base, both adapters, each saved checkpoint
-    answers = pq.read_table(tmp_path / "runs" / "local" / "eval" / "answers.parquet").to_pylist()
+    answers = pq.read_table(tmp_path / "runs" / RUN / "eval" / "answers.parquet").to_pylist()
     last = {name: entry["metrics"]["global_step"] for name, entry in finals.items()}
     steps = {name for name, entry in registry.items() if entry["checkpoint_of"] and entry["step"] != last[
         entry["checkpoint_of"]]}  # the last save is the final adapter itself, evaluated once
     assert {r["model"] for r in answers} == {"tiny", "tiny:left", "tiny:right", *(f"tiny:{name}" for name in steps)}
     assert artifacts["eval"]["counts"]["answers"] == len(answers)
-    report = tmp_path / "runs" / "local" / "report"
+    report = tmp_path / "runs" / RUN / "report"
     assert (report / "compass.png").read_bytes()[:4] == b"\x89PNG" and (report / "report.html").is_file()
     assert f"compass:    {report.absolute()}/compass.png" in done.stdout.replace("\n", "")
     assert "Traceback" not in done.stdout + done.stderr
@@ -102,7 +104,8 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
     assert len(console) < 150, "\n".join(console)  # a summary a stage; Ray's own logs stay in its files
 
     # what the run says to do next works: serve its adapters, probe them
-    assert f"next:       politune serve --set corpus.n=800 --set ray.num_cpus=2 --set serve.port={port}" in done.stdout
+    serve_next = f"politune serve --preset {RUN} --set corpus.n=800 --set ray.num_cpus=2 --set serve.port={port}"
+    assert f"next:       {serve_next}" in done.stdout
     assert "--model tiny --model tiny:left --model tiny:right" in done.stdout
     with politune_serve(sets, ENV, cwd=tmp_path) as lines:
         assert lines[1:3] == ["  model: tiny", "  model: tiny:left"], lines
@@ -117,7 +120,7 @@ def test_a_second_run_does_no_model_work_and_runs_lists_it(demo_run: DemoRun, tm
     stage is skipped, nothing is rewritten, and Ray never starts. Then `--only select` redoes that stage alone."""
     folder = tmp_path / "copy"
     shutil.copytree(demo_run.folder, folder, ignore=shutil.ignore_patterns("_ray"))
-    before = (folder / "runs" / "local" / "manifest.json").read_text()
+    before = (folder / "runs" / RUN / "manifest.json").read_text()
     sets = [*DEMO_SETS, "--set", f"serve.port={demo_run.port}"]
     again = politune(["run", *sets], folder)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -125,8 +128,8 @@ def test_a_second_run_does_no_model_work_and_runs_lists_it(demo_run: DemoRun, tm
         skipped = rf"^{stage}: +skipped: done \(ran .*\); config and inputs unchanged$"
         assert re.search(skipped, again.stdout, re.M), stage
     assert "nothing to do: every stage is done" in again.stdout
-    assert (folder / "runs" / "local" / "manifest.json").read_text() == before
-    assert not (folder / "runs" / "local" / "_ray").exists()  # no Ray session: no model work
+    assert (folder / "runs" / RUN / "manifest.json").read_text() == before
+    assert not (folder / "runs" / RUN / "_ray").exists()  # no Ray session: no model work
 
     manifest = json.loads(before)
     assert set(manifest["stages"]) == {"ingest", "annotate", "select", "synthesize", "train", "evaluate"}
@@ -137,15 +140,15 @@ def test_a_second_run_does_no_model_work_and_runs_lists_it(demo_run: DemoRun, tm
     only = politune(["run", *sets, "--only", "select"], folder)
     assert only.returncode == 0, only.stdout[-3000:] + only.stderr[-3000:]
     assert "select:     " in only.stdout and "ingest:     skipped: not asked (--only)" in only.stdout
-    after = json.loads((folder / "runs" / "local" / "manifest.json").read_text())
+    after = json.loads((folder / "runs" / RUN / "manifest.json").read_text())
     assert after["stages"]["select"]["started_at"] >= manifest["stages"]["evaluate"]["finished_at"]
     assert after["stages"]["train"] == manifest["stages"]["train"]
 
     listed = politune(["runs", *sets], folder)
     assert listed.returncode == 0, listed.stderr
-    assert re.search(r"local +│ 6/6 +│ left, right +│ tiny ",
+    assert re.search(r"local-random +│ 6/6 +│ left, right +│ tiny ",
                      listed.stdout), listed.stdout
-    shown = politune(["runs", "show", "local"], folder)
+    shown = politune(["runs", "show", RUN], folder)
     assert re.search(r"^annotate: +done; last ran .* for \d+ s on .*\(documents_per_s ", shown.stdout, re.M), \
         shown.stdout
     missing = politune(["runs", "show", "nope"], folder)
@@ -154,7 +157,7 @@ def test_a_second_run_does_no_model_work_and_runs_lists_it(demo_run: DemoRun, tm
 
 def fresh_folder_with(demo_run: DemoRun, folder: Path, drop: list[str]) -> Path:
     """A copy of the demo's run directory alone (no tiny model, no corpus, no Ray files), less `drop`."""
-    run = folder / "runs" / "local"
+    run = folder / "runs" / RUN
     shutil.copytree(demo_run.run, run, ignore=shutil.ignore_patterns("_ray"))
     for artifact in drop:
         shutil.rmtree(run / artifact, ignore_errors=True)
@@ -208,10 +211,10 @@ def test_a_stage_command_runs_alone_in_a_fresh_folder(demo_run: DemoRun, stage: 
 
 
 def test_ingest_alone_generates_its_corpus(tmp_path: Path) -> None:
-    done = politune(["ingest", "--set", "corpus.n=200", "--set", "ray.num_cpus=2"], tmp_path)
+    done = politune(["ingest", "--preset", RUN, "--set", "corpus.n=200", "--set", "ray.num_cpus=2"], tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "corpus:     generated 200 posts in .politune/corpus" in done.stdout
-    counts = manifest_counts(tmp_path / "runs" / "local", "documents")["per_source"]
+    counts = manifest_counts(tmp_path / "runs" / RUN, "documents")["per_source"]
     assert sum(c["read"] for c in counts.values()) == 200
     assert not (tmp_path / ".politune" / "models").exists()  # ingest loads no model
 
@@ -220,7 +223,7 @@ def test_serve_alone_builds_its_model_and_answers(demo_run: DemoRun, tmp_path: P
     fresh_folder_with(demo_run, tmp_path, [])
     port = free_port()
     with politune_serve([*DEMO_SETS, "--set", f"serve.port={port}"], ENV, cwd=tmp_path) as lines:
-        assert lines[:3] == [f"serving at http://127.0.0.1:{port}/v1  (backend hf, run runs/local)", "  model: tiny",
+        assert lines[:3] == [f"serving at http://127.0.0.1:{port}/v1  (backend hf, run runs/{RUN})", "  model: tiny",
                              "  model: tiny:left"], lines
         body = json.dumps({"model": "tiny:left", "prompt": "Taxes", "max_tokens": 2}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,

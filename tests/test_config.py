@@ -114,7 +114,7 @@ def test_base_preset_merges_and_lists_replace(tmp_path: Path) -> None:
     cfg = load_config(path)
     assert cfg.run_id == "mine"
     assert [s.name for s in cfg.sources] == ["mine"]
-    assert cfg.corpus is not None and cfg.corpus.n == 4000  # inherited from the preset
+    assert cfg.corpus is not None and cfg.corpus.n == 2000  # inherited from the preset
 
 
 def test_overrides() -> None:

@@ -1,8 +1,9 @@
 """The whole study as a user runs it on a cluster: `ray job submit --working-dir . -- python jobs/pipeline.py`
 against a two-node Ray (a head on 127.0.0.2 and a node on 127.0.0.3, see conftest.ray_head_node) on the embedded
-default, with a smaller corpus. The job succeeds, work runs on both nodes, the run's Serve app answers evaluate,
-and the report is written. Then a resubmitted run (another training config) is stopped while it trains, and
-submitted again: the manifest shows that ingest, annotation, selection and synthesis were not redone."""
+default's random-weights preset (local-random), with a smaller corpus. The job succeeds, work runs on both nodes,
+the run's Serve app answers evaluate, and the report is written. Then a resubmitted run (another training config)
+is stopped while it trains, and submitted again: the manifest shows that ingest, annotation, selection and synthesis
+were not redone."""
 
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ STAGES = ("ingest", "annotate", "select", "synthesize", "train", "evaluate")
 
 
 def job_config(tmp_path: Path, port: int) -> Path:
-    """The local preset with every path absolute: the job's working directory is unpacked on each node apart."""
+    """The local-random preset with every path absolute: the job's working directory is unpacked on each node apart."""
     corpus = tmp_path / "corpus"
-    raw = {"base": "local", "run_id": "job", "storage_root": str(tmp_path / "runs"), "work_dir": str(tmp_path / "w"),
+    raw = {"base": "local-random", "run_id": "job", "storage_root": str(tmp_path / "runs"),
+           "work_dir": str(tmp_path / "w"),
            "tiny_model": {"out": str(tmp_path / "tiny")},
            "corpus": {"n": 300, "out": str(corpus)},
            "sources": [{"name": "truthsocial", "paths": [str(corpus / "truthsocial")], "shape": "truthsocial"},

@@ -21,7 +21,7 @@ from politune.prepare import model_fields, pipeline_stages, prepare_stages
 
 
 def local_cfg(tmp_path: Path, *overrides: str):
-    return load_preset("local", [f"storage_root={tmp_path / 'runs'}", f"tiny_model.out={tmp_path / 'tiny'}",
+    return load_preset("local-random", [f"storage_root={tmp_path / 'runs'}", f"tiny_model.out={tmp_path / 'tiny'}",
                                  f"corpus.out={tmp_path / 'corpus'}", "corpus.n=60", *overrides])
 
 
@@ -204,7 +204,7 @@ def test_the_tiny_model_named_relatively_or_absolutely_is_built_once(tmp_path: P
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Stages hand workers absolute paths (with_absolute_paths); the folder must not be rebuilt back and forth."""
     monkeypatch.chdir(tmp_path)
-    relative = load_preset("local", [f"storage_root={tmp_path / 'runs'}", "tiny_model.out=models/tiny"])
+    relative = load_preset("local-random", [f"storage_root={tmp_path / 'runs'}", "tiny_model.out=models/tiny"])
     assert prepare_stages(relative, "train").tiny_model_built
     assert not prepare_stages(relative.with_absolute_paths(), "serve").tiny_model_built
     assert not prepare_stages(relative, "train").tiny_model_built
