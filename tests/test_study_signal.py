@@ -1,11 +1,15 @@
-"""The embedded default carries the study's signal from posts to compass (issue 18), checked at a cheaper size.
+"""The embedded default carries the study's signal from posts to compass (issue 18).
 
-One `politune run` on the `local` preset in a fresh folder: the tiny model is warmed on the project's synthetic
-world, annotates posts it never saw, the paper's thresholds select them, DPO tunes an adapter a side, and the
-compass (explain mode: the model's own answer first, then the forced choice) must move each adapter its way. The
-size is cut to keep CI short (fewer warm-up steps, posts, pairs and phrasings, no probes); the README reports the
-full default's figures, intervals included. Here only directions are asserted: at this size an interval may
-still reach zero.
+`politune run` on the `local` preset in a fresh folder, as `make demo` runs it less the probes: the tiny model is
+warmed on the project's synthetic world, annotates posts it never saw, the paper's thresholds select them, DPO
+tunes an adapter a side, and the compass is read in explain mode (the model's own answer first, then the forced
+choice). Every stage up to training gives the same figures on every run here; evaluation samples one free-text
+answer a question, so its positions vary by a point or two between runs.
+
+What is asserted of the compass is what held in every evaluation measured (README, Quickstart): each adapter
+moves its way along the diagonal (economic + social), and the right adapter lies right of and above the left
+one on each axis. Not asserted: the left adapter's shift on each axis alone, which is small beside that noise
+at this size (from -3.3 to +0.2 on the economic axis across the evaluations measured), nor any interval.
 """
 
 from __future__ import annotations
@@ -23,14 +27,13 @@ pytestmark = pytest.mark.integration
 
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
        "COLUMNS": "160", "NO_COLOR": "1"}
-CHEAPER = ["tiny_model.warm_steps=600", "corpus.n=1500", "select.max_per_side=150", "evaluate.phrasings=2",
-           "evaluate.probes=false", "ray.num_cpus=2"]
+DEMO_LESS_PROBES = ["evaluate.probes=false", "ray.num_cpus=2"]
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     folder = tmp_path_factory.mktemp("study")
-    sets = [arg for s in [*CHEAPER, f"serve.port={free_port()}"] for arg in ("--set", s)]
+    sets = [arg for s in [*DEMO_LESS_PROBES, f"serve.port={free_port()}"] for arg in ("--set", s)]
     done = subprocess.run([sys.executable, "-m", "politune.cli", "run", *sets], cwd=folder, env=ENV,
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -56,12 +59,12 @@ def test_dpo_makes_each_adapter_prefer_its_sides_answers(study: tuple[Path, str]
 
 
 def test_the_compass_moves_each_adapter_its_way(study: tuple[Path, str]) -> None:
-    """Left of and below the base for the left adapter, right of and above it for the right one."""
     run, stdout = study
     positions = json.loads((run / "report" / "scores.json").read_text())["positions"]
-    shift = {p["model"]: (p["shift_economic"], p["shift_social"]) for p in positions
-             if p["instrument"] == "politune" and p["mode"] == "explain"}
-    assert set(shift) == {"tiny", "tiny:left", "tiny:right"}
-    assert shift["tiny:left"][0] < 0 and shift["tiny:left"][1] < 0, shift
-    assert shift["tiny:right"][0] > 0 and shift["tiny:right"][1] > 0, shift
+    explain = {p["model"]: p for p in positions if p["instrument"] == "politune" and p["mode"] == "explain"}
+    assert set(explain) == {"tiny", "tiny:left", "tiny:right"}
+    left, right = explain["tiny:left"], explain["tiny:right"]
+    assert left["shift_economic"] + left["shift_social"] < 0, left  # left and down
+    assert right["shift_economic"] + right["shift_social"] > 0, right  # right and up
+    assert right["economic"] > left["economic"] and right["social"] > left["social"], (left, right)
     assert "position:   politune (explain)" in stdout
