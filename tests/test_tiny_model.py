@@ -4,9 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from politune.config import TinyModelConfig
+from politune.config import TINY_MODEL, TinyModelConfig, build_config
 from politune.evaluate.judge import read_leaning, read_option
 from politune.evaluate.prompts import FORCED_CHOICE, OPTION_LABELS
+from politune.models import model_revision
 from politune.models.loading import generate_text, load_causal_lm
 from politune.models.tiny import build_tiny_model, describe, folder_digest, tiny_model_is_current
 from politune.models.warm import MIX, SyntheticWorld, encode, example_losses, instruction_for
@@ -77,6 +78,11 @@ def test_a_warm_build_is_deterministic_and_says_what_it_learned(tmp_path: Path) 
     assert not tiny_model_is_current(TinyModelConfig(**{**WARM_SMALL, "warm_steps": 31}), first)
     assert not tiny_model_is_current(TinyModelConfig(), first)  # a random build is another model
     assert "warmed on the project's synthetic world" in describe(first)
+    # and the manifest says so: same config and weight sizes as a random build, another revision
+    random = build_tiny_model(TinyModelConfig(), tmp_path / "random")
+    revisions = {model_revision(TINY_MODEL, build_config({"run_id": "r", "tiny_model": {"out": str(folder)}}))
+                 for folder in (first, again, random)}
+    assert len(revisions) == 2 and all(r.startswith("folder:") for r in revisions)
 
 
 def test_warm_settings_do_not_change_a_random_build(tiny: Path) -> None:

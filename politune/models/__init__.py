@@ -9,6 +9,8 @@ from pathlib import Path
 from politune.config import TINY_MODEL, RunConfig
 from politune.models.references import looks_local
 
+TINY_BUILD_RECORD = "politune_tiny.json"  # what the tiny model was built with, written beside its weights
+
 
 def resolve_model(ref: str, cfg: RunConfig) -> str:
     """A config's model reference as from_pretrained takes it: `tiny` is the built tiny model's folder, a local
@@ -21,13 +23,16 @@ def resolve_model(ref: str, cfg: RunConfig) -> str:
 
 def model_revision(ref: str, cfg: RunConfig) -> str:
     """Which version of a model a stage used, for the manifest: a hub id's cached snapshot commit, a local folder's
-    hash of its config.json and its weight files' names and sizes (the tiny model's included), or "" when neither
-    can be told."""
+    hash of its config.json, the tiny model's build record and its weight files' names and sizes, or "" when
+    neither can be told. (The random and the warmed tiny model have the same config and sizes: the build record
+    tells them apart.)"""
     if ref == TINY_MODEL or looks_local(ref):
         folder = Path(resolve_model(ref, cfg))
         if not (folder / "config.json").is_file():
             return ""
         h = hashlib.sha256((folder / "config.json").read_bytes())
+        if (folder / TINY_BUILD_RECORD).is_file():
+            h.update((folder / TINY_BUILD_RECORD).read_bytes())
         for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
             h.update(f"{path.name}:{path.stat().st_size}".encode())
         return f"folder:{h.hexdigest()[:12]}"

@@ -22,6 +22,7 @@ from transformers.utils import logging as hf_logging
 
 from politune.config import TinyModelConfig
 from politune.corpus.generate import sample_texts
+from politune.models import TINY_BUILD_RECORD
 
 BOS, EOS_TEXT, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 HEADER_START, HEADER_END, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
@@ -106,7 +107,7 @@ def build_tiny_model(cfg: TinyModelConfig, out: str | Path | None = None,
     with _no_progress_bars():  # "Writing model shards" for a file that takes a millisecond
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "politune_tiny.json").write_text(json.dumps(
+    (out / TINY_BUILD_RECORD).write_text(json.dumps(
         {"built_by": "politune model build-tiny", "build_version": BUILD_VERSION, "config": identity(cfg),
          "parameters": sum(p.numel() for p in model.parameters()), "warm": warm}, indent=2, sort_keys=True))
     return out
@@ -125,7 +126,7 @@ def _no_progress_bars() -> Iterator[None]:
 
 def describe(folder: str | Path) -> str:
     """What the built model is, in a few words, for the console."""
-    marker = Path(folder) / "politune_tiny.json"
+    marker = Path(folder) / TINY_BUILD_RECORD
     warm = json.loads(marker.read_text()).get("warm") if marker.is_file() else None
     if not warm:
         return "random weights: its text is noise"
@@ -137,7 +138,7 @@ def describe(folder: str | Path) -> str:
 def tiny_model_is_current(cfg: TinyModelConfig, out: str | Path | None = None) -> bool:
     """Whether the folder holds the model `cfg` describes. Where it lies is not part of what it is: the same folder
     named relatively or absolutely (as workers see it) is the same model."""
-    marker = Path(out or cfg.out) / "politune_tiny.json"
+    marker = Path(out or cfg.out) / TINY_BUILD_RECORD
     if not marker.is_file():
         return False
     info = json.loads(marker.read_text())
