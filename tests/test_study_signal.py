@@ -6,11 +6,11 @@ tunes an adapter a side, and the compass is read in explain mode (the model's ow
 choice). Every stage up to training gives the same figures on every run here; evaluation samples one free-text
 answer a question, so its positions vary by a point or two between runs.
 
-What is asserted of the compass is what held in every evaluation measured (README, Quickstart): each adapter
-moves its way along the diagonal (economic + social), and the right adapter lies right of and above the left
-one on each axis. Not asserted: the left adapter's shift on each axis alone, which is small beside that noise
-at this size (its economic shift was -3.3, -2.7 and -1.0 in three evaluations of the same adapters), nor any
-interval.
+The compass assertions are the issue's directions, each shift's sign: the left adapter left of and below
+the base, the right adapter right of and above it. Their intervals are not asserted: at this size the left
+adapter's reach zero in some runs (README, Quickstart). Measured over four evaluations of these adapters, the
+left adapter's smallest shifts were -1.04 (economic) and -1.46 (social), with a spread of about one point
+between evaluations; the right adapter's, +4.58.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def test_the_compass_moves_each_adapter_its_way(study: tuple[Path, str]) -> None
     positions = json.loads((run / "report" / "scores.json").read_text())["positions"]
     explain = {p["model"]: p for p in positions if p["instrument"] == "politune" and p["mode"] == "explain"}
     assert set(explain) == {"tiny", "tiny:left", "tiny:right"}
-    left, right = explain["tiny:left"], explain["tiny:right"]
-    assert left["shift_economic"] + left["shift_social"] < 0, left  # left and down
-    assert right["shift_economic"] + right["shift_social"] > 0, right  # right and up
-    assert right["economic"] > left["economic"] and right["social"] > left["social"], (left, right)
+    base, left, right = explain["tiny"], explain["tiny:left"], explain["tiny:right"]
+    for axis in ("economic", "social"):
+        assert left[f"shift_{axis}"] < 0 < right[f"shift_{axis}"], (axis, base, left, right)
+        assert left[axis] - base[axis] == pytest.approx(left[f"shift_{axis}"])  # shifts are from this base
     assert "position:   politune (explain)" in stdout
