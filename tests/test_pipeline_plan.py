@@ -18,7 +18,7 @@ STAGES = ("ingest", "annotate", "select", "synthesize", "train", "evaluate")
 
 
 def config(tmp_path: Path, **sections: dict) -> object:
-    return build_config({"base": "local", "run_id": "r", "storage_root": str(tmp_path / "runs"), "corpus": None,
+    return build_config({"base": "local-random", "run_id": "r", "storage_root": str(tmp_path / "runs"), "corpus": None,
                          "sources": [{"name": "posts", "paths": [str(tmp_path / "posts.jsonl")]}], **sections})
 
 
@@ -104,7 +104,7 @@ def test_a_run_folder_copied_with_its_corpus_is_still_done(tmp_path: Path, monke
     (first / "corpus").mkdir(parents=True)
     (first / "corpus" / "posts.jsonl").write_text('{"text": "a post"}\n')
     monkeypatch.chdir(first)
-    cfg = build_config({"base": "local", "run_id": "r", "storage_root": "runs", "corpus": None,
+    cfg = build_config({"base": "local-random", "run_id": "r", "storage_root": "runs", "corpus": None,
                         "sources": [{"name": "posts", "paths": ["corpus"]}]})
     record_done(cfg, *STAGES)
     shutil.copytree(first, copy)
