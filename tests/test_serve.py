@@ -265,7 +265,7 @@ def test_politune_serve_and_probe_from_the_command_line(tmp_path: Path, server: 
     """What a user runs: `politune serve` in one shell (its own local Ray), `politune probe` in another."""
     port = free_port()
     config = tmp_path / "serve.yaml"
-    config.write_text(json.dumps({"base": "local", "run_id": "cli", "storage_root": str(tmp_path / "runs"),
+    config.write_text(json.dumps({"base": "local-random", "run_id": "cli", "storage_root": str(tmp_path / "runs"),
                                   "tiny_model": {"out": str(server["tiny"])}, "ray": {"num_cpus": 1},
                                   "serve": {"port": port}}))
     register_random_adapters(str(tmp_path / "runs" / "cli"), server["tiny"], ["left"])
