@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
        "COLUMNS": "160", "NO_COLOR": "1"}
 RUN = "local-random"  # the plumbing on random weights; the warmed `local` preset has test_study_signal
-DEMO_SETS = ["--preset", RUN, "--set", "corpus.n=800", "--set", "ray.num_cpus=2"]
+DEMO_SETS = ["--preset", RUN, "--set", "corpus.n=400", "--set", "ray.num_cpus=2"]
 
 
 def politune(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -61,10 +61,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRun) -> None:
     done, tmp_path, port = demo_run.done, demo_run.folder, demo_run.port
     sets = [*DEMO_SETS, "--set", f"serve.port={port}"]
-    assert "tiny model:" in done.stdout and "800 generated posts" in done.stdout
+    assert "tiny model:" in done.stdout and "400 generated posts" in done.stdout
     manifest = json.loads((tmp_path / "runs" / RUN / "manifest.json").read_text())
     counts = manifest["artifacts"]["documents"]["counts"]["per_source"]
-    assert sum(c["read"] for c in counts.values()) == 800
+    assert sum(c["read"] for c in counts.values()) == 400
     assert (tmp_path / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
     assert list((tmp_path / "runs" / RUN / "documents").glob("*.parquet"))
     artifacts = manifest["artifacts"]
@@ -97,14 +97,14 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
     assert (report / "compass.png").read_bytes()[:4] == b"\x89PNG" and (report / "report.html").is_file()
     assert f"compass:    {report.absolute()}/compass.png" in done.stdout.replace("\n", "")
     assert "Traceback" not in done.stdout + done.stderr
-    for stage, did in (("ingest", "800 rows read"), ("annotate", "documents scored"), ("select", "posts selected"),
+    for stage, did in (("ingest", "400 rows read"), ("annotate", "documents scored"), ("select", "posts selected"),
                        ("synthesize", "pairs written"), ("train", "steps"), ("evaluate", "answers")):
         assert re.search(rf"^{stage}:\s+done in \d+ s · .*{did}", done.stderr, re.M), stage  # a line as it ends
     console = (done.stdout + done.stderr).splitlines()
     assert len(console) < 150, "\n".join(console)  # a summary a stage; Ray's own logs stay in its files
 
     # what the run says to do next works: serve its adapters, probe them
-    serve_next = f"politune serve --preset {RUN} --set corpus.n=800 --set ray.num_cpus=2 --set serve.port={port}"
+    serve_next = f"politune serve --preset {RUN} --set corpus.n=400 --set ray.num_cpus=2 --set serve.port={port}"
     assert f"next:       {serve_next}" in done.stdout
     assert "--model tiny --model tiny:left --model tiny:right" in done.stdout
     with politune_serve(sets, ENV, cwd=tmp_path) as lines:
