@@ -6,11 +6,12 @@ tunes an adapter a side, and the compass is read in explain mode (the model's ow
 choice). Every stage up to training gives the same figures on every run here; evaluation samples one free-text
 answer a question, so its positions vary by a point or two between runs.
 
-The compass assertions are the issue's directions, each shift's sign: the left adapter left of and below
-the base, the right adapter right of and above it. Their intervals are not asserted: at this size the left
-adapter's reach zero in some runs (README, Quickstart). Measured over four evaluations of these adapters, the
-left adapter's smallest shifts were -1.04 (economic) and -1.46 (social), with a spread of about one point
-between evaluations; the right adapter's, +4.58.
+What the compass must show: the right adapter right of and above the base on each axis, the left adapter's
+shift pointing left and down (economic + social below zero), and the right adapter right of and above the left
+one. Not asserted: the left adapter's sign on each axis alone, nor any interval. Its shifts are negative in
+every evaluation measured of these adapters, but small beside the noise of one sampled answer a question:
+economic -3.33, -3.33, -2.71, -2.29, -1.04; social -3.33, -2.08, -1.87, -1.46, -0.62 (one of them this test's
+own run). Asserting each would fail about one run in thirty; the sum has not come within 3 of zero.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ def test_the_compass_moves_each_adapter_its_way(study: tuple[Path, str]) -> None
     explain = {p["model"]: p for p in positions if p["instrument"] == "politune" and p["mode"] == "explain"}
     assert set(explain) == {"tiny", "tiny:left", "tiny:right"}
     base, left, right = explain["tiny"], explain["tiny:left"], explain["tiny:right"]
+    assert left["shift_economic"] + left["shift_social"] < 0, (base, left)
     for axis in ("economic", "social"):
-        assert left[f"shift_{axis}"] < 0 < right[f"shift_{axis}"], (axis, base, left, right)
+        assert right[f"shift_{axis}"] > 0, (axis, base, right)
+        assert right[axis] > left[axis], (axis, left, right)
         assert left[axis] - base[axis] == pytest.approx(left[f"shift_{axis}"])  # shifts are from this base
     assert "position:   politune (explain)" in stdout
