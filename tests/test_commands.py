@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,9 @@ pytestmark = pytest.mark.integration
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
        "COLUMNS": "160", "NO_COLOR": "1"}
 RUN = "local-random"  # the plumbing on random weights; the warmed `local` preset has test_study_signal
-DEMO_SETS = ["--preset", RUN, "--set", "corpus.n=400", "--set", "ray.num_cpus=2"]
+# a smaller corpus, one phrasing a proposition and no probes: the module's runs check wiring, not the compass
+DEMO_OVERRIDES = ["corpus.n=400", "ray.num_cpus=2", "evaluate.phrasings=1", "evaluate.probes=false"]
+DEMO_SETS = ["--preset", RUN, *(arg for o in DEMO_OVERRIDES for arg in ("--set", o))]
 
 
 def politune(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -58,15 +59,15 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     return DemoRun(folder, done, port)
 
 
-def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRun) -> None:
-    done, tmp_path, port = demo_run.done, demo_run.folder, demo_run.port
+def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRun, tmp_path: Path) -> None:
+    done, port, folder, elsewhere = demo_run.done, demo_run.port, demo_run.folder, tmp_path
     sets = [*DEMO_SETS, "--set", f"serve.port={port}"]
     assert "tiny model:" in done.stdout and "400 generated posts" in done.stdout
-    manifest = json.loads((tmp_path / "runs" / RUN / "manifest.json").read_text())
+    manifest = json.loads((folder / "runs" / RUN / "manifest.json").read_text())
     counts = manifest["artifacts"]["documents"]["counts"]["per_source"]
     assert sum(c["read"] for c in counts.values()) == 400
-    assert (tmp_path / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
-    assert list((tmp_path / "runs" / RUN / "documents").glob("*.parquet"))
+    assert (folder / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
+    assert list((folder / "runs" / RUN / "documents").glob("*.parquet"))
     artifacts = manifest["artifacts"]
     assert artifacts["annotations"]["counts"]["documents"] == sum(c["kept"] for c in counts.values())
     kept = artifacts["selected"]["counts"]["kept"]
@@ -78,7 +79,7 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
         assert c["read"] == kept[side] == c["train"] + c["eval"] + sum(c["dropped"].values())
         assert c["train"] > 0  # noise, but pairs reach training
     assert "preferences:" in done.stdout
-    registry = json.loads((tmp_path / "runs" / RUN / "adapters" / "registry.json").read_text())["adapters"]
+    registry = json.loads((folder / "runs" / RUN / "adapters" / "registry.json").read_text())["adapters"]
     finals = {name: entry for name, entry in registry.items() if entry["checkpoint_of"] is None}
     assert sorted(finals) == ["left", "right"]  # the main command trains an adapter a side
     for side, entry in finals.items():
@@ -87,13 +88,13 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
     assert "adapter 'left' (dpo on left, base tiny)" in done.stdout
 
     # and ends with every model of the run on the compass: the base, both adapters, each saved checkpoint
-    answers = pq.read_table(tmp_path / "runs" / RUN / "eval" / "answers.parquet").to_pylist()
+    answers = pq.read_table(folder / "runs" / RUN / "eval" / "answers.parquet").to_pylist()
     last = {name: entry["metrics"]["global_step"] for name, entry in finals.items()}
     steps = {name for name, entry in registry.items() if entry["checkpoint_of"] and entry["step"] != last[
         entry["checkpoint_of"]]}  # the last save is the final adapter itself, evaluated once
     assert {r["model"] for r in answers} == {"tiny", "tiny:left", "tiny:right", *(f"tiny:{name}" for name in steps)}
     assert artifacts["eval"]["counts"]["answers"] == len(answers)
-    report = tmp_path / "runs" / RUN / "report"
+    report = folder / "runs" / RUN / "report"
     assert (report / "compass.png").read_bytes()[:4] == b"\x89PNG" and (report / "report.html").is_file()
     assert f"compass:    {report.absolute()}/compass.png" in done.stdout.replace("\n", "")
     assert "Traceback" not in done.stdout + done.stderr
@@ -103,16 +104,25 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
     console = (done.stdout + done.stderr).splitlines()
     assert len(console) < 150, "\n".join(console)  # a summary a stage; Ray's own logs stay in its files
 
-    # what the run says to do next works: serve its adapters, probe them
-    serve_next = f"politune serve --preset {RUN} --set corpus.n=400 --set ray.num_cpus=2 --set serve.port={port}"
+    # what the run says to do next works, from another folder holding only the run (serve builds its own model):
+    # serve the run's adapters behind a bearer token, probe them with it, and be refused without it
+    serve_next = " ".join(["politune serve", *DEMO_SETS, "--set", f"serve.port={port}"])
     assert f"next:       {serve_next}" in done.stdout
     assert "--model tiny --model tiny:left --model tiny:right" in done.stdout
-    with politune_serve(sets, ENV, cwd=tmp_path) as lines:
-        assert lines[1:3] == ["  model: tiny", "  model: tiny:left"], lines
+    fresh_folder_with(demo_run, elsewhere, [])
+    env = {**ENV, "POLITUNE_API_KEY": "cli-token"}
+    with politune_serve(sets, env, cwd=elsewhere) as lines:
+        assert lines[:3] == [f"serving at http://127.0.0.1:{port}/v1  (backend hf, run runs/{RUN})", "  model: tiny",
+                             "  model: tiny:left"], lines
         probe = subprocess.run([str(Path(sys.executable).with_name("politune")), "probe", "Taxes?", "--url",
                                 f"http://127.0.0.1:{port}/v1", "--model", "tiny:right", "--max-tokens", "3"],
-                               env=ENV, capture_output=True, text=True, timeout=120)
-        assert probe.returncode == 0 and "tiny:right" in probe.stdout, probe.stderr
+                               env=env, capture_output=True, text=True, timeout=120)
+        assert probe.returncode == 0 and "tiny:right" in probe.stdout and "Taxes?" in probe.stdout, probe.stderr
+        refused = subprocess.run([str(Path(sys.executable).with_name("politune")), "probe", "x", "--url",
+                                  f"http://127.0.0.1:{port}/v1"], env={**env, "POLITUNE_API_KEY": "wrong"},
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 1 and "HTTP 401" in refused.stderr and "cli-token" not in refused.stderr
+    assert (elsewhere / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
 
 
 def test_a_second_run_does_no_model_work_and_runs_lists_it(demo_run: DemoRun, tmp_path: Path) -> None:
@@ -174,8 +184,7 @@ ALONE = {
     "select": (["selected"], []),
     "synthesize": (["preferences"], []),
     "train": (["adapters"], ["--side", "left"]),
-    "evaluate": (["eval", "report"], ["--set", "evaluate.probes=false", "--set", "evaluate.phrasings=1",
-                                      "--set", "evaluate.checkpoints=final"]),
+    "evaluate": (["eval", "report"], ["--set", "evaluate.checkpoints=final"]),
 }
 
 
@@ -217,20 +226,6 @@ def test_ingest_alone_generates_its_corpus(tmp_path: Path) -> None:
     counts = manifest_counts(tmp_path / "runs" / RUN, "documents")["per_source"]
     assert sum(c["read"] for c in counts.values()) == 200
     assert not (tmp_path / ".politune" / "models").exists()  # ingest loads no model
-
-
-def test_serve_alone_builds_its_model_and_answers(demo_run: DemoRun, tmp_path: Path) -> None:
-    fresh_folder_with(demo_run, tmp_path, [])
-    port = free_port()
-    with politune_serve([*DEMO_SETS, "--set", f"serve.port={port}"], ENV, cwd=tmp_path) as lines:
-        assert lines[:3] == [f"serving at http://127.0.0.1:{port}/v1  (backend hf, run runs/{RUN})", "  model: tiny",
-                             "  model: tiny:left"], lines
-        body = json.dumps({"model": "tiny:left", "prompt": "Taxes", "max_tokens": 2}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
-                                         {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            assert json.loads(response.read())["choices"][0]["text"]
-    assert (tmp_path / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
 
 
 def readme_pairs_config() -> str:

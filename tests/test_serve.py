@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import openai
 import pytest
-from conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, free_port, politune_serve
+from conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, free_port
 
 from politune.config import TinyModelConfig, build_config
 from politune.models.random_adapters import register_random_adapters
@@ -259,30 +256,6 @@ def test_a_cancelled_request_frees_its_slot_and_metrics_are_tagged_by_model(serv
         assert any(all(w in line for w in want) for line in lines), (want, lines[:20])
     assert any('status="200"' in line and 'model="tiny:left"' in line and "politune_serve_requests" in line
                for line in lines)
-
-
-def test_politune_serve_and_probe_from_the_command_line(tmp_path: Path, server: dict) -> None:
-    """What a user runs: `politune serve` in one shell (its own local Ray), `politune probe` in another."""
-    port = free_port()
-    config = tmp_path / "serve.yaml"
-    config.write_text(json.dumps({"base": "local-random", "run_id": "cli", "storage_root": str(tmp_path / "runs"),
-                                  "tiny_model": {"out": str(server["tiny"])}, "ray": {"num_cpus": 1},
-                                  "serve": {"port": port}}))
-    register_random_adapters(str(tmp_path / "runs" / "cli"), server["tiny"], ["left"])
-    politune = str(Path(sys.executable).with_name("politune"))
-    env = {**os.environ, "POLITUNE_API_KEY": "cli-token"}
-    env.pop("RAY_ADDRESS", None)
-    with politune_serve(["--config", str(config)], env) as lines:
-        assert lines[:3] == [f"serving at http://127.0.0.1:{port}/v1  (backend hf, run {tmp_path}/runs/cli)",
-                             "  model: tiny", "  model: tiny:left"], lines
-        probe = subprocess.run([politune, "probe", "What about taxes?", "--url", f"http://127.0.0.1:{port}/v1",
-                                "--max-tokens", "4"], env=env, capture_output=True, text=True, timeout=120)
-        assert probe.returncode == 0, probe.stderr
-        assert "tiny:left" in probe.stdout and "What about taxes?" in probe.stdout
-        refused = subprocess.run([politune, "probe", "x", "--url", f"http://127.0.0.1:{port}/v1"],
-                                 env={**env, "POLITUNE_API_KEY": "wrong"}, capture_output=True, text=True,
-                                 timeout=120)
-        assert refused.returncode == 1 and "HTTP 401" in refused.stderr and "cli-token" not in refused.stderr
 
 
 def test_no_token_in_the_logs_or_an_error_body(server: dict) -> None:
