@@ -78,6 +78,9 @@ def test_a_job_leaves_no_credential_where_cluster_users_can_read(s3_endpoint: st
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     objects = s3.list_objects_v2(Bucket=s3_bucket, Prefix=prefix)["Contents"]
     assert any("documents/" in o["Key"] for o in objects)  # the job wrote its run directory on S3
+    manifest = json.loads(s3.get_object(Bucket=s3_bucket, Key=f"{prefix}/scan/manifest.json")["Body"].read())
+    assert sum(c["read"] for c in manifest["artifacts"]["documents"]["counts"]["per_source"].values()) == 200
+    assert "ingest: rows read" in done.stdout  # the job's console summary reaches `ray job submit`
     for o in objects:
         places[f"the run directory: {o['Key']}"] = s3.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read()
     places["the local work dir"] = b"".join(p.read_bytes() for p in (tmp_path / "work").rglob("*") if p.is_file())
