@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from pathlib import Path
@@ -18,8 +19,12 @@ CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.
              "RayService": "ray.io_rayservices.yaml"}
 
 
+@functools.cache
 def crd_schema(shared_data: Path, kind: str, version: str) -> dict:
-    crd = yaml.safe_load((shared_data / "kuberay" / CRD_FILES[kind]).read_text())
+    """A CRD's schema, parsed once a module: each CRD file is over a megabyte of YAML (libyaml's loader when
+    PyYAML has it)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load((shared_data / "kuberay" / CRD_FILES[kind]).read_text(), Loader=loader)
     return next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
 
 
