@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
@@ -140,8 +141,28 @@ def test_openai_client_chat_and_completions(server: dict) -> None:
     many = api.completions.create(model="tiny:right", prompt=["a", "b c"], max_tokens=2, n=2, temperature=1.0,
                                   seed=3)
     assert [c.index for c in many.choices] == [0, 1, 2, 3] and many.usage.completion_tokens <= 8
+    assert many.choices[0].text != many.choices[1].text  # a seed's n choices are n draws, not one copied
     stopped = api.completions.create(model="tiny", prompt="vote", max_tokens=20, temperature=0, stop=[" "])
     assert " " not in stopped.choices[0].text
+
+
+def test_a_seeded_row_samples_the_same_text_whatever_shares_its_batch(server: dict, tmp_path: Path) -> None:
+    """Each row draws from its own seeded stream (as on vLLM): the base asked alone, or beside other seeds and an
+    adapter, writes the same text for a seed, so evaluate's base and adapters can share their random numbers."""
+    from politune.serve.hf_engine import AdapterModel, Row
+
+    engine = AdapterModel(str(server["tiny"]))
+    register_random_adapters(str(tmp_path), server["tiny"], ["left"])
+    engine.add_adapter("left", tmp_path / "adapters" / "left")
+    ids = engine.prompt_ids(messages=[{"role": "user", "content": "Taxes?"}])
+
+    def row(seed: int, adapter: str | None = None) -> Row:
+        return Row(request_id=f"{adapter}-{seed}", prompt_ids=ids, adapter=adapter, max_tokens=12, seed=seed)
+
+    alone = engine.generate([row(7)])[0].text
+    together = [c.text for c in engine.generate([row(8), row(7, "left"), row(7), row(9)])]
+    assert together[2] == alone
+    assert len(set(together)) >= 3, together  # other seeds, or the adapter, draw other text
 
 
 @pytest.mark.parametrize("model", ["tiny:nope", "tiny:../left", "tiny:/etc/passwd", "tiny:s3://bucket/x",

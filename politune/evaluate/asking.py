@@ -16,6 +16,7 @@ said. No judge reads it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -135,8 +136,20 @@ def chat_payload(q: Question, max_tokens: int, temperature: float, seed: int) ->
     payload = {"model": q.target.model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
                "temperature": temperature}
     if temperature > 0:
-        payload["seed"] = seed + q.sample
+        payload["seed"] = question_seed(q, seed)
     return payload
+
+
+def question_seed(q: Question, seed: int) -> int:
+    """The sampling seed of a question: the same for every model asked it, different for every other question.
+
+    So each model's answer to one question draws the same random numbers (both back ends sample a request from its
+    own seeded stream), and the base and an adapter write the same text wherever they agree: a shift measures the
+    adapter, not two independent draws (common random numbers), while answers to different questions stay
+    independent, as the bootstrap over items assumes."""
+    digest = hashlib.sha256(SEP.join([str(seed), q.instrument, q.item_id, str(q.phrasing), str(q.sample),
+                                      q.mode]).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # below 2**63: vLLM's and torch's seeds are signed 64-bit
 
 
 def chat_text(response: dict[str, Any] | None) -> str:

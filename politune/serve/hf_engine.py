@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from politune.models.loading import load_causal_lm
 from politune.serve.protocol import GeneratedChoice
@@ -50,8 +50,41 @@ class Row:
     prompt_text: str = ""  # put before the answer with echo
 
     def sampling(self) -> tuple:
-        """Rows with the same sampling settings share one generate call."""
-        return (self.temperature, self.top_p, self.seed) if self.temperature > 0 else (0.0, 1.0, None)
+        """Rows with the same temperature and top_p share one generate call (each row keeps its own seed)."""
+        return (self.temperature, self.top_p) if self.temperature > 0 else (0.0, 1.0)
+
+
+def choice_seed(seed: int | None, choice: int) -> int | None:
+    """The seed of a request's `choice`-th of n choices: the request's own for the first, so that one choice
+    asked with a seed reads the same as the first of several."""
+    if seed is None or choice == 0:
+        return seed
+    return (seed * 1_000_003 + choice) % 2**63
+
+
+class _SeededSampler(LogitsProcessor):
+    """Samples every row from its own stream, seeded by its request's seed, as vLLM does: the exponential race
+    (the argmax of p / q with q ~ Exp(1), the Gumbel-max trick in another form).
+
+    A row's draws then depend on its seed alone, not on which rows share its batch. And two rows with the same
+    seed, say the base and an adapter asked the same question, draw the same noise: they write the same tokens
+    wherever their distributions agree, so their difference is the adapter's and not the sampler's (common random
+    numbers; evaluate relies on it). The chosen token comes back as the only finite score, so greedy picks it."""
+
+    def __init__(self, seeds: list[int | None], temperature: float, top_p: float) -> None:
+        self.generators = [torch.Generator().manual_seed(
+            seed if seed is not None else int(torch.randint(2**62, ()).item())) for seed in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            ordered, order = probs.sort(dim=-1, descending=True)
+            outside = ordered.cumsum(dim=-1) - ordered > self.top_p  # the most likely token always stays
+            probs = probs.scatter(-1, order, ordered.masked_fill(outside, 0.0))
+        noise = torch.stack([torch.empty(probs.shape[-1]).exponential_(generator=g) for g in self.generators])
+        picked = (probs / noise).argmax(dim=-1, keepdim=True).to(scores.device)
+        return torch.full_like(scores, float("-inf")).scatter(-1, picked, 0.0)
 
 
 class _RowLimits(StoppingCriteria):
@@ -145,15 +178,15 @@ class AdapterModel:
     @torch.no_grad()
     def _generate_group(self, rows: list[Row], sampling: tuple, is_cancelled: Callable[[str], bool]
                         ) -> list[GeneratedChoice]:
-        temperature, top_p, seed = sampling
+        temperature, top_p = sampling
         ids, mask = self._padded([r.prompt_ids for r in rows])
         max_new = max(r.max_tokens for r in rows)
         completions: list[list[int]] = [[] for _ in rows]
         if max_new > 0:
-            kwargs = {"do_sample": temperature > 0, "temperature": temperature or None,
-                      "top_p": top_p if temperature > 0 else None, "top_k": None}
-            if seed is not None:
-                torch.manual_seed(seed)
+            kwargs: dict = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            if temperature > 0:
+                kwargs["logits_processor"] = LogitsProcessorList(
+                    [_SeededSampler([r.seed for r in rows], temperature, top_p)])
             output = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=sorted(self.eos_ids),

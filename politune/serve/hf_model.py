@@ -23,7 +23,7 @@ from politune.config import RunConfig
 from politune.engines.metrics import StageMetrics
 from politune.registry import load_registry
 from politune.serve.guard import ADAPTER_NAME
-from politune.serve.hf_engine import AdapterModel, Row
+from politune.serve.hf_engine import AdapterModel, Row, choice_seed
 from politune.serve.protocol import GeneratedChoice, Generation, GenerationRequest
 from politune.storage import resolve
 
@@ -173,8 +173,8 @@ class HFModelServer:
             raise ValueError(f"the prompt ({len(ids)} tokens) plus max_tokens ({req.max_tokens}) is over the "
                              f"model's context of {limit} tokens")
         return [Row(request_id=req.request_id, prompt_ids=ids, adapter=req.adapter, max_tokens=req.max_tokens,
-                    temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
-                    logprobs=req.logprobs, echo=req.echo, prompt_text=req.prompt or "") for _ in range(req.n)]
+                    temperature=req.temperature, top_p=req.top_p, seed=choice_seed(req.seed, k), stop=req.stop,
+                    logprobs=req.logprobs, echo=req.echo, prompt_text=req.prompt or "") for k in range(req.n)]
 
     async def _generate_coalesced(self, rows: list[Row]) -> list[GeneratedChoice]:
         """Generate a batch's rows together with every other batch waiting for the model.
