@@ -40,9 +40,9 @@ demo: $(STAMP)
 	$(BIN)/politune run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -m "not study"
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
-# the study's signal on the warmed default (tests/test_study_signal.py): `make demo`'s run, about 9 minutes
+# the study's signal on the warmed default alone (tests/test_study_signal.py, part of `make test` too): about 5 minutes
 test-study: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m study
 
