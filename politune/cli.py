@@ -129,9 +129,11 @@ def synthesize(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str]
 
 @app.command()
 def train(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
-          side: list[str] = typer.Option([], "--side", help="left or right (repeatable; default: train.sides)."),
+          side: list[str] = typer.Option([], "--side", help="left, right or a train.mixtures name (repeatable; "
+                                         "default: train.sides, then train.mixtures)."),
           verbose: bool = VerboseOpt) -> None:
-    """Train one LoRA adapter a side (DPO or SFT) under Ray Train and register it; resumes a killed run."""
+    """Train one LoRA adapter a side and one a mixture (DPO or SFT) under Ray Train and register it; resumes a killed
+    run."""
     def run_train(cfg: RunConfig) -> None:
         from politune.console import print_train
         from politune.train import train_adapters

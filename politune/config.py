@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -289,6 +290,25 @@ class LoraSettings(Section):
         return modules
 
 
+class Mixture(Section):
+    """An adapter trained on both sides' pairs in set shares (the PoliTune release's 25/75, 50/50, 75/25 sets)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$",
+                      description="Its adapter's registry name, e.g. r25l75.")
+    left: float = Field(..., ge=0, le=1, description="Share of left pairs.")
+    right: float = Field(..., ge=0, le=1, description="Share of right pairs.")
+    size: int | None = Field(None, ge=1, description="Pairs; null: the smaller side's train split.")
+
+    @model_validator(mode="after")
+    def _shares_add_up(self) -> Mixture:
+        if abs(self.left + self.right - 1) > 1e-9:
+            raise ValueError(f"mixture {self.name}: left + right is {self.left + self.right:g}; they must add up to 1")
+        if self.name in ("left", "right") or re.search(r"-x[0-9.]+$", self.name):
+            raise ValueError(f"mixture {self.name}: the name of a side's adapter or of a scaled copy "
+                             "(<adapter>-x<s>); name it by its shares, e.g. r25l75")
+        return self
+
+
 class TrainConfig(Section):
     """LoRA-DPO (or SFT on the chosen answers) with TRL + PEFT under Ray Train, one adapter a side.
     Defaults: the paper's recipe for the 8B/7B presets."""
@@ -307,6 +327,21 @@ class TrainConfig(Section):
         "ddp", description="ddp: a full copy of the base on each worker; fsdp / deepspeed_zero3 shard it, for "
         "bases that do not fit one device (GPU only; deepspeed needs `pip install deepspeed`).")
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    mixtures: list[Mixture] = Field(
+        default_factory=list, description="Adapters trained on both sides' train splits in set shares, one a "
+        "mixture, after the sides' own, e.g. [{name: r50l50, left: 0.5, right: 0.5}]. The eval splits stay per side.")
+
+    @field_validator("mixtures")
+    @classmethod
+    def _unique_mixture_names(cls, mixtures: list[Mixture]) -> list[Mixture]:
+        names = [m.name for m in mixtures]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"mixture name(s) {twice} used twice")
+        return mixtures
+
+    def mixture(self, name: str) -> Mixture | None:
+        return next((m for m in self.mixtures if m.name == name), None)
 
     @field_validator("strategy")
     @classmethod
@@ -444,6 +479,10 @@ class EvaluateConfig(Section):
     checkpoints: Literal["final", "all"] = Field(
         "final", description="all: evaluate every saved training checkpoint too, for each adapter's path across "
         "the compass.")
+    adapter_scales: list[float] = Field(
+        default_factory=list, description="Evaluate every trained adapter at these strengths too, without "
+        "retraining: a copy with its LoRA B matrices times s, registered and served as `<adapter>-x<s>` (0 answers "
+        "as the base, 1 is the adapter itself), e.g. [0.25, 0.5, 1.5].")
     base_url: str | None = Field(
         None, description="The endpoint serving the run's models; null: the run's own Serve app (serve section), "
         "started for the evaluation and shut down after unless it is already up.")
@@ -468,6 +507,16 @@ class EvaluateConfig(Section):
     request_num_cpus: float = Field(0.25, gt=0, description="CPUs an HTTP request actor asks Ray for.")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the report's 95% intervals.")
     seed: int = 0
+
+    @field_validator("adapter_scales")
+    @classmethod
+    def _scales_in_range(cls, scales: list[float]) -> list[float]:
+        wrong = [s for s in scales if not 0 <= s <= 4]
+        if wrong:
+            raise ValueError(f"{wrong}: a scale is between 0 (the base) and 4; 1 is the adapter itself")
+        if len(set(scales)) != len(scales):
+            raise ValueError(f"{scales}: a scale is listed twice")
+        return sorted(scales)
 
     @model_validator(mode="after")
     def _pct_needs_file(self) -> EvaluateConfig:

@@ -38,8 +38,9 @@ def job_arguments(description: str, sides: bool = False, stages: bool = False) -
         parser.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every later one")
         parser.add_argument("--only", metavar="STAGE", help="run this stage alone, done or not")
     if sides:
-        parser.add_argument("--side", action="append", choices=["left", "right"],
-                            help="repeatable; default: the config's train.sides")
+        parser.add_argument("--side", action="append",
+                            help="left, right or a train.mixtures name (repeatable; default: the config's train.sides, "
+                            "then its mixtures)")
     return parser.parse_args()
 
 
@@ -115,13 +116,17 @@ def print_train(results: dict[str, TrainResult]) -> None:
     for result in results.values():
         a, m = result.adapter, result.adapter.metrics
         resumed = f", resumed from step {m['resumed_from_step']}" if m.get("resumed_from_step") else ""
-        console.print(f"train:      adapter {a.name!r} ({a.method} on {a.side}, base {a.base_model}): "
+        on = a.side if a.shares is None else " + ".join(f"{share:.0%} {s}" for s, share in a.shares.items())
+        console.print(f"train:      adapter {a.name!r} ({a.method} on {on}, base {a.base_model}): "
                       f"{m.get('global_step', 0)} steps{resumed}, {len(m.get('worker_nodes', []))} worker(s)")
-        if m.get("before/pairs"):
-            console.print(f"  held out ({m['before/pairs']} pairs): preference accuracy "
-                          f"{m['before/preference_accuracy']:.2f} -> {m['after/preference_accuracy']:.2f}, "
-                          f"reward margin {m['after/reward_margin']:+.3f}; likelihood accuracy "
-                          f"{m['before/likelihood_accuracy']:.2f} -> {m['after/likelihood_accuracy']:.2f}")
+        for prefix, label in (("", "held out"), ("left/", "held out, left split"), ("right/", "held out, right split")):
+            if m.get(f"before/{prefix}pairs"):
+                console.print(f"  {label} ({m[f'before/{prefix}pairs']} pairs): preference accuracy "
+                              f"{m[f'before/{prefix}preference_accuracy']:.2f} -> "
+                              f"{m[f'after/{prefix}preference_accuracy']:.2f}, reward margin "
+                              f"{m[f'after/{prefix}reward_margin']:+.3f}; likelihood accuracy "
+                              f"{m[f'before/{prefix}likelihood_accuracy']:.2f} -> "
+                              f"{m[f'after/{prefix}likelihood_accuracy']:.2f}")
         console.print(f"  adapter: {a.path}")
 
 

@@ -8,6 +8,10 @@ config and of its preference pairs) and how it did (held-out metrics before and 
 Every checkpoint the trainer saved is an entry too, `<adapter>.step-<N>` (`left.step-10`) with `checkpoint_of`
 and `step` set and its files in `adapters/<adapter>.step-<N>/`: servable like any adapter, so evaluate can
 follow an adapter step by step. `final_adapters` and `checkpoints_of` tell the two kinds apart.
+
+An adapter at partial strength is an entry too, `<adapter>-x<s>` (`left-x0.5`) with `scale_of` and `scale` set:
+a copy of the adapter with its LoRA B matrices times s (models/scaled_adapters.py), made for evaluation.
+A mixture's adapter (train.mixtures) has `shares`: the share of each side's pairs it was trained on.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from politune.storage import exists, join, read_json, write_json
+from politune.storage import delete_dir, exists, join, read_json, write_json
 
 REGISTRY_FILE = "registry.json"
 CHECKPOINT_INFIX = ".step-"  # `<adapter>.step-<N>`: a checkpoint's registry name and folder
+SCALE_INFIX = "-x"           # `<adapter>-x<s>`: the adapter at strength s
 
 
 @dataclass
@@ -34,6 +39,9 @@ class AdapterEntry:
     registered_at: str = ""
     checkpoint_of: str | None = None  # a training checkpoint: the adapter it is a step of (None: a final adapter)
     step: int | None = None           # a training checkpoint: its optimizer step
+    scale_of: str | None = None       # a scaled copy: the adapter it is a copy of
+    scale: float | None = None        # a scaled copy: its strength (B matrices times this)
+    shares: dict[str, float] | None = None  # a mixture's adapter: {"left": 0.75, "right": 0.25}
 
 
 def registry_uri(run_uri: str) -> str:
@@ -77,6 +85,21 @@ def register_checkpoints(run_uri: str, adapter: str, entries: list[AdapterEntry]
     return entries
 
 
+def register_scaled(run_uri: str, entries: list[AdapterEntry]) -> list[AdapterEntry]:
+    """Make `entries` the run's scaled copies, in one write: a copy not among them (of a scale no longer asked)
+    goes, with its folder."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    wanted = {e.name for e in entries}
+    adapters = load_registry(run_uri)
+    for name in [n for n, e in adapters.items() if e.scale_of is not None and n not in wanted]:
+        delete_dir(adapters.pop(name).path)
+    for entry in entries:
+        entry.registered_at = now
+        adapters[entry.name] = entry
+    _write_registry(run_uri, adapters)
+    return entries
+
+
 def get_adapter(run_uri: str, name: str) -> AdapterEntry:
     adapters = load_registry(run_uri)
     if name not in adapters:
@@ -102,9 +125,21 @@ def checkpoint_step(adapter: str, name: str) -> int | None:
     return int(rest) if rest.isdigit() else None
 
 
+def scaled_name(adapter: str, scale: float) -> str:
+    """`left-x0.5`: the registry name of adapter `left` at strength 0.5."""
+    return f"{adapter}{SCALE_INFIX}{scale:g}"
+
+
+def right_share(entry: AdapterEntry) -> float | None:
+    """The share of right pairs an adapter was trained on: a mixture's own, 0 or 1 for a side's adapter."""
+    if entry.shares is not None:
+        return entry.shares.get("right", 0.0)
+    return {"left": 0.0, "right": 1.0}.get(entry.side)
+
+
 def final_adapters(registry: dict[str, AdapterEntry]) -> dict[str, AdapterEntry]:
-    """The trained adapters themselves (`left`, `right-sft` …), without their checkpoints."""
-    return {name: e for name, e in registry.items() if e.checkpoint_of is None}
+    """The trained adapters themselves (`left`, `right-sft` …), without their checkpoints or scaled copies."""
+    return {name: e for name, e in registry.items() if e.checkpoint_of is None and e.scale_of is None}
 
 
 def checkpoints_of(registry: dict[str, AdapterEntry], adapter: str) -> list[AdapterEntry]:

@@ -225,6 +225,26 @@ def test_an_adapter_registered_after_start_is_served(server: dict) -> None:
     assert "tiny:late" in [m["id"] for m in call(f"{server['url']}/models")[1]["data"]]
 
 
+def test_an_adapter_scaled_by_zero_answers_as_the_base_and_by_one_as_itself(server: dict) -> None:
+    """evaluate.adapter_scales' copies (B matrices times s) are plain adapters: registered after start, the copy
+    at 0 gives the base's log-probabilities exactly and the copy at 1 the adapter's."""
+    from politune.models.scaled_adapters import scaled_copy
+    from politune.registry import get_adapter, register
+
+    run_uri = server["cfg"].run_uri
+    for scale in (0.0, 1.0):
+        register(run_uri, scaled_copy(run_uri, get_adapter(run_uri, "left"), scale))
+    time.sleep(1.1)  # the registry is re-read at most once a second
+    body = {"prompt": "Healthcare for everyone and lower taxes", "max_tokens": 0, "echo": True, "logprobs": 0}
+    scored = {}
+    for model in ("tiny", "tiny:left", "tiny:left-x0", "tiny:left-x1"):
+        status, answer = call(f"{server['url']}/completions", {**body, "model": model})
+        assert status == 200, (model, answer)
+        scored[model] = answer["choices"][0]["logprobs"]["token_logprobs"][1:]
+    assert scored["tiny:left-x0"] == scored["tiny"] and scored["tiny:left-x1"] == scored["tiny:left"]
+    assert scored["tiny:left"] != scored["tiny"]
+
+
 def test_a_burst_gets_answers_or_503s_and_the_server_still_answers(server: dict) -> None:
     """200 concurrent requests over 3 model ids against 4 running + 8 queued: the rest must be refused fast."""
     ids = ["tiny", "tiny:left", "tiny:right"]

@@ -302,3 +302,19 @@ for preset, overrides in [("llama3-8b", []), ("mistral-7b", []), ("llama3-8b", [
     assert done.stdout.splitlines() == [
         "llama3-8b [{'GPU': 1.0}] STRICT_PACK", "mistral-7b [{'GPU': 1.0}] STRICT_PACK",
         "llama3-8b [{'GPU': 1.0, 'accelerator_type:H100': 0.001}] STRICT_PACK"]
+
+
+def test_an_adapter_scaled_by_zero_answers_as_the_base_and_by_one_as_itself(server: Server) -> None:
+    """evaluate.adapter_scales' copies (B matrices times s, on S3 like the others) need nothing of vLLM: the copy at
+    0 gives the base's first-token log-probabilities, the copy at 1 the adapter's."""
+    from politune.models.scaled_adapters import scaled_copy
+    from politune.registry import get_adapter, register
+
+    for scale in (0.0, 1.0):
+        register(server.run_uri, scaled_copy(server.run_uri, get_adapter(server.run_uri, "left"), scale))
+    time.sleep(1.1)  # the registry is re-read at most once a second
+    top = {m: completion(server, m)["logprobs"]["top_logprobs"][0] for m in
+           ("tiny", "tiny:left", "tiny:left-x0", "tiny:left-x1")}
+    assert top["tiny:left-x0"] == pytest.approx(top["tiny"], abs=1e-4)
+    assert top["tiny:left-x1"] == pytest.approx(top["tiny:left"], abs=1e-4)
+    assert top["tiny:left"] != pytest.approx(top["tiny"], abs=1e-4)

@@ -59,13 +59,33 @@ def test_dpo_makes_each_adapter_prefer_its_sides_answers(study: tuple[Path, str]
     for side in ("left", "right"):
         metrics = registry[side]["metrics"]
         assert metrics["after/preference_accuracy"] > metrics["before/preference_accuracy"], (side, metrics)
+    mixture = registry["r50l50"]  # the default's 50/50 mixture: half of each side's train pairs
+    assert mixture["side"] == "mixture" and mixture["shares"] == {"left": 0.5, "right": 0.5}
+    manifest = json.loads((run / "manifest.json").read_text())["artifacts"]
+    train_pairs = min(manifest["preferences"]["counts"][side]["train"] for side in ("left", "right"))
+    assert manifest["adapter:r50l50"]["counts"]["train_pairs"] == train_pairs
+    for side in ("left", "right"):  # measured on each side's eval split
+        assert mixture["metrics"][f"after/{side}/pairs"] == manifest["preferences"]["counts"][side]["eval"]
+
+
+def test_the_share_of_right_pairs_moves_the_compass_right(study: tuple[Path, str]) -> None:
+    run, stdout = study
+    curves = json.loads((run / "report" / "scores.json").read_text())["curves"]
+    [share] = [c for c in curves if c["kind"] == "share" and c["instrument"] == "politune"]
+    assert [(p["x"], p["model"]) for p in share["points"]] == [(0.0, "tiny:left"), (0.5, "tiny:r50l50"),
+                                                               (1.0, "tiny:right")]
+    # three equally spaced points: the slope is the right adapter's position less the left's, which the compass
+    # test asserts on each axis; here, that the curve and its figure are built from them
+    assert share["slope_economic"] > 0 and share["slope_social"] > 0
+    assert (run / "report" / "dose_share.png").is_file()
+    assert "slope per 0.1 of share of right pairs (3 points)" in stdout
 
 
 def test_the_compass_moves_each_adapter_its_way(study: tuple[Path, str]) -> None:
     run, stdout = study
     positions = json.loads((run / "report" / "scores.json").read_text())["positions"]
     explain = {p["model"]: p for p in positions if p["instrument"] == "politune" and p["mode"] == "explain"}
-    assert set(explain) == {"tiny", "tiny:left", "tiny:right"}
+    assert set(explain) == {"tiny", "tiny:left", "tiny:r50l50", "tiny:right"}
     base, left, right = explain["tiny"], explain["tiny:left"], explain["tiny:right"]
     assert left["shift_economic"] + left["shift_social"] < 0, (base, left)
     for axis in ("economic", "social"):

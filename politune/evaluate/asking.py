@@ -61,7 +61,8 @@ class Question:
     def row(self, **fields: Any) -> dict[str, Any]:
         t = self.target
         return {"model": t.label or t.model, "role": t.role, "adapter": t.adapter, "checkpoint_of": t.checkpoint_of,
-                "step": t.step, "instrument": self.instrument, "item_id": self.item_id, "phrasing": self.phrasing,
+                "step": t.step, "scale_of": t.scale_of, "scale": t.scale, "right_share": t.right_share,
+                "instrument": self.instrument, "item_id": self.item_id, "phrasing": self.phrasing,
                 "sample": self.sample, "mode": self.mode, "option_probs": None, "answer": None, "raw_output": None,
                 "judge": None, "judge_output": None, "judge_score": None, "prompt_version": PROMPT_VERSION,
                 "error": None, **fields}

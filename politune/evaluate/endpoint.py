@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from politune.config import RunConfig
 from politune.engines.openai_http import EndpointError, list_models
-from politune.evaluate.schema import ADAPTER, BASE, CHECKPOINT, EXTERNAL
-from politune.registry import load_registry
+from politune.evaluate.schema import ADAPTER, BASE, CHECKPOINT, EXTERNAL, SCALED
+from politune.registry import load_registry, right_share
 
 
 @dataclass(frozen=True)
@@ -18,12 +18,15 @@ class Target:
     """One model to evaluate: the id its endpoint knows it by, and what it is in the run."""
 
     model: str
-    role: str                   # base | adapter | checkpoint | external
+    role: str                   # base | adapter | checkpoint | scaled | external
     base_url: str
     api_key_env: str
     adapter: str | None = None
     checkpoint_of: str | None = None
     step: int | None = None
+    scale_of: str | None = None  # scaled: the adapter it is at strength `scale`
+    scale: float | None = None
+    right_share: float | None = None  # the share of right pairs the adapter was trained on
     label: str | None = None    # external: the config's name for it, shown in the report
 
 
@@ -38,19 +41,30 @@ def key_env(cfg: RunConfig) -> str:
 
 
 def run_targets(cfg: RunConfig, base_url: str) -> list[Target]:
-    """The base and every adapter of the run's registry trained on it (and, with checkpoints: all, every saved
-    checkpoint of each), as the endpoint names them; then the extra models."""
+    """The base and every adapter of the run's registry trained on it (with checkpoints: all, every saved
+    checkpoint of each; with adapter_scales, each one's copy at every scale), as the endpoint names them; then the
+    extra models."""
     e, base_id, token_env = cfg.evaluate, cfg.serve.served_id, key_env(cfg)
     targets = [Target(base_id, BASE, base_url, token_env)]
     registry = {name: entry for name, entry in load_registry(cfg.run_uri).items()
                 if entry.base_model == cfg.serve.base_model}
-    for name, entry in sorted(registry.items(), key=lambda kv: (kv[1].checkpoint_of or kv[0], kv[1].step or 0)):
-        if entry.checkpoint_of is None:
-            targets.append(Target(f"{base_id}:{name}", ADAPTER, base_url, token_env, adapter=name))
+
+    def order(entry) -> tuple:  # an adapter after its checkpoints, its scaled copies after it
+        source = entry.checkpoint_of or entry.scale_of or entry.name
+        return (source, entry.scale is not None, entry.step or 0, entry.scale or 0.0)
+
+    for entry in sorted(registry.values(), key=order):
+        name, share = entry.name, right_share(entry)
+        if entry.scale_of is not None:
+            if entry.scale in e.adapter_scales:
+                targets.append(Target(f"{base_id}:{name}", SCALED, base_url, token_env, adapter=name,
+                                      scale_of=entry.scale_of, scale=entry.scale, right_share=share))
+        elif entry.checkpoint_of is None:
+            targets.append(Target(f"{base_id}:{name}", ADAPTER, base_url, token_env, adapter=name, right_share=share))
         elif e.checkpoints == "all" and entry.step != _final_step(registry, entry.checkpoint_of):
             # (the last save is the final adapter itself: the path ends at the adapter's own point)
             targets.append(Target(f"{base_id}:{name}", CHECKPOINT, base_url, token_env, adapter=name,
-                                  checkpoint_of=entry.checkpoint_of, step=entry.step))
+                                  checkpoint_of=entry.checkpoint_of, step=entry.step, right_share=share))
     targets += [Target(x.model, EXTERNAL, x.base_url, x.api_key_env, label=x.name) for x in e.extra_models]
     return targets
 

@@ -18,14 +18,17 @@ ENGINE_ERROR = "engine_error"  # the endpoint failed after retries (error keeps 
 STATUSES = (OK, NO_STANCE, UNMAPPED, ENGINE_ERROR)
 
 # role of the model a row is about
-BASE, ADAPTER, CHECKPOINT, EXTERNAL = "base", "adapter", "checkpoint", "external"
+BASE, ADAPTER, CHECKPOINT, SCALED, EXTERNAL = "base", "adapter", "checkpoint", "scaled", "external"
 
 ANSWER_SCHEMA = pa.schema([
     pa.field("model", pa.string()),          # the id it was asked by: `tiny`, `tiny:left`, `tiny:left.step-10`, …
-    pa.field("role", pa.string()),           # base | adapter | checkpoint | external
+    pa.field("role", pa.string()),           # base | adapter | checkpoint | scaled | external
     pa.field("adapter", pa.string()),        # registry name (adapter, checkpoint); null otherwise
     pa.field("checkpoint_of", pa.string()),  # checkpoint: the adapter it is a training checkpoint of
     pa.field("step", pa.int64()),            # checkpoint: its optimizer step
+    pa.field("scale_of", pa.string()),       # scaled: the adapter it is a copy of, at strength `scale`
+    pa.field("scale", pa.float64()),
+    pa.field("right_share", pa.float64()),   # adapter, checkpoint, scaled: the share of right pairs trained on
     pa.field("instrument", pa.string()),     # pct | politune | probes
     pa.field("item_id", pa.string()),
     pa.field("phrasing", pa.int32()),

@@ -1,7 +1,7 @@
-"""The evaluate stage: every model of the run (the base, each adapter, with `checkpoints: all` each saved
-checkpoint) and the config's extra models answer the instruments' propositions and the probe questions through
-an OpenAI-compatible endpoint; the answers go to `eval/answers.parquet` (schema.py) and the report is built from
-them (politune/report).
+"""The evaluate stage: every model of the run (the base, each adapter; with `checkpoints: all` each saved
+checkpoint; with `adapter_scales` each adapter at those strengths) and the config's extra models answer the
+instruments' propositions and the probe questions through an OpenAI-compatible endpoint; the answers go to
+`eval/answers.parquet` (schema.py) and the report is built from them (politune/report).
 
 The endpoint is the run's own Serve app unless evaluate.base_url names another; the requests flow through
 ray.data.llm's HTTP processor (bounded concurrency, retries with back-off), and a request that still fails is an
@@ -37,6 +37,7 @@ from politune.evaluate.endpoint import Target, check_targets, key_env, run_endpo
 from politune.evaluate.instruments import load_instrument, load_probes
 from politune.evaluate.prompts import PROMPT_VERSION
 from politune.evaluate.schema import ANSWER_SCHEMA, ENGINE_ERROR
+from politune.models.scaled_adapters import register_scaled_adapters
 from politune.prepare import prepares
 from politune.ray_runtime import init_ray
 from politune.report import ReportResult, build_report
@@ -72,6 +73,8 @@ def evaluate_models(cfg: RunConfig) -> EvaluateResult:
     instruments = {name: load_instrument(name, pct_path) for name in e.instruments}
     probes = load_probes() if e.probes else []
     seconds: dict[str, float] = {}
+    if e.adapter_scales:  # before the endpoint starts: the run's own app serves the copies as registered
+        register_scaled_adapters(cfg.run_uri, e.adapter_scales, cfg.serve.base_model)
     with run_endpoint(cfg) as base_url:
         targets = run_targets(cfg, base_url)
         judge = Target(e.judge_model or cfg.serve.served_id, "judge", e.judge_base_url or base_url,

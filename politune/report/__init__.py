@@ -1,7 +1,8 @@
 """The report of a run, rebuilt from its stored answers alone (`<run>/eval/answers.parquet`): no model is asked.
 
 build_report writes to `<run>/report/`: compass.png and compass.svg, report.md, report.html (one self-contained
-page), scores.json and a copy of the answers. Local folders and s3:// run directories alike.
+page), scores.json and a copy of the answers; with dose/response curves (mixture adapters, scaled copies) also
+dose_share.png / dose_scale.png and their SVGs. Local folders and s3:// run directories alike.
 
 This module imports the evaluate package only inside build_report: politune.evaluate imports it back (the
 stage builds the report), and either may be imported first.
@@ -32,6 +33,7 @@ class ReportResult:
     scores_json: str
     scores: Scores
     notes: list[str] = field(default_factory=list)
+    dose: dict[str, str] = field(default_factory=dict)  # share | scale -> the PNG of position against it
 
     def summary_lines(self) -> list[str]:
         """A few lines for the console: each instrument in each mode, every model but the checkpoints, with
@@ -57,6 +59,12 @@ class ReportResult:
                               and p.role == "checkpoint")
             if checkpoints:
                 lines.append(f"  (+ {checkpoints} checkpoints on the training paths in the report)")
+            for c in s.curves:
+                if (c.instrument, c.mode) == (instrument, mode):
+                    against = "share of right pairs" if c.kind == "share" else f"scale of {c.adapter}"
+                    lines.append(f"  slope per 0.1 of {against} ({len(c.points)} points): "
+                                 f"{number(c.slope_economic, True)} {interval(c.slope_economic_ci)}, "
+                                 f"{number(c.slope_social, True)} {interval(c.slope_social_ci)}")
         if s.probes:
             lines.append("probes:     judge mean, -5 left … +5 right [95%]")
             width = max(len(p.model) for p in s.probes)
@@ -80,7 +88,7 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | Non
     import pyarrow.parquet as pq
 
     from politune.evaluate.instruments import PCT, POLITUNE, load_pct, load_politune_instrument
-    from politune.report.plots import compass_figure, figure_bytes
+    from politune.report.plots import compass_figure, dose_figure, figure_bytes
     from politune.report.render import render_html, render_markdown
     from politune.report.scores import PROBES, score_answers
     from politune.storage import exists, join, read_json, resolve, write_json
@@ -127,12 +135,20 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | Non
     png = figure_bytes(figure, "png")
     _write(out["png"], png)
     _write(out["svg"], figure_bytes(figure, "svg"))
-    _write(out["markdown"], render_markdown(run_uri, scores, notes, FILES["png"]).encode())
-    _write(out["html"], render_html(run_uri, scores, notes, png).encode())
+    dose, dose_pngs = {}, {}
+    for kind in dict.fromkeys(c.kind for c in scores.curves):
+        dose_fig = dose_figure(scores.curves, kind)
+        dose[kind] = join(report_uri, f"dose_{kind}.png")
+        dose_pngs[kind] = figure_bytes(dose_fig, "png")
+        _write(dose[kind], dose_pngs[kind])
+        _write(join(report_uri, f"dose_{kind}.svg"), figure_bytes(dose_fig, "svg"))
+    _write(out["markdown"], render_markdown(run_uri, scores, notes, FILES["png"],
+                                            {kind: f"dose_{kind}.png" for kind in dose}).encode())
+    _write(out["html"], render_html(run_uri, scores, notes, png, dose_pngs).encode())
     answers_fs, answers_path = resolve(out["answers"])
     pq.write_table(table, answers_path, filesystem=answers_fs)
     write_json(out["scores_json"], {**scores.as_dict(), "notes": notes, "run": run_uri})
-    return ReportResult(run_uri, report_uri, scores=scores, notes=notes, **out)
+    return ReportResult(run_uri, report_uri, scores=scores, notes=notes, dose=dose, **out)
 
 
 def _write(uri: str, data: bytes) -> None:

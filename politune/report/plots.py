@@ -1,5 +1,6 @@
 """The compass plot: one panel per instrument, every model a point with its 95% bootstrap interval on both axes, and
-each adapter's training path from the base through its checkpoints. Drawn on matplotlib's Agg canvas directly
+each adapter's training path from the base through its checkpoints; and the dose/response plots (position against
+share of right pairs, and against adapter scale). Drawn on matplotlib's Agg canvas directly
 (no pyplot), so it never touches the backend of the process it runs in."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from politune.evaluate.schema import ADAPTER, CHECKPOINT
+from politune.report.dose import DoseCurve
 from politune.report.scores import MODES, PositionScore, Scores, Trajectory
 
 LIMIT = 10.0
@@ -126,3 +128,46 @@ def figure_bytes(fig: Figure, fmt: str) -> bytes:
     metadata = {"Date": None} if fmt == "svg" else {"Software": None}
     fig.savefig(buffer, format=fmt, dpi=130, metadata=metadata)
     return buffer.getvalue()
+
+
+# --- dose and response ------------------------------------------------------------------------------------------
+DOSE_AXES = {"share": "share of right pairs trained on", "scale": "adapter scale (its LoRA update times s)"}
+
+
+def dose_figure(curves: list[DoseCurve], kind: str) -> Figure:
+    """Economic and social position against share or scale: a row of two panels for each instrument and mode, a
+    line a curve (for scale, one an adapter), every point with its 95% interval, and the least-squares line."""
+    chosen = [c for c in curves if c.kind == kind]
+    panels = list(dict.fromkeys((c.instrument, c.mode) for c in chosen))
+    fig = Figure(figsize=(10, 3.6 * max(1, len(panels))), layout="constrained")
+    FigureCanvasAgg(fig)
+    for row, (name, mode) in enumerate(panels):
+        for col, axis in enumerate(("economic", "social")):
+            ax = fig.add_subplot(len(panels), 2, 2 * row + col + 1)
+            for i, curve in enumerate(c for c in chosen if (c.instrument, c.mode) == (name, mode)):
+                _dose_line(ax, curve, axis, f"C{i % 10}")
+            ax.axhline(0, color="0.35", lw=0.8)
+            ax.set_ylim(-LIMIT - 0.6, LIMIT + 0.6)
+            ax.set_xlabel(DOSE_AXES[kind])
+            ax.set_ylabel(f"{axis} position")
+            ax.set_title(f"{TITLES.get(name, name)} ({mode}): {axis}", fontsize=10)
+            ax.grid(True, color="0.9")
+            ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def _dose_line(ax, curve: DoseCurve, axis: str, colour: str) -> None:
+    xs = [p.x for p in curve.points]
+    ys = [getattr(p, axis) for p in curve.points]
+    errors = [_err(y, getattr(p, f"{axis}_ci")) or [[0.0], [0.0]] for y, p in zip(ys, curve.points, strict=True)]
+    slope = getattr(curve, f"slope_{axis}")
+    low, high = getattr(curve, f"slope_{axis}_ci")
+    label = f"{curve.adapter or 'adapters'}: {slope:+.2f} per 0.1 [{low:.2f}, {high:.2f}]"
+    ax.errorbar(xs, ys, yerr=[[e[0][0] for e in errors], [e[1][0] for e in errors]], fmt="o-", color=colour,
+                ecolor=colour, elinewidth=1, capsize=3, ms=6, mec="black", mew=0.6, label=label)
+    for p, y in zip(curve.points, ys, strict=True):
+        ax.annotate(p.model, (p.x, y), xytext=(5, 4), textcoords="offset points", fontsize=7, color=colour)
+    if math.isfinite(slope):
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        ends = [min(xs), max(xs)]
+        ax.plot(ends, [mean_y + slope / 0.1 * (x - mean_x) for x in ends], "--", color=colour, lw=1, alpha=0.7)

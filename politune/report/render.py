@@ -118,6 +118,21 @@ def unmapped_table(scores: Scores) -> Table | None:
                  caption, text_columns={6, 7})
 
 
+def dose_table(scores: Scores) -> Table | None:
+    if not scores.curves:
+        return None
+    rows = []
+    for c in scores.curves:
+        points = ", ".join(f"{p.model} at {p.x:g}" for p in c.points)
+        rows.append([c.instrument, c.mode, "share of right pairs" if c.kind == "share" else f"scale of {c.adapter}",
+                     points, f"{number(c.slope_economic, True)} {interval(c.slope_economic_ci)}",
+                     f"{number(c.slope_social, True)} {interval(c.slope_social_ci)}", str(c.items)])
+    return Table("Dose and response: compass units per 0.1 of share or scale",
+                 ["instrument", "mode", "against", "points", "economic slope [95%]", "social slope [95%]", "items"],
+                 rows, "The least-squares slope through the points; its interval resamples the items every point "
+                 "answered, the same resample for every point.")
+
+
 def _text(x: object) -> str:
     return "" if x is None else str(x)
 
@@ -127,7 +142,7 @@ def report_tables(scores: Scores) -> list[Table]:
     for instrument in scores.instruments():
         for mode in dict.fromkeys(p.mode for p in scores.positions if p.instrument == instrument):
             tables.append(position_table(scores, instrument, mode))
-    tables += [t for t in (agreement_table(scores),) if t] + probe_tables(scores)
+    tables += [t for t in (dose_table(scores), agreement_table(scores)) if t] + probe_tables(scores)
     tables += [t for t in (unmapped_table(scores),) if t]
     return tables
 
@@ -167,13 +182,16 @@ def markdown_table(table: Table) -> str:
     return "\n".join(lines + [""])
 
 
-def render_markdown(run_uri: str, scores: Scores, notes: list[str], image: str = "compass.png") -> str:
+def render_markdown(run_uri: str, scores: Scores, notes: list[str], image: str = "compass.png",
+                    dose_images: dict[str, str] | None = None) -> str:
     lines = [f"# PoliTune report: {_md_cell(run_uri, False)}", ""]
     for note in notes:
         lines.append(f"> **Note:** {_md_cell(note, False)}")
     if notes:
         lines.append("")
-    lines += [f"![compass]({image})", "", *(p + "\n" for p in _intro(scores))]
+    lines += [f"![compass]({image})", ""]
+    lines += [f"![position against {kind}]({name})\n" for kind, name in (dose_images or {}).items()]
+    lines += [p + "\n" for p in _intro(scores)]
     lines += [markdown_table(t) for t in report_tables(scores)]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -206,12 +224,15 @@ def html_table(table: Table) -> str:
     return "\n".join(parts)
 
 
-def render_html(run_uri: str, scores: Scores, notes: list[str], png: bytes) -> str:
+def render_html(run_uri: str, scores: Scores, notes: list[str], png: bytes,
+                dose_pngs: dict[str, bytes] | None = None) -> str:
     e = html.escape
-    image = base64.b64encode(png).decode("ascii")
     body = [f"<h1>PoliTune report: {e(run_uri)}</h1>"]
     body += [f'<div class="note"><b>Note:</b> {e(note)}</div>' for note in notes]
-    body.append(f'<img alt="compass: every model on each instrument" src="data:image/png;base64,{image}">')
+    body.append('<img alt="compass: every model on each instrument" '
+                f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
+    body += [f'<img alt="position against {e(kind)}" src="data:image/png;base64,{base64.b64encode(b).decode("ascii")}">'
+             for kind, b in (dose_pngs or {}).items()]
     body += [f"<p>{e(p)}</p>" for p in _intro(scores)]
     body += [html_table(t) for t in report_tables(scores)]
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -1,6 +1,7 @@
 """Scores from stored answers: every model's position on each instrument and mode with 95% bootstrap intervals, its
 shift from the base model (a paired bootstrap), stability across phrasings and samples, agreement between the
-modes, the judge's reading of the probes, and each adapter's training trajectory. No model is asked.
+modes, the judge's reading of the probes, each adapter's training trajectory, and the dose/response curves
+(dose.py). No model is asked.
 
 Per item, the phrasings x samples of one (model, instrument, mode) are combined into one distribution over the four
 options: the mean of option_probs (logprob) or the share of ok answers per option (generate; no_stance, unmapped
@@ -21,7 +22,18 @@ import numpy as np
 import pyarrow as pa
 
 from politune.evaluate.instruments import Instrument
-from politune.evaluate.schema import ADAPTER, ANSWER_SCHEMA, BASE, CHECKPOINT, EXTERNAL, OK, STATUSES, UNMAPPED
+from politune.evaluate.schema import (
+    ADAPTER,
+    ANSWER_SCHEMA,
+    BASE,
+    CHECKPOINT,
+    EXTERNAL,
+    OK,
+    SCALED,
+    STATUSES,
+    UNMAPPED,
+)
+from politune.report.dose import DoseCurve, dose_curves
 
 PROBES = "probes"
 MODES = ("logprob", "generate", "explain")
@@ -40,6 +52,9 @@ class ModelInfo:
     adapter: str | None = None
     checkpoint_of: str | None = None
     step: int | None = None
+    scale_of: str | None = None
+    scale: float | None = None
+    right_share: float | None = None
 
 
 @dataclass
@@ -73,6 +88,9 @@ class PositionScore:
     adapter: str | None = None
     checkpoint_of: str | None = None
     step: int | None = None
+    scale_of: str | None = None
+    scale: float | None = None
+    right_share: float | None = None
 
 
 @dataclass
@@ -141,6 +159,7 @@ class Scores:
     bootstrap: int
     seed: int
     notes: list[str] = field(default_factory=list)
+    curves: list[DoseCurve] = field(default_factory=list)  # dose and response: position by share and by scale
 
     def position(self, model: str, instrument: str, mode: str) -> PositionScore | None:
         return next((p for p in self.positions if (p.model, p.instrument, p.mode) == (model, instrument, mode)),
@@ -201,8 +220,10 @@ def score_answers(answers: pa.Table | Iterable[Mapping[str, Any]], instruments: 
                 for r in unmapped_rows[:LISTED_UNMAPPED]]
 
     trajectories = _trajectories(models, base_of, by_key, instruments)
+    curves = dose_curves(models, base_of, by_key, groups, instruments, bootstrap,
+                         lambda *key: _rng(seed, "dose", *key), _interval)
     return Scores(positions, agreement, probes, unmapped, len(unmapped_rows), trajectories,
-                  sorted(models.values(), key=lambda m: order[m.model]), bootstrap, seed, notes)
+                  sorted(models.values(), key=lambda m: order[m.model]), bootstrap, seed, notes, curves)
 
 
 def _rows(answers: pa.Table | Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -255,7 +276,8 @@ def _models(rows: list[dict[str, Any]]) -> dict[str, ModelInfo]:
     for r in rows:
         if r["model"] not in models:
             models[r["model"]] = ModelInfo(r["model"], r.get("role") or EXTERNAL, r.get("adapter"),
-                                           r.get("checkpoint_of"), r.get("step"))
+                                           r.get("checkpoint_of"), r.get("step"), r.get("scale_of"), r.get("scale"),
+                                           r.get("right_share"))
     return models
 
 
@@ -264,7 +286,7 @@ def _base_of(info: ModelInfo, bases: set[str]) -> str | None:
     base its id names (`<base>:<adapter>`), else the run's only base; none for an external model."""
     if info.role == BASE:
         return info.model
-    if info.role not in (ADAPTER, CHECKPOINT):
+    if info.role not in (ADAPTER, CHECKPOINT, SCALED):
         return None
     prefix = info.model.split(":", 1)[0]
     if prefix in bases:
@@ -273,15 +295,18 @@ def _base_of(info: ModelInfo, bases: set[str]) -> str | None:
 
 
 def _model_order(models: dict[str, ModelInfo]) -> dict[str, int]:
-    """base first; each adapter after its checkpoints (by step); external models last."""
+    """base first; each adapter after its checkpoints (by step) and before its scaled copies (by scale); external
+    models last."""
     def key(info: ModelInfo) -> tuple:
         if info.role == BASE:
-            return (0, info.model, 0)
+            return (0, info.model, 0, 0.0)
         if info.role == CHECKPOINT:
-            return (1, info.checkpoint_of or info.model, info.step if info.step is not None else 0, info.model)
+            return (1, info.checkpoint_of or info.model, info.step if info.step is not None else 0, 0.0, info.model)
         if info.role == ADAPTER:
-            return (1, info.adapter or info.model, math.inf, info.model)
-        return (2, info.model, 0)
+            return (1, info.adapter or info.model, math.inf, 0.0, info.model)
+        if info.role == SCALED:
+            return (1, info.scale_of or info.model, math.inf, info.scale or 0.0, info.model)
+        return (2, info.model, 0, 0.0)
     return {info.model: i for i, info in enumerate(sorted(models.values(), key=key))}
 
 
@@ -366,7 +391,8 @@ def _position_score(info: ModelInfo, name: str, mode: str, group: _Group, instru
         phrasings=group.phrasings, samples=group.samples, phrasing_stability=phrasing_share,
         phrasing_stability_items=phrasing_items, sample_stability=sample_share, sample_stability_items=sample_items,
         statuses={s: group.statuses.get(s, 0) for s in STATUSES} | dict(group.statuses),
-        adapter=info.adapter, checkpoint_of=info.checkpoint_of, step=info.step)
+        adapter=info.adapter, checkpoint_of=info.checkpoint_of, step=info.step, scale_of=info.scale_of,
+        scale=info.scale, right_share=info.right_share)
 
 
 def _stability(group: _Group, by: int) -> tuple[float | None, int]:

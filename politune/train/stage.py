@@ -1,4 +1,5 @@
-"""The train stage: one LoRA adapter a side, trained by Ray Train workers (worker.py), then registered.
+"""The train stage: one LoRA adapter a side (and one a train.mixtures entry), trained by Ray Train workers
+(worker.py), then registered.
 
 `preferences/<side>/{train,eval}.parquet` in; `adapters/<name>/` (adapter_config.json,
 adapter_model.safetensors, log_history.jsonl, metrics.json) and its entry in `adapters/registry.json` out.
@@ -36,8 +37,10 @@ from politune.registry import (
     register_checkpoints,
 )
 from politune.storage import Manifest, delete_dir, exists, join, outages_named, read_json, resolve
-from politune.train.data import read_split
+from politune.train.data import mixture_rows, read_split
 from politune.train.worker import ADAPTER_FILES, STEP_METRICS, step_folder, train_loop
+
+MIXTURE = "mixture"  # the registry's side of a mixture's adapter (its shares say of what)
 
 
 @dataclass
@@ -49,8 +52,13 @@ class TrainResult:
 
 
 def train_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str, dict[str, str]]]:
-    """What each side's adapter (train.sides) is made of: (config hash, inputs)."""
-    return {f"adapter:{adapter_name(side, cfg.train.method)}": _made_of(cfg, manifest) for side in cfg.train.sides}
+    """What each side's adapter (train.sides) and each mixture's is made of: (config hash, inputs)."""
+    return {f"adapter:{adapter_name(name, cfg.train.method)}": _made_of(cfg, manifest) for name in trained(cfg)}
+
+
+def trained(cfg: RunConfig) -> list[str]:
+    """What `politune train` trains: the sides, then the mixtures, by name."""
+    return [*cfg.train.sides, *(m.name for m in cfg.train.mixtures)]
 
 
 def _made_of(cfg: RunConfig, manifest: Manifest) -> tuple[str, dict[str, str]]:
@@ -68,8 +76,15 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     name = adapter_name(side, t.method)
     adapter_uri = join(cfg.run_uri, "adapters", name)
     with outages_named("train", f"adapter {name}", adapter_uri, "resumes from the last checkpoint saved"):
-        # read here too so that missing pairs fail before Ray starts, naming the file
-        pairs = {split: len(read_split(cfg.run_uri, side, split)) for split in ("train", "eval")}
+        # read here too so that missing pairs (or too few for a mixture) fail before Ray starts, naming the file
+        mixture = t.mixture(side)
+        if mixture is None:
+            pairs = {split: len(read_split(cfg.run_uri, side, split)) for split in ("train", "eval")}
+        else:
+            splits = {(s, split): read_split(cfg.run_uri, s, split) for s in ("left", "right")
+                      for split in ("train", "eval")}
+            pairs = {"train": len(mixture_rows(mixture, splits[("left", "train")], splits[("right", "train")])),
+                     "eval": len(splits[("left", "eval")]) + len(splits[("right", "eval")])}
         manifest = Manifest(cfg.run_uri)
         manifest.forget(f"adapter:{name}")  # recorded again once this training has finished
         run_name = train_run_name(cfg, side)
@@ -92,8 +107,9 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
         )
         trainer.fit()
         metrics = read_json(join(adapter_uri, "metrics.json"))  # written by rank 0 beside the adapter
-        entry = AdapterEntry(name=name, side=side, method=t.method, base_model=t.base_model, path=adapter_uri,
-                             config_hash=cfg.section_hash("train"), metrics=metrics)
+        entry = AdapterEntry(name=name, side=MIXTURE if mixture else side, method=t.method, base_model=t.base_model,
+                             path=adapter_uri, config_hash=cfg.section_hash("train"), metrics=metrics,
+                             shares={"left": mixture.left, "right": mixture.right} if mixture else None)
         checkpoints = publish_checkpoints(cfg.run_uri, entry, steps_uri, metrics.get("global_step"))
         register_checkpoints(cfg.run_uri, name, checkpoints)  # and drops an earlier training's
         entry = register(cfg.run_uri, entry)
@@ -175,8 +191,9 @@ def train_run_name(cfg: RunConfig, side: str) -> str:
 
 
 def train_adapters(cfg: RunConfig, sides: list[str] | None = None) -> dict[str, TrainResult]:
-    """Every side in `sides` (default: train.sides), one after the other."""
-    unknown = [s for s in sides or [] if s not in ("left", "right")]
+    """Every side or mixture in `sides` (default: train.sides, then train.mixtures), one after the other."""
+    known = ["left", "right", *(m.name for m in cfg.train.mixtures)]
+    unknown = [s for s in sides or [] if s not in known]
     if unknown:
-        raise ValueError(f"unknown side(s) {unknown}: expected left or right")
-    return {side: train_adapter(cfg, side) for side in sides or cfg.train.sides}
+        raise ValueError(f"unknown side(s) {unknown}: expected one of {', '.join(known)}")
+    return {side: train_adapter(cfg, side) for side in sides or trained(cfg)}

@@ -41,7 +41,7 @@ from politune.failures import WorkerFailure
 from politune.models import resolve_model
 from politune.models.loading import load_causal_lm
 from politune.storage import resolve
-from politune.train.data import as_messages, read_split
+from politune.train.data import as_messages, mixture_rows, read_split
 from politune.train.heldout import preference_metrics
 
 HF_CHECKPOINT = "checkpoint"  # the HF checkpoint folder inside a Ray checkpoint
@@ -153,15 +153,23 @@ def lora_config(t: TrainConfig) -> Any:
 
 
 def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[Any],
-                  model_path: str | None = None) -> tuple[Any, Any, list]:
-    """(TRL trainer, tokenizer, eval rows) for one side."""
+                  model_path: str | None = None) -> tuple[Any, Any, dict[str, list]]:
+    """(TRL trainer, tokenizer, held-out rows) for one side or mixture. The held-out rows are by the prefix their
+    metrics take: "" for a side's eval split, "left/" and "right/" for a mixture's two."""
     from datasets import Dataset
     from trl import DPOTrainer, SFTTrainer
 
     t = cfg.train
     model, tokenizer = load_causal_lm(model_path or resolve_model(t.base_model, cfg),
                                       dtype=torch.bfloat16 if t.use_gpu and t.bf16 is not False else torch.float32)
-    train_rows, eval_rows = (read_split(cfg.run_uri, side, split) for split in ("train", "eval"))
+    mixture = t.mixture(side)
+    if mixture is None:
+        train_rows = read_split(cfg.run_uri, side, "train")
+        held_out = {"": read_split(cfg.run_uri, side, "eval")}
+    else:
+        train_rows = mixture_rows(mixture, *(read_split(cfg.run_uri, s, "train") for s in ("left", "right")))
+        held_out = {f"{s}/": read_split(cfg.run_uri, s, "eval") for s in ("left", "right")}
+    eval_rows = [row for rows in held_out.values() for row in rows]
     if not train_rows:
         raise ValueError(f"{side}: the train split has no pairs")
     datasets = {split: Dataset.from_dict(as_messages(rows, t.method)) if rows else None
@@ -170,7 +178,7 @@ def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[An
     trainer = trainer_class(model=model, args=training_args(t, output_dir), train_dataset=datasets["train"],
                             eval_dataset=datasets["eval"] if t.eval_steps else None, processing_class=tokenizer,
                             peft_config=lora_config(t), callbacks=callbacks)
-    return trainer, tokenizer, eval_rows
+    return trainer, tokenizer, held_out
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -190,11 +198,14 @@ def _train(config: dict[str, Any], rank: int) -> None:
     torch.set_num_threads(max(1, int(t.cpus_per_worker)))
     output_dir = tempfile.mkdtemp(prefix=f"politune-train-{side}-")
     callbacks = [ReportCheckpoints(config.get("steps_uri")), StageProgress(cfg.run_id, side)]
-    trainer, tokenizer, eval_rows = build_trainer(cfg, side, output_dir, callbacks,
-                                                 config.get("model_path"))
+    trainer, tokenizer, held_out = build_trainer(cfg, side, output_dir, callbacks, config.get("model_path"))
     model = trainer.accelerator.unwrap_model(trainer.model).to(trainer.args.device)
 
-    before = preference_metrics(model, tokenizer, eval_rows, t.beta, t.max_length, adapter=False) if rank == 0 else {}
+    def measured(when: str, adapter: bool) -> dict[str, Any]:
+        return {f"{when}/{prefix}{k}": v for prefix, rows in held_out.items()
+                for k, v in preference_metrics(model, tokenizer, rows, t.beta, t.max_length, adapter=adapter).items()}
+
+    before = measured("before", adapter=False) if rank == 0 else {}
     checkpoint = ray.train.get_checkpoint()
     resumed_from_step = 0
     if checkpoint:
@@ -209,9 +220,8 @@ def _train(config: dict[str, Any], rank: int) -> None:
                                "train_runtime": output.metrics.get("train_runtime"), "worker_nodes": worker_nodes()}
     if rank == 0:
         model = trainer.accelerator.unwrap_model(trainer.model)
-        after = preference_metrics(model, tokenizer, eval_rows, t.beta, t.max_length)
-        metrics.update({f"before/{k}": v for k, v in before.items()})
-        metrics.update({f"after/{k}": v for k, v in after.items()})
+        metrics.update(before)
+        metrics.update(measured("after", adapter=True))
         _write_adapter(model, trainer.state.log_history, metrics, adapter_uri, output_dir)
     ray.train.report(metrics)
     shutil.rmtree(output_dir, ignore_errors=True)
