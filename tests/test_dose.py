@@ -129,6 +129,8 @@ def test_the_report_draws_position_against_share_and_scale_from_the_stored_answe
     assert set(curves) == {"share", "scale"}
     share, scale = curves["share"], curves["scale"]
     assert [(p.x, p.model) for p in share.points] == [(0.0, "tiny:left"), (0.5, "tiny:r50l50"), (1.0, "tiny:right")]
+    assert share.base.model == "tiny" and share.base.economic == report.scores.position(
+        "tiny", "politune", "explain").economic  # the base drawn beside the adapters, for reference
     assert scale.adapter == "right"
     assert [(p.x, p.model) for p in scale.points] == [(0.0, "tiny"), (0.5, "tiny:right-x0.5"), (1.0, "tiny:right")]
     for curve in (share, scale):

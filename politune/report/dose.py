@@ -45,6 +45,7 @@ class DoseCurve:
     slope_social: float
     slope_economic_ci: Interval
     slope_social_ci: Interval
+    base: CurvePoint | None = None  # share: the base's own position, for reference (x is meaningless)
 
 
 def dose_curves(models: Mapping[str, object], base_of: Mapping[str, str | None], positions: Mapping[tuple, object],
@@ -65,7 +66,12 @@ def dose_curves(models: Mapping[str, object], base_of: Mapping[str, str | None],
             share_points = [(m.right_share, m.model) for m in adapters if (m.model, name, mode) in groups]
             curve = _curve("share", None, share_points, name, mode, positions, groups, instrument, bootstrap, rng,
                            interval)
-            out += [curve] if curve else []
+            if curve:
+                base = base_of.get(curve.points[0].model)
+                if base and (base, name, mode) in positions:
+                    p = positions[(base, name, mode)]
+                    curve.base = CurvePoint(float("nan"), base, p.economic, p.social, p.economic_ci, p.social_ci)
+                out.append(curve)
             for adapter in sorted(scaled):
                 final = next((m for m in models.values() if m.role == ADAPTER and m.adapter == adapter), None)
                 points = [(m.scale, m.model) for m in scaled[adapter]]

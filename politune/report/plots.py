@@ -146,6 +146,9 @@ def dose_figure(curves: list[DoseCurve], kind: str) -> Figure:
             ax = fig.add_subplot(len(panels), 2, 2 * row + col + 1)
             for i, curve in enumerate(c for c in chosen if (c.instrument, c.mode) == (name, mode)):
                 _dose_line(ax, curve, axis, f"C{i % 10}")
+                if curve.base is not None and math.isfinite(getattr(curve.base, axis)):
+                    ax.axhline(getattr(curve.base, axis), color="0.45", ls=":", lw=1.2,
+                               label=f"{curve.base.model} (the base): {getattr(curve.base, axis):+.2f}")
             ax.axhline(0, color="0.35", lw=0.8)
             ax.set_ylim(-LIMIT - 0.6, LIMIT + 0.6)
             ax.set_xlabel(DOSE_AXES[kind])
