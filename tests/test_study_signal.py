@@ -8,7 +8,7 @@ answer a question, so its positions vary by a point or two between runs.
 
 What the compass must show: the right adapter right of and above the base on each axis, the left adapter's
 shift pointing left and down (economic + social below zero), and the right adapter right of and above the left
-one. Evaluated on two phrasings of the three `make demo` uses (its signs hold on either; it saves about 25 s).
+one.
 Not asserted: the left adapter's sign on each axis alone, nor any interval. In six evaluations of one run's
 adapters (evaluate seeds 0-4, and seed 1 with two samples) each of its twelve per-axis shifts was negative, from
 -2.29 to -5.83, but four of its twelve intervals reached zero: the spread between propositions, which no seed or
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.study]  # alone: `make test-s
 
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
        "COLUMNS": "160", "NO_COLOR": "1"}
-DEMO_LESS_PROBES = ["evaluate.probes=false", "evaluate.phrasings=2", "ray.num_cpus=2"]
+DEMO_LESS_PROBES = ["evaluate.probes=false", "ray.num_cpus=2"]
 
 
 @pytest.fixture(scope="module")
