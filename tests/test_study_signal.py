@@ -2,17 +2,18 @@
 
 `politune run` on the `local` preset in a fresh folder, as `make demo` runs it less the probes: the tiny model is
 warmed on the project's synthetic world, annotates posts it never saw, the paper's thresholds select them, DPO
-tunes an adapter a side, and the compass is read in explain mode (the model's own answer first, then the forced
-choice). Every stage up to training gives the same figures on every run here; evaluation samples one free-text
-answer a question, so its positions vary by a point or two between runs.
+tunes an adapter a side and one on half of each side's pairs (the 50/50 mixture), and the compass is read in
+explain mode (the model's own answer first, then the forced choice). Every stage up to training gives the same
+figures on every run here; evaluation samples one free-text answer a question, seeded by the question, so the
+same adapters land on the same positions, and another evaluate.seed moves them by a point or two.
 
 What the compass must show: the right adapter right of and above the base on each axis, the left adapter's
 shift pointing left and down (economic + social below zero), and the right adapter right of and above the left
-one.
-Not asserted: the left adapter's sign on each axis alone, nor any interval. In six evaluations of one run's
-adapters (evaluate seeds 0-4, and seed 1 with two samples) each of its twelve per-axis shifts was negative, from
--2.29 to -5.83, but four of its twelve intervals reached zero: the spread between propositions, which no seed or
-sample count removes (README, Quickstart); the sum has not come within 3 of zero.
+one; the share curve through left, mixture and right, with its figure. Not asserted: the left adapter's sign on
+each axis alone, nor any interval. In six evaluations of one run's adapters (evaluate seeds 0-4, and seed 1 with
+two samples) each of its twelve per-axis shifts was negative, from -2.29 to -5.83, but four of its twelve
+intervals reached zero: the spread between propositions, which no seed or sample count removes (README,
+Quickstart); the sum has not come within 3 of zero.
 """
 
 from __future__ import annotations
