@@ -334,8 +334,7 @@ class TrainConfig(Section):
     @field_validator("mixtures")
     @classmethod
     def _unique_mixture_names(cls, mixtures: list[Mixture]) -> list[Mixture]:
-        names = [m.name for m in mixtures]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = repeated([m.name for m in mixtures])
         if twice:
             raise ValueError(f"mixture name(s) {twice} used twice")
         return mixtures
@@ -548,10 +547,9 @@ class RunConfig(Section):
     @field_validator("sources")
     @classmethod
     def _unique_source_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
-        names = [s.name for s in sources]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"source names must be unique; repeated: {', '.join(repeated)}")
+        twice = repeated([s.name for s in sources])
+        if twice:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(twice)}")
         return sources
 
     @property
@@ -655,6 +653,11 @@ def _format_validation_error(origin: str, err: ValidationError) -> str:
         msg = item["msg"].removeprefix("Value error, ")
         lines.append(f"  {path}: got {value}; expected: {msg}")
     return "\n".join(lines)
+
+
+def repeated(names: list[str]) -> list[str]:
+    """The names listed more than once, sorted."""
+    return sorted({n for n in names if names.count(n) > 1})
 
 
 def build_config(data: dict[str, Any], origin: str = "<config>") -> RunConfig:
