@@ -137,10 +137,11 @@ def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
     t = cfg.train
     pairs = selected * (1 - s.eval_share)
     pair_tokens = 2 * min(t.max_length, INSTRUCTION_TOKENS + CHAT_OVERHEAD_TOKENS + s.max_new_tokens)
-    t_tokens = len(t.sides) * pairs * t.num_epochs * pair_tokens
+    adapters = len(t.sides) + len(t.mixtures)  # a mixture trains on about a side's number of pairs
+    t_tokens = adapters * pairs * t.num_epochs * pair_tokens
     t_gpus = int(t.num_workers * t.gpus_per_worker) if t.use_gpu else 0
     plans.append(_stage_plan("train", t.base_model, cfg, gpu, t_tokens, 0, t_gpus, measured, None, "",
-                             train=True, note=f"{len(t.sides)} adapter(s), {pairs:,.0f} pairs a side, "
+                             train=True, note=f"{adapters} adapter(s), {pairs:,.0f} pairs a side, "
                                               f"{t.num_epochs:g} epoch(s)"))
 
     plans.append(_evaluate_plan(cfg, gpu, measured))
@@ -182,7 +183,9 @@ def _evaluate_plan(cfg: RunConfig, gpu: Gpu, measured: dict[str, Any]) -> StageP
             items += len(load_instrument(name, e.pct_path).items)
         except (OSError, ValueError):
             items += 62  # the Political Compass test's propositions, when its file is not at hand
-    models = 1 + len(cfg.train.sides) * (1 + (4 if e.checkpoints == "all" else 0))  # checkpoints: about 4 saves
+    adapters = len(cfg.train.sides) + len(cfg.train.mixtures)
+    copies = len([s for s in e.adapter_scales if s != 1])
+    models = 1 + adapters * (1 + (4 if e.checkpoints == "all" else 0) + copies)  # checkpoints: about 4 saves
     question = 40 + CHAT_OVERHEAD_TOKENS
     tokens_in = models * items * e.phrasings * question * len(e.modes)
     tokens_out = models * items * e.phrasings * e.samples * e.max_tokens if "generate" in e.modes else 0

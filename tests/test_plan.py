@@ -49,6 +49,18 @@ def test_the_plan_scales_with_the_corpus_and_the_gpu() -> None:
         assert slower[stage].gpu_hours == pytest.approx(large[stage].gpu_hours * 989 / 312)
 
 
+def test_mixtures_and_adapter_scales_are_more_adapters_to_train_and_models_to_ask() -> None:
+    plain = by_stage(plan_study(gpu_preset(), 100_000, GPUS["h100"])[0])
+    more = by_stage(plan_study(resolve_config(None, "llama3-8b", [
+        *S3_PRESET_SETS, "train.mixtures=[{name: r50l50, left: 0.5, right: 0.5}]",
+        "evaluate.adapter_scales=[0.5, 1.0, 1.5]"]), 100_000, GPUS["h100"])[0])
+    assert more["train"].tokens_in == pytest.approx(1.5 * plain["train"].tokens_in)  # 3 adapters, not 2
+    assert "3 adapter(s)" in more["train"].note
+    # the preset evaluates checkpoints too (about 4 an adapter): base + 3 adapters x (itself, 4 checkpoints, 2
+    # copies; 1.0 is the adapter) = 22 models, against base + 2 x 5 = 11
+    assert more["evaluate"].tokens_in == pytest.approx(22 / 11 * plain["evaluate"].tokens_in)
+
+
 def readme_worked_estimate() -> dict[str, tuple[float, str]]:
     """The rows of the README's `politune plan` example: stage -> (GPU-hours, wall)."""
     readme = (REPO / "README.md").read_text()
