@@ -74,6 +74,7 @@ def test_the_embedded_default_trains_the_even_mixture() -> None:
 
     cfg = load_preset("local")
     assert [(m.name, m.left, m.right) for m in cfg.train.mixtures] == [("r50l50", 0.5, 0.5)]
+    assert load_preset("local-random").train.mixtures == []  # the plumbing preset (based on local) trains none
 
 
 # --- scaling an adapter --------------------------------------------------------------------------------------------
