@@ -61,8 +61,7 @@ class ReportResult:
                 lines.append(f"  (+ {checkpoints} checkpoints on the training paths in the report)")
             for c in s.curves:
                 if (c.instrument, c.mode) == (instrument, mode):
-                    against = "share of right pairs" if c.kind == "share" else f"scale of {c.adapter}"
-                    lines.append(f"  slope per 0.1 of {against} ({len(c.points)} points): "
+                    lines.append(f"  slope per 0.1 of {c.against} ({len(c.points)} points): "
                                  f"{number(c.slope_economic, True)} {interval(c.slope_economic_ci)}, "
                                  f"{number(c.slope_social, True)} {interval(c.slope_social_ci)}")
         if s.probes:

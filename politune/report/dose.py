@@ -47,6 +47,11 @@ class DoseCurve:
     slope_social_ci: Interval
     base: CurvePoint | None = None  # share: the base's own position, for reference (x is meaningless)
 
+    @property
+    def against(self) -> str:
+        """What x is, in words: `share of right pairs` or `scale of <adapter>`."""
+        return "share of right pairs" if self.kind == "share" else f"scale of {self.adapter}"
+
 
 def dose_curves(models: Mapping[str, object], base_of: Mapping[str, str | None], positions: Mapping[tuple, object],
                 groups: Mapping[tuple, object], instruments: Mapping[str, Instrument], bootstrap: int,

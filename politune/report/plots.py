@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from politune.evaluate.schema import ADAPTER, CHECKPOINT
-from politune.report.dose import DoseCurve
+from politune.report.dose import PER, DoseCurve
 from politune.report.scores import MODES, PositionScore, Scores, Trajectory
 
 LIMIT = 10.0
@@ -165,7 +165,7 @@ def _dose_line(ax, curve: DoseCurve, axis: str, colour: str) -> None:
     errors = [_err(y, getattr(p, f"{axis}_ci")) or [[0.0], [0.0]] for y, p in zip(ys, curve.points, strict=True)]
     slope = getattr(curve, f"slope_{axis}")
     low, high = getattr(curve, f"slope_{axis}_ci")
-    label = f"{curve.adapter or 'adapters'}: {slope:+.2f} per 0.1 [{low:.2f}, {high:.2f}]"
+    label = f"{curve.adapter or 'adapters'}: {slope:+.2f} per {PER:g} [{low:.2f}, {high:.2f}]"
     ax.errorbar(xs, ys, yerr=[[e[0][0] for e in errors], [e[1][0] for e in errors]], fmt="o-", color=colour,
                 ecolor=colour, elinewidth=1, capsize=3, ms=6, mec="black", mew=0.6, label=label)
     for p, y in zip(curve.points, ys, strict=True):
@@ -173,4 +173,4 @@ def _dose_line(ax, curve: DoseCurve, axis: str, colour: str) -> None:
     if math.isfinite(slope):
         mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
         ends = [min(xs), max(xs)]
-        ax.plot(ends, [mean_y + slope / 0.1 * (x - mean_x) for x in ends], "--", color=colour, lw=1, alpha=0.7)
+        ax.plot(ends, [mean_y + slope / PER * (x - mean_x) for x in ends], "--", color=colour, lw=1, alpha=0.7)

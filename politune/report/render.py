@@ -124,7 +124,7 @@ def dose_table(scores: Scores) -> Table | None:
     rows = []
     for c in scores.curves:
         points = ", ".join(f"{p.model} at {p.x:g}" for p in c.points)
-        rows.append([c.instrument, c.mode, "share of right pairs" if c.kind == "share" else f"scale of {c.adapter}",
+        rows.append([c.instrument, c.mode, c.against,
                      points, f"{number(c.slope_economic, True)} {interval(c.slope_economic_ci)}",
                      f"{number(c.slope_social, True)} {interval(c.slope_social_ci)}", str(c.items)])
     return Table("Dose and response: compass units per 0.1 of share or scale",
