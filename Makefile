@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-study lint bench-ingest vllm-cpu clean
+.PHONY: install demo test test-fast test-slow test-study lint bench-ingest vllm-cpu clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +39,29 @@ vllm-cpu: $(VLLM_CPU_STAMP)
 demo: $(STAMP)
 	$(BIN)/politune run
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
+# The tiers (pyproject's markers; docs/tests.md): unit tests carry none of integration, e2e and vllm.
+UNIT   := not integration and not e2e and not vllm
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
+# seconds per test module, added up across the tiers (.ci/run prints the slowest)
+export POLITUNE_TEST_SECONDS ?= .test-seconds.json
 
-# the study's signal on the warmed default alone (tests/test_study_signal.py, part of `make test` too): about 5 minutes
+# every test: the unit tier first, stopping at its first failure (a broken change fails in minutes), then the rest
+test: $(STAMP)
+	rm -f $(POLITUNE_TEST_SECONDS)
+	$(MAKE) --no-print-directory test-fast
+	$(MAKE) --no-print-directory test-slow
+
+# the unit tier alone: no Ray, no vLLM (about 1.5 minutes here)
+test-fast: $(STAMP)
+	$(PYTEST) -x -m "$(UNIT)" --durations=10
+
+# integration, end-to-end and vLLM tiers
+test-slow: $(STAMP)
+	$(PYTEST) -m "not ($(UNIT))" --durations=25
+
+# the study's signal on the warmed default alone (tests/test_study_signal.py, part of `make test` too)
 test-study: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m study
+	$(PYTEST) -m study
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -190,6 +190,40 @@ class StoppableS3:
             self.down = False
 
 
+TIERS = ("integration", "e2e", "vllm")  # a test marked with none of them is a unit test: no Ray, no vLLM
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test-fast` selects the unit tier by marker: a test that reaches the session's Ray through a fixture but
+    carries no tier marker would slip into it, so it is refused here, naming the test."""
+    unmarked = [item.nodeid for item in items
+                if "ray_local" in getattr(item, "fixturenames", ()) and not any(item.get_closest_marker(t) for t in TIERS)]
+    if unmarked:
+        raise pytest.UsageError("these tests start Ray (fixture ray_local) without a tier marker "
+                                f"(integration, e2e or vllm): {', '.join(unmarked)}")
+
+
+_module_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Seconds per test module (setup, call and teardown, so a module fixture counts where it is built)."""
+    module = report.nodeid.split("::")[0]
+    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With POLITUNE_TEST_SECONDS=FILE, add this session's seconds per module to FILE (JSON), which .ci/run prints
+    against its budget; several pytest sessions (the tiers) add to one file."""
+    path = os.environ.get("POLITUNE_TEST_SECONDS")
+    if not path or getattr(session.config, "workerinput", None) is not None:
+        return
+    seconds = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    for module, s in _module_seconds.items():
+        seconds[module] = round(seconds.get(module, 0.0) + s, 1)
+    Path(path).write_text(json.dumps(seconds, indent=1, sort_keys=True) + "\n")
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[StoppableS3]:
     """A moto S3 server on loopback; the standard AWS variables point at it for the whole session."""

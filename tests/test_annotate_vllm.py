@@ -63,6 +63,7 @@ def test_engine_kwargs_from_config_win(monkeypatch) -> None:
     assert config.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
 
 
+@pytest.mark.integration
 def test_build_processor_gives_fixed_replicas_on_the_placement(ray_local, tmp_path: Path) -> None:
     from ray.data.llm import build_processor
 
@@ -101,6 +102,7 @@ def test_scale_result_reads_the_answer_logprobs_whatever_the_key_type() -> None:
         vllm_engine.scale_result(row, ANSWER_IDS)
 
 
+@pytest.mark.integration
 def test_processor_rows_become_annotations_with_every_failure_recorded(ray_local) -> None:
     batch = pa.Table.from_pylist([
         {"doc_id": "ok", "generated_text": '{"ideology":2,"relevance":9,"quality":7}', "tokens_in": 10,
@@ -118,12 +120,14 @@ def test_processor_rows_become_annotations_with_every_failure_recorded(ray_local
     assert all(r["prompt_version"] == "annotate-v1/generate" for r in rows)
 
 
+@pytest.mark.integration
 def test_a_batch_without_errors_may_lack_the_error_column(ray_local) -> None:
     batch = pa.Table.from_pylist([{"doc_id": "a", "scale": "quality", "answer_logprobs": [0.0] * 11, "tokens_in": 5}])
     rows = vllm_engine.to_scale_rows(batch, annotator="m", run_id="t").to_pylist()
     assert rows == [{"doc_id": "a", "scale": "quality", "answer_logprobs": [0.0] * 11, "tokens_in": 5, "error": None}]
 
 
+@pytest.mark.integration
 def test_merge_scales_gives_expected_value_and_argmax(ray_local) -> None:
     peaked = [0.0 if i == 8 else -30.0 for i in range(11)]
     group = pa.Table.from_pylist([
@@ -172,6 +176,7 @@ class StandInEngine:
         return ray.data.from_arrow(pa.Table.from_pylist(answers, schema=SCALE_ROW_SCHEMA))
 
 
+@pytest.mark.integration
 def test_logprob_staging_resumes_and_merges_one_row_a_post_fake_engine(ray_local, tmp_path: Path) -> None:
     cfg = vllm_run(tmp_path, "truthsocial", 40, mode="logprob")
     documents = ingest_corpus(cfg).totals["kept"]
@@ -199,6 +204,7 @@ def test_logprob_staging_resumes_and_merges_one_row_a_post_fake_engine(ray_local
     assert {r["relevance"] for r in rows if r["doc_id"] in doc_ids[:2]} == {5.0}  # the earlier answers were used
 
 
+@pytest.mark.integration
 def test_annotate_stage_takes_the_vllm_engine_for_generate_mode_fake_engine(ray_local, tmp_path: Path,
                                                                             monkeypatch) -> None:
     """The stage's generate path hands documents to VLLMEngine.annotate and accounts for every row."""

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, free_port, politune_serve
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
        "COLUMNS": "160", "NO_COLOR": "1"}

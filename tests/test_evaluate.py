@@ -98,6 +98,7 @@ def register_checkpoints(run_uri: str, tiny: Path, adapter: str, steps: tuple[in
         register(run_uri, entry)
 
 
+@pytest.mark.integration
 def test_every_model_answers_every_question_exactly_once(evaluated: dict) -> None:
     cfg, answers, result = evaluated["cfg"], evaluated["answers"], evaluated["result"]
     models = ["tiny", "tiny:left", "tiny:left.step-10", "tiny:left.step-5", "tiny:right"]
@@ -118,6 +119,7 @@ def test_every_model_answers_every_question_exactly_once(evaluated: dict) -> Non
     assert sum(result.statuses.values()) == len(answers)
 
 
+@pytest.mark.integration
 def test_forced_choice_gives_a_distribution_and_its_argmax_and_adapters_move_it(evaluated: dict) -> None:
     logprob = [r for r in evaluated["answers"] if r["mode"] == "logprob"]
     assert all(r["status"] == "ok" for r in logprob), [r["error"] for r in logprob if r["error"]][:3]
@@ -128,6 +130,7 @@ def test_forced_choice_gives_a_distribution_and_its_argmax_and_adapters_move_it(
     assert by_model["tiny"] != by_model["tiny:left"] != by_model["tiny:right"]
 
 
+@pytest.mark.integration
 def test_explain_scores_the_forced_choice_after_the_models_own_answer(evaluated: dict) -> None:
     q = Question(Target("tiny", "base", "http://x", "K"), "politune", "e01", "Taxes are too high.", 0, 0, "explain")
     prompts = logprob_payload([q], explained(" Cut them now. "))["prompt"]
@@ -143,6 +146,7 @@ def test_explain_scores_the_forced_choice_after_the_models_own_answer(evaluated:
     assert ("tiny:left", "explain") in positions
 
 
+@pytest.mark.integration
 def test_free_text_the_judge_cannot_map_is_counted_and_kept(evaluated: dict) -> None:
     free = [r for r in evaluated["answers"] if r["mode"] == "generate"]
     assert all(r["raw_output"] is not None and r["judge"] for r in free if r["status"] != "engine_error")
@@ -153,6 +157,7 @@ def test_free_text_the_judge_cannot_map_is_counted_and_kept(evaluated: dict) -> 
     assert all(r["judge"].startswith("tiny|") for r in free)
 
 
+@pytest.mark.integration
 def test_the_report_is_built_from_the_stored_answers(evaluated: dict) -> None:
     report = evaluated["result"].report
     png = Path(report.png)
@@ -163,6 +168,7 @@ def test_the_report_is_built_from_the_stored_answers(evaluated: dict) -> None:
     assert "left.step-5" in trajectory_steps and "left.step-10" in trajectory_steps
 
 
+@pytest.mark.integration
 def test_report_rebuilds_from_the_run_directory_alone(evaluated: dict, tmp_path: Path) -> None:
     run = evaluated["cfg"].run_uri
     before = (Path(run) / "report" / "scores.json").read_text()
@@ -173,6 +179,7 @@ def test_report_rebuilds_from_the_run_directory_alone(evaluated: dict, tmp_path:
     assert (Path(run) / "report" / "scores.json").read_text() == before
 
 
+@pytest.mark.integration
 def test_serve_started_for_the_evaluation_is_gone_after(evaluated: dict) -> None:
     from politune.evaluate.endpoint import _serve_is_running
 

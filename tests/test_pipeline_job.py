@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import RAY, REPO, two_node_cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 STAGES = ("ingest", "annotate", "select", "synthesize", "train", "evaluate")
 
@@ -35,9 +35,11 @@ def job_config(tmp_path: Path, port: int) -> Path:
            "sources": [{"name": "truthsocial", "paths": [str(corpus / "truthsocial")], "shape": "truthsocial"},
                        {"name": "politosphere", "paths": [str(corpus / "politosphere")], "shape": "politosphere"}],
            # two Train workers, one a node (STRICT_SPREAD): the run must use both nodes
-           "train": {"num_workers": 2, "placement_strategy": "STRICT_SPREAD", "save_steps": 2, "max_steps": 16},
+           "train": {"num_workers": 2, "placement_strategy": "STRICT_SPREAD", "save_steps": 2, "max_steps": 6},
+           # what is checked is the job's wiring: few posts a side, short drafts and answers
+           "select": {"max_per_side": 40}, "synthesize": {"max_new_tokens": 16},
            "serve": {"port": port},
-           "evaluate": {"probes": False, "phrasings": 1, "checkpoints": "final"}}
+           "evaluate": {"probes": False, "phrasings": 1, "checkpoints": "final", "max_tokens": 12}}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

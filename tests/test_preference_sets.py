@@ -157,6 +157,7 @@ def import_config(root: Path, left: list[str], right: list[str], **synthesize):
                                         **synthesize}})
 
 
+@pytest.mark.integration
 @needs_released
 def test_importing_the_released_sets_accounts_for_every_pair(tmp_path: Path, s3_bucket: str) -> None:
     import boto3
@@ -200,6 +201,7 @@ def test_generating_pairs_needs_the_selected_posts(tmp_path: Path) -> None:
         synthesize_preferences(cfg)
 
 
+@pytest.mark.integration
 @needs_released
 def test_synthesize_job_imports_the_released_sets(tmp_path: Path) -> None:
     import subprocess

@@ -22,7 +22,7 @@ from conftest import RAY, ray_head_node, submit_job
 
 from politune.corpus.generate import generate_corpus
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "OPENAI_API_KEY",
                "POLITUNE_API_KEY")

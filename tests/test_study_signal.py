@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.study]  # alone: `make test-study`, about 5 minutes
+pytestmark = [pytest.mark.e2e, pytest.mark.study]  # alone: `make test-study`, about 5 minutes
 
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
        "COLUMNS": "160", "NO_COLOR": "1"}

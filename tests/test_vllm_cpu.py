@@ -18,7 +18,7 @@ from politune.annotate.hf_engine import HFAnnotator
 from politune.config import build_config
 from politune.ingest import ingest_corpus
 
-pytestmark = [pytest.mark.integration, needs_vllm_cpu]
+pytestmark = [pytest.mark.vllm, needs_vllm_cpu]
 
 
 @pytest.fixture(scope="module")
