@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -196,8 +197,8 @@ TIERS = ("integration", "e2e", "vllm")  # a test marked with none of them is a u
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`make test-fast` selects the unit tier by marker: a test that reaches the session's Ray through a fixture but
     carries no tier marker would slip into it, so it is refused here, naming the test."""
-    unmarked = [item.nodeid for item in items
-                if "ray_local" in getattr(item, "fixturenames", ()) and not any(item.get_closest_marker(t) for t in TIERS)]
+    unmarked = [item.nodeid for item in items if "ray_local" in getattr(item, "fixturenames", ())
+                and not any(item.get_closest_marker(tier) for tier in TIERS)]
     if unmarked:
         raise pytest.UsageError("these tests start Ray (fixture ray_local) without a tier marker "
                                 f"(integration, e2e or vllm): {', '.join(unmarked)}")
@@ -292,3 +293,45 @@ def shared_data() -> Path:
         pytest.skip(f"reference data not found at {SHARED_DATA} (CI keeps shared/ beside the checkout)")
     return SHARED_DATA
 
+
+
+# --- one finished run of the embedded default, shared by the session --------------------------------------------
+# `make demo`'s run less the probes: test_study_signal reads what it shows, test_commands how the commands behave
+DEFAULT_RUN_SETS = ["evaluate.probes=false", "ray.num_cpus=2"]
+COMMAND_ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
+               "COLUMNS": "160", "NO_COLOR": "1"}
+
+
+def politune_cli(args: list[str], cwd: Path, timeout: float = 900, env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess:
+    """`politune ARGS` as a user runs it: its own process, in `cwd`."""
+    return subprocess.run([sys.executable, "-m", "politune.cli", *args], cwd=cwd, env=env or COMMAND_ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class DefaultRun:
+    folder: Path  # the folder `politune run` ran in: runs/, .politune/ (the warmed tiny model, the corpus)
+    done: subprocess.CompletedProcess
+    port: int  # the run's serve.port
+
+    @property
+    def run(self) -> Path:
+        return self.folder / "runs" / "local"
+
+    @property
+    def sets(self) -> list[str]:
+        """The command-line arguments the run was started with."""
+        return [arg for s in [*DEFAULT_RUN_SETS, f"serve.port={self.port}"] for arg in ("--set", s)]
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> DefaultRun:
+    """`politune run` on the embedded default (the `local` preset: the warmed tiny model) less the probes, in a fresh
+    folder, once a session: the README's first command, about 7 minutes here."""
+    folder = tmp_path_factory.mktemp("default-run")
+    port = free_port()  # evaluate serves the run's models there
+    sets = [arg for s in [*DEFAULT_RUN_SETS, f"serve.port={port}"] for arg in ("--set", s)]
+    done = politune_cli(["run", *sets], folder, timeout=2400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return DefaultRun(folder, done, port)

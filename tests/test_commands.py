@@ -1,117 +1,104 @@
-"""The commands as a user meets them: separate processes in fresh folders, nothing prepared beforehand.
+"""The commands as a user meets them, on the session's one run of the embedded default (conftest.default_run, the
+README's first command in its own process, which test_study_signal reads for what it shows).
 
-One `politune run` (the README's first command, on the random-weights preset: these tests check the commands, and
-test_study_signal checks what the warmed default shows) is shared by the module. Its run directory then feeds each stage
-command run alone in a fresh folder that holds only that stage's input (the tiny model, the corpus and Ray are
-each command's own business); the README's bring-your-own-pairs path runs from nothing; and failures are told
-once: a damaged model inside a Ray Train worker, a model folder that does not exist.
+Its run directory then feeds each stage command run alone in a fresh folder that holds only that stage's input (the
+tiny model is each command's own business: the random-weights one, built in a second): select and ingest as
+separate processes, as a user starts them; annotate, synthesize, train and evaluate in this process on the session's
+Ray (`politune_here`), since what they check is the command, not the process around it. The README's
+bring-your-own-pairs path runs from nothing, and failures are told once: a damaged model inside a Ray Train worker
+and inside a Ray Data actor, a model folder that does not exist.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, free_port, politune_serve
+from conftest import COMMAND_ENV, REPO, DefaultRun, free_port, politune_cli, politune_serve
 
 pytestmark = pytest.mark.e2e
 
-ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
-       "COLUMNS": "160", "NO_COLOR": "1"}
-RUN = "local-random"  # the plumbing on random weights; the warmed `local` preset has test_study_signal
-# a smaller corpus, one phrasing a proposition and no probes: the module's runs check wiring, not the compass
-DEMO_OVERRIDES = ["corpus.n=400", "ray.num_cpus=2", "evaluate.phrasings=1", "evaluate.probes=false"]
-DEMO_SETS = ["--preset", RUN, *(arg for o in DEMO_OVERRIDES for arg in ("--set", o))]
+RUN = "local"  # the default run's id
+# a stage alone on random weights, in the default run's run directory: the plumbing, not the study
+RANDOM = ["--preset", "local-random", "--set", f"run_id={RUN}", "--set", "ray.num_cpus=2"]
 
 
 def politune(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "politune.cli", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return politune_cli(args, cwd, timeout)
 
 
-@dataclass
-class DemoRun:
-    folder: Path
-    done: subprocess.CompletedProcess
-    port: int
+def politune_here(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, args: list[str], cwd: Path):
+    """`politune ARGS` in this process, in `cwd`, on the session's Ray (the command finds Ray started and uses it):
+    the typer result, with .exit_code, .stdout and .stderr."""
+    import ray.data  # noqa: F401 - its import binds Ray Data's log handler to this process's stderr, not to the
+    from typer.testing import CliRunner  # runner's, which is closed once the command returns
 
-    @property
-    def run(self) -> Path:
-        return self.folder / "runs" / RUN
+    from politune.cli import app
 
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """`politune run --preset local-random` in a fresh folder (a smaller corpus)."""
-    folder = tmp_path_factory.mktemp("demo")
-    port = free_port()  # evaluate serves the run's models there
-    done = politune(["run", *DEMO_SETS, "--set", f"serve.port={port}"], folder, timeout=1200)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return DemoRun(folder, done, port)
+    request.getfixturevalue("ray_local")
+    monkeypatch.chdir(cwd)
+    for name in ("COLUMNS", "NO_COLOR"):
+        monkeypatch.setenv(name, COMMAND_ENV[name])
+    return CliRunner().invoke(app, args, catch_exceptions=False)
 
 
-def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRun, tmp_path: Path) -> None:
-    done, port, folder, elsewhere = demo_run.done, demo_run.port, demo_run.folder, tmp_path
-    sets = [*DEMO_SETS, "--set", f"serve.port={port}"]
-    assert "tiny model:" in done.stdout and "400 generated posts" in done.stdout
-    manifest = json.loads((folder / "runs" / RUN / "manifest.json").read_text())
+def test_main_command_runs_the_pipeline_on_the_embedded_default(default_run: DefaultRun) -> None:
+    done, port, folder = default_run.done, default_run.port, default_run.folder
+    assert "tiny model:" in done.stdout and "2,000 generated posts" in done.stdout
+    manifest = json.loads((default_run.run / "manifest.json").read_text())
     counts = manifest["artifacts"]["documents"]["counts"]["per_source"]
-    assert sum(c["read"] for c in counts.values()) == 400
-    assert (folder / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
-    assert list((folder / "runs" / RUN / "documents").glob("*.parquet"))
+    assert sum(c["read"] for c in counts.values()) == 2000
+    model = folder / ".politune" / "models" / "tiny-warm" / "model.safetensors"
+    assert model.is_file()
+    assert list((default_run.run / "documents").glob("*.parquet"))
     artifacts = manifest["artifacts"]
     assert artifacts["annotations"]["counts"]["documents"] == sum(c["kept"] for c in counts.values())
     kept = artifacts["selected"]["counts"]["kept"]
-    assert kept["left"] == kept["right"] > 0  # the quantile rule carries posts through the tiny model
+    assert kept["left"] == kept["right"] == 200  # the thresholds carry more posts than select.max_per_side
     assert "select:" in done.stdout
     pairs = artifacts["preferences"]["counts"]
     for side in ("left", "right"):
         c = pairs[side]
         assert c["read"] == kept[side] == c["train"] + c["eval"] + sum(c["dropped"].values())
-        assert c["train"] > 0  # noise, but pairs reach training
+        assert c["train"] > 0
     assert "preferences:" in done.stdout
-    registry = json.loads((folder / "runs" / RUN / "adapters" / "registry.json").read_text())["adapters"]
+    registry = json.loads((default_run.run / "adapters" / "registry.json").read_text())["adapters"]
     finals = {name: entry for name, entry in registry.items() if entry["checkpoint_of"] is None}
-    assert sorted(finals) == ["left", "right"]  # the main command trains an adapter a side
-    for side, entry in finals.items():
+    assert sorted(finals) == ["left", "r50l50", "right"]  # an adapter a side and the default's 50/50 mixture
+    for name, entry in finals.items():
         assert (Path(entry["path"]) / "adapter_model.safetensors").is_file()
-        assert entry["metrics"]["global_step"] > 0 and artifacts[f"adapter:{side}"]["counts"]["steps"] > 0
+        assert entry["metrics"]["global_step"] > 0 and artifacts[f"adapter:{name}"]["counts"]["steps"] > 0
     assert "adapter 'left' (dpo on left, base tiny)" in done.stdout
 
-    # and ends with every model of the run on the compass: the base, both adapters, each saved checkpoint
-    answers = pq.read_table(folder / "runs" / RUN / "eval" / "answers.parquet").to_pylist()
-    last = {name: entry["metrics"]["global_step"] for name, entry in finals.items()}
-    steps = {name for name, entry in registry.items() if entry["checkpoint_of"] and entry["step"] != last[
-        entry["checkpoint_of"]]}  # the last save is the final adapter itself, evaluated once
-    assert {r["model"] for r in answers} == {"tiny", "tiny:left", "tiny:right", *(f"tiny:{name}" for name in steps)}
+    # and ends with every model of the run on the compass: the base and each adapter (checkpoints: final)
+    answers = pq.read_table(default_run.run / "eval" / "answers.parquet").to_pylist()
+    assert {r["model"] for r in answers} == {"tiny", *(f"tiny:{name}" for name in finals)}
     assert artifacts["eval"]["counts"]["answers"] == len(answers)
-    report = folder / "runs" / RUN / "report"
+    report = default_run.run / "report"
     assert (report / "compass.png").read_bytes()[:4] == b"\x89PNG" and (report / "report.html").is_file()
     assert f"compass:    {report.absolute()}/compass.png" in done.stdout.replace("\n", "")
     assert "Traceback" not in done.stdout + done.stderr
-    for stage, did in (("ingest", "400 rows read"), ("annotate", "documents scored"), ("select", "posts selected"),
+    for stage, did in (("ingest", "2,000 rows read"), ("annotate", "documents scored"), ("select", "posts selected"),
                        ("synthesize", "pairs written"), ("train", "steps"), ("evaluate", "answers")):
         assert re.search(rf"^{stage}:\s+done in \d+ s · .*{did}", done.stderr, re.M), stage  # a line as it ends
     console = (done.stdout + done.stderr).splitlines()
     assert len(console) < 150, "\n".join(console)  # a summary a stage; Ray's own logs stay in its files
 
-    # what the run says to do next works, from another folder holding only the run (serve builds its own model):
-    # serve the run's adapters behind a bearer token, probe them with it, and be refused without it
-    serve_next = " ".join(["politune serve", *DEMO_SETS, "--set", f"serve.port={port}"])
+    # what the run says to do next works: serve the run's adapters behind a bearer token (the model already built
+    # is used, not built again), probe them with it, and be refused without it
+    serve_next = " ".join(["politune serve", *default_run.sets])
     assert f"next:       {serve_next}" in done.stdout
-    assert "--model tiny --model tiny:left --model tiny:right" in done.stdout
-    fresh_folder_with(demo_run, elsewhere, [])
-    env = {**ENV, "POLITUNE_API_KEY": "cli-token"}
-    with politune_serve(sets, env, cwd=elsewhere) as lines:
+    assert "--model tiny --model tiny:left --model tiny:r50l50 --model tiny:right" in done.stdout
+    built_at = model.stat().st_mtime_ns
+    env = {**COMMAND_ENV, "POLITUNE_API_KEY": "cli-token"}
+    with politune_serve(default_run.sets, env, cwd=folder) as lines:
         assert lines[:3] == [f"serving at http://127.0.0.1:{port}/v1  (backend hf, run runs/{RUN})", "  model: tiny",
                              "  model: tiny:left"], lines
         probe = subprocess.run([str(Path(sys.executable).with_name("politune")), "probe", "Taxes?", "--url",
@@ -122,17 +109,16 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(demo_run: DemoRu
                                   f"http://127.0.0.1:{port}/v1"], env={**env, "POLITUNE_API_KEY": "wrong"},
                                  capture_output=True, text=True, timeout=120)
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr and "cli-token" not in refused.stderr
-    assert (elsewhere / ".politune" / "models" / "tiny" / "model.safetensors").is_file()
+    assert model.stat().st_mtime_ns == built_at
 
 
-def test_a_second_run_does_no_model_work_and_runs_lists_it(demo_run: DemoRun, tmp_path: Path) -> None:
-    """The same `politune run` again, in a copy of the finished demo folder (its corpus and tiny model too): every
-    stage is skipped, nothing is rewritten, and Ray never starts. Then `--only select` redoes that stage alone."""
+def test_a_second_run_does_no_model_work_and_runs_lists_it(default_run: DefaultRun, tmp_path: Path) -> None:
+    """The same `politune run` again, in a copy of the finished folder (its corpus and tiny model too): every stage
+    is skipped, nothing is rewritten, and Ray never starts. Then `--only select` redoes that stage alone."""
     folder = tmp_path / "copy"
-    shutil.copytree(demo_run.folder, folder, ignore=shutil.ignore_patterns("_ray"))
+    shutil.copytree(default_run.folder, folder, ignore=shutil.ignore_patterns("_ray"))
     before = (folder / "runs" / RUN / "manifest.json").read_text()
-    sets = [*DEMO_SETS, "--set", f"serve.port={demo_run.port}"]
-    again = politune(["run", *sets], folder)
+    again = politune(["run", *default_run.sets], folder)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for stage in ("ingest", "annotate", "select", "synthesize", "train", "evaluate"):
         skipped = rf"^{stage}: +skipped: done \(ran .*\); config and inputs unchanged$"
@@ -147,17 +133,16 @@ def test_a_second_run_does_no_model_work_and_runs_lists_it(demo_run: DemoRun, tm
         "counts"]["documents"]
     assert manifest["stages"]["train"]["models"]["tiny"].startswith("folder:")
 
-    only = politune(["run", *sets, "--only", "select"], folder)
+    only = politune(["run", *default_run.sets, "--only", "select"], folder)
     assert only.returncode == 0, only.stdout[-3000:] + only.stderr[-3000:]
     assert "select:     " in only.stdout and "ingest:     skipped: not asked (--only)" in only.stdout
     after = json.loads((folder / "runs" / RUN / "manifest.json").read_text())
     assert after["stages"]["select"]["started_at"] >= manifest["stages"]["evaluate"]["finished_at"]
     assert after["stages"]["train"] == manifest["stages"]["train"]
 
-    listed = politune(["runs", *sets], folder)
+    listed = politune(["runs", *default_run.sets], folder)
     assert listed.returncode == 0, listed.stderr
-    assert re.search(r"local-random +│ 6/6 +│ left, right +│ tiny ",
-                     listed.stdout), listed.stdout
+    assert re.search(r"local +│ 6/6 +│ left, r50l50, right +│ tiny ", listed.stdout), listed.stdout
     shown = politune(["runs", "show", RUN], folder)
     assert re.search(r"^annotate: +done; last ran .* for \d+ s on .*\(documents_per_s ", shown.stdout, re.M), \
         shown.stdout
@@ -165,10 +150,10 @@ def test_a_second_run_does_no_model_work_and_runs_lists_it(demo_run: DemoRun, tm
     assert missing.returncode == 1 and "no run 'nope' in runs" in missing.stderr
 
 
-def fresh_folder_with(demo_run: DemoRun, folder: Path, drop: list[str]) -> Path:
-    """A copy of the demo's run directory alone (no tiny model, no corpus, no Ray files), less `drop`."""
+def fresh_folder_with(default_run: DefaultRun, folder: Path, drop: list[str]) -> Path:
+    """A copy of the default run's run directory alone (no tiny model, no corpus, no Ray files), less `drop`."""
     run = folder / "runs" / RUN
-    shutil.copytree(demo_run.run, run, ignore=shutil.ignore_patterns("_ray"))
+    shutil.copytree(default_run.run, run, ignore=shutil.ignore_patterns("_ray"))
     for artifact in drop:
         shutil.rmtree(run / artifact, ignore_errors=True)
     return run
@@ -178,29 +163,38 @@ def manifest_counts(run: Path, artifact: str) -> dict:
     return json.loads((run / "manifest.json").read_text())["artifacts"][artifact]["counts"]
 
 
+def test_select_alone_in_a_fresh_folder_builds_no_model(default_run: DefaultRun, tmp_path: Path) -> None:
+    """A separate process, as a user starts it; select reads annotations only."""
+    run = fresh_folder_with(default_run, tmp_path, ["selected"])
+    done = politune(["select", *default_run.sets], tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / ".politune" / "models").exists()
+    kept = manifest_counts(run, "selected")["kept"]
+    assert kept == manifest_counts(default_run.run, "selected")["kept"]  # the same rule on the same scores
+
+
 # stage -> (the artifacts its command writes, removed from the copy first; more arguments)
 ALONE = {
     "annotate": (["annotations"], []),
-    "select": (["selected"], []),
-    "synthesize": (["preferences"], []),
-    "train": (["adapters"], ["--side", "left"]),
-    "evaluate": (["eval", "report"], ["--set", "evaluate.checkpoints=final"]),
+    "synthesize": (["preferences"], ["--set", "synthesize.max_new_tokens=16"]),
+    "train": (["adapters"], ["--side", "left", "--set", "train.max_steps=4"]),
+    "evaluate": (["eval", "report"], ["--set", "evaluate.checkpoints=final", "--set", "evaluate.phrasings=1",
+                                      "--set", "evaluate.probes=false", "--set", "evaluate.items_per_request=4"]),
 }
 
 
 @pytest.mark.parametrize("stage", list(ALONE))
-def test_a_stage_command_runs_alone_in_a_fresh_folder(demo_run: DemoRun, stage: str, tmp_path: Path) -> None:
+def test_a_stage_command_runs_alone_in_a_fresh_folder(default_run: DefaultRun, stage: str, tmp_path: Path,
+                                                      request: pytest.FixtureRequest,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     drop, more = ALONE[stage]
-    run = fresh_folder_with(demo_run, tmp_path, drop)
-    done = politune([stage, *DEMO_SETS, "--set", f"serve.port={free_port()}", *more], tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = fresh_folder_with(default_run, tmp_path, drop)
+    done = politune_here(request, monkeypatch, [stage, *RANDOM, "--set", f"serve.port={free_port()}", *more],
+                         tmp_path)
+    assert done.exit_code == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
     tiny = tmp_path / ".politune" / "models" / "tiny"
-    if stage == "select":  # reads annotations only: no model to build
-        assert not tiny.exists()
-        kept = manifest_counts(run, "selected")["kept"]
-        assert kept == manifest_counts(demo_run.run, "selected")["kept"]  # the same rule on the same scores
-        return
     assert f"tiny model: built {tiny.absolute()}" in done.stdout
     assert (tiny / "model.safetensors").is_file()
     if stage == "annotate":
@@ -215,15 +209,16 @@ def test_a_stage_command_runs_alone_in_a_fresh_folder(demo_run: DemoRun, stage: 
         assert registry["left"]["metrics"]["global_step"] > 0 and "right" not in registry
     elif stage == "evaluate":
         models = {r["model"] for r in pq.read_table(run / "eval" / "answers.parquet").to_pylist()}
-        assert models == {"tiny", "tiny:left", "tiny:right"}
+        assert models == {"tiny", "tiny:left", "tiny:r50l50", "tiny:right"}
         assert (run / "report" / "compass.png").is_file()
 
 
 def test_ingest_alone_generates_its_corpus(tmp_path: Path) -> None:
-    done = politune(["ingest", "--preset", RUN, "--set", "corpus.n=200", "--set", "ray.num_cpus=2"], tmp_path)
+    done = politune(["ingest", "--preset", "local-random", "--set", "corpus.n=200", "--set", "ray.num_cpus=2"],
+                    tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "corpus:     generated 200 posts in .politune/corpus" in done.stdout
-    counts = manifest_counts(tmp_path / "runs" / RUN, "documents")["per_source"]
+    counts = manifest_counts(tmp_path / "runs" / "local-random", "documents")["per_source"]
     assert sum(c["read"] for c in counts.values()) == 200
     assert not (tmp_path / ".politune" / "models").exists()  # ingest loads no model
 
@@ -252,33 +247,37 @@ def test_the_readme_bring_your_own_pairs_path_from_nothing(shared_data: Path, tm
         assert m["after/preference_accuracy"] > 0.5 > m["before/preference_accuracy"]
 
 
-def test_a_failure_in_a_train_worker_is_told_once(demo_run: DemoRun, tmp_path: Path) -> None:
-    """A model folder that passes the up-front check (config, tokenizer, weights all there) but whose weights are
-    cut short, as by a partial download: every Ray Train attempt fails loading it."""
-    fresh_folder_with(demo_run, tmp_path, ["adapters"])
-    damaged = tmp_path / "damaged"
-    shutil.copytree(demo_run.folder / ".politune" / "models" / "tiny", damaged)
+def damaged_copy_of_the_model(default_run: DefaultRun, folder: Path) -> Path:
+    """The default run's tiny model, its weights cut short as by a partial download: it passes the up-front check
+    (config, tokenizer, weights all there) but does not load."""
+    damaged = folder / "damaged"
+    shutil.copytree(default_run.folder / ".politune" / "models" / "tiny-warm", damaged)
     with open(damaged / "model.safetensors", "r+b") as weights:
         weights.truncate(1000)
-    done = politune(["train", *DEMO_SETS, "--side", "left", "--set", "train.base_model=./damaged"], tmp_path)
+    return damaged
+
+
+def test_a_failure_in_a_train_worker_is_told_once(default_run: DefaultRun, tmp_path: Path) -> None:
+    """Every Ray Train attempt fails loading a damaged model."""
+    fresh_folder_with(default_run, tmp_path, ["adapters"])
+    damaged_copy_of_the_model(default_run, tmp_path)
+    done = politune(["train", *RANDOM, "--side", "left", "--set", "train.base_model=./damaged",
+                     "--set", "train.max_failures=1"], tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]
     assert re.search(r"error: train failed in a Ray Train worker \(rank 0, side left\) \(pid \d+, node [\d.]+\):", out)
-    assert out.count("Error while deserializing header") == 1  # once, for the three attempts of max_failures 2
+    assert out.count("Error while deserializing header") == 1  # once, for the two attempts of max_failures 1
     assert "SafetensorError" in out and "Traceback" not in out
     log = Path(re.search(r"full log: (\S+)", out)[1])
     assert "Traceback" in log.read_text() and "SafetensorError" in log.read_text()
 
 
-def test_a_failure_in_a_ray_data_actor_is_told_once(demo_run: DemoRun, tmp_path: Path) -> None:
+def test_a_failure_in_a_ray_data_actor_is_told_once(default_run: DefaultRun, tmp_path: Path) -> None:
     """The annotator's actors cannot load a damaged model: Ray Data fails the dataset, the raylet reports each
     retry with the actor's traceback, and Ray Data logs its own report; the console gets one message."""
-    run = fresh_folder_with(demo_run, tmp_path, ["annotations"])
-    damaged = tmp_path / "damaged"
-    shutil.copytree(demo_run.folder / ".politune" / "models" / "tiny", damaged)
-    with open(damaged / "model.safetensors", "r+b") as weights:
-        weights.truncate(1000)
-    done = politune(["annotate", *DEMO_SETS, "--set", "annotate.model=./damaged"], tmp_path)
+    run = fresh_folder_with(default_run, tmp_path, ["annotations"])
+    damaged_copy_of_the_model(default_run, tmp_path)
+    done = politune(["annotate", *RANDOM, "--set", "annotate.model=./damaged"], tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]
     assert "error: annotate failed in a Ray Data actor MapBatches(_HFAnnotatorTable) (pid " in out

@@ -76,8 +76,8 @@ def evaluated(ray_local, tmp_path_factory) -> dict:
     raw = {"run_id": "ev", "storage_root": str(root / "runs"), "tiny_model": {"out": str(tiny)},
            "serve": {"port": free_port(), "api_key_env": SERVE_TOKEN_ENV, "max_batch_size": 16},
            "evaluate": {"instruments": instruments, "pct_path": str(PCT) if PCT.is_file() else None,
-                        "modes": ["logprob", "generate", "explain"], "phrasings": 1, "max_tokens": 12,
-                        "probe_max_tokens": 12,
+                        "modes": ["logprob", "generate", "explain"], "phrasings": 1, "max_tokens": 8,
+                        "probe_max_tokens": 8, "items_per_request": 4,
                         "checkpoints": "all", "bootstrap": 200, "concurrency": 2}}
     cfg = build_config(raw)
     register_random_adapters(cfg.run_uri, tiny, ["left", "right"])

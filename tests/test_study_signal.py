@@ -1,11 +1,12 @@
 """The embedded default carries the study's signal from posts to compass (issue 18).
 
-`politune run` on the `local` preset in a fresh folder, as `make demo` runs it less the probes: the tiny model is
-warmed on the project's synthetic world, annotates posts it never saw, the paper's thresholds select them, DPO
-tunes an adapter a side and one on half of each side's pairs (the 50/50 mixture), and the compass is read in
-explain mode (the model's own answer first, then the forced choice). Every stage up to training gives the same
-figures on every run here; evaluation samples one free-text answer a question, seeded by the question, so the
-same adapters land on the same positions, and another evaluate.seed moves them by a point or two.
+`politune run` on the `local` preset in a fresh folder, as `make demo` runs it less the probes (the session's
+`default_run`, which test_commands reads too): the tiny model is warmed on the project's synthetic world, annotates
+posts it never saw, the paper's thresholds select them, DPO tunes an adapter a side and one on half of each side's
+pairs (the 50/50 mixture), and the compass is read in explain mode (the model's own answer first, then the forced
+choice). Every stage up to training gives the same figures on every run here; evaluation samples one free-text
+answer a question, seeded by the question, so the same adapters land on the same positions, and another
+evaluate.seed moves them by a point or two.
 
 What the compass must show: the right adapter right of and above the base on each axis, the left adapter's
 shift pointing left and down (economic + social below zero), and the right adapter right of and above the left
@@ -19,29 +20,18 @@ Quickstart); the sum has not come within 3 of zero.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import DefaultRun
 
-pytestmark = [pytest.mark.e2e, pytest.mark.study]  # alone: `make test-study`, about 5 minutes
-
-ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "POLITUNE_VERBOSE")},
-       "COLUMNS": "160", "NO_COLOR": "1"}
-DEMO_LESS_PROBES = ["evaluate.probes=false", "ray.num_cpus=2"]
+pytestmark = [pytest.mark.e2e, pytest.mark.study]  # alone: `make test-study`, about 7 minutes
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    folder = tmp_path_factory.mktemp("study")
-    sets = [arg for s in [*DEMO_LESS_PROBES, f"serve.port={free_port()}"] for arg in ("--set", s)]
-    done = subprocess.run([sys.executable, "-m", "politune.cli", "run", *sets], cwd=folder, env=ENV,
-                          capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return folder / "runs" / "local", done.stdout
+def study(default_run: DefaultRun) -> tuple[Path, str]:
+    """The session's run of the embedded default (conftest.default_run), which test_commands reads too."""
+    return default_run.run, default_run.done.stdout
 
 
 def test_the_warmed_model_annotates_and_selects_posts_on_their_side(study: tuple[Path, str]) -> None:

@@ -23,16 +23,16 @@ pytestmark = [pytest.mark.vllm, needs_vllm_cpu]
 
 @pytest.fixture(scope="module")
 def run(ray_local, tmp_path_factory) -> tuple[dict, Path]:
-    """A run folder with 40 ingested posts plus one too long for the engine, as a YAML config."""
+    """A run folder with 16 ingested posts plus one too long for the engine, as a YAML config (two files a run)."""
     root = tmp_path_factory.mktemp("vllm-cpu")
     raw = {
-        **tiny_run_with_a_long_post(root, 40, "vllm"),
+        **tiny_run_with_a_long_post(root, 16, "vllm"),
         # the engine actor and its helper stages hold 1.4 CPUs for the whole run; a third logical CPU lets
         # Ray Data's 1-CPU read, repartition and write tasks run beside them on this 2-core machine
         "ray": {"num_cpus": 3},
         "annotate": {
             "engine": "vllm", "vllm_device": "cpu", "vllm_stage_num_cpus": 0.2, "batch_size": 8,
-            "rows_per_file": 16, "max_model_len": 512, "max_new_tokens": 64,
+            "rows_per_file": 8, "max_model_len": 512, "max_new_tokens": 64,
             "vllm_engine_kwargs": {"dtype": "float32"},
         },
     }
