@@ -360,7 +360,6 @@ class TrainConfig(Section):
     max_length: int = Field(1024, ge=16, description="Tokens of prompt + answer; longer pairs are truncated.")
     num_epochs: float = Field(1, gt=0)
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides num_epochs when set.")
-    bf16: bool | None = Field(None, description="null: bf16 on GPU, fp32 on CPU.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on big bases.")
     logging_steps: int = Field(10, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="Evaluate on the eval split every N steps; null: "
@@ -543,6 +542,10 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Precision of every hf engine (annotate, synthesize, serve) and the trainer: auto is "
+        "bfloat16 on a GPU that has it, float16 on one that does not, float32 on CPU; a GPU without bfloat16 "
+        "refuses bfloat16. (The vllm engines take theirs from vllm_engine_kwargs.)")
 
     @field_validator("sources")
     @classmethod

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from politune.config import ConfigError, build_config, load_preset
@@ -274,20 +275,21 @@ def recorded_checkpoints(run_folder: Path) -> list:
 def test_the_paper_recipe_is_the_gpu_presets_default() -> None:
     for preset in ("llama3-8b", "mistral-7b"):
         t = load_preset(preset).train
-        args = trainer_kwargs(t, "/tmp/out")
+        args = trainer_kwargs(t, "/tmp/out", torch.bfloat16)  # what dtype auto gives on an H100
         assert (t.lora.rank, t.lora.alpha, t.beta, t.loss_type) == (16, 32, 0.1, "sigmoid")
         assert {k: args[k] for k in ("learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps",
                                      "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
                                      "bf16", "use_cpu", "ddp_backend")} == {
             "learning_rate": 5e-4, "weight_decay": 0.05, "lr_scheduler_type": "cosine", "warmup_steps": 100,
             "per_device_train_batch_size": 4, "gradient_accumulation_steps": 16, "max_length": 1024,
-            "bf16": True, "use_cpu": False, "ddp_backend": "nccl"}
+            "bf16": True, "use_cpu": False, "ddp_backend": None}  # no process group here: see below
 
 
 def test_sharded_strategies_build_their_trainer_settings() -> None:
-    fsdp = trainer_kwargs(load_preset("llama3-8b", ["train.strategy=fsdp"]).train, "/tmp/out")
+    fsdp = trainer_kwargs(load_preset("llama3-8b", ["train.strategy=fsdp"]).train, "/tmp/out", torch.bfloat16)
     assert fsdp["fsdp"] == "full_shard auto_wrap"
-    zero3 = trainer_kwargs(load_preset("llama3-8b", ["train.strategy=deepspeed_zero3"]).train, "/tmp/out")
+    zero3 = trainer_kwargs(load_preset("llama3-8b", ["train.strategy=deepspeed_zero3"]).train, "/tmp/out",
+                           torch.bfloat16)
     assert zero3["deepspeed"]["zero_optimization"]["stage"] == 3
 
 
@@ -307,5 +309,5 @@ def test_the_readmes_8b_training_config_builds(tmp_path: Path) -> None:
     example = re.search(r"```yaml\n(# train-8b\.yaml.*?)```", readme, re.S).group(1)
     (tmp_path / "train-8b.yaml").write_text(example)
     t = load_config(tmp_path / "train-8b.yaml").train
-    args = trainer_kwargs(t, "/tmp/out")
+    args = trainer_kwargs(t, "/tmp/out", torch.bfloat16)
     assert t.num_workers == 4 and t.use_gpu and args["report_to"] == ["tensorboard"] and args["bf16"]

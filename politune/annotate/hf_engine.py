@@ -59,10 +59,10 @@ class HFAnnotator:
 
     def __init__(self, model_path: str, model_name: str, mode: str, run_id: str, max_new_tokens: int = 48,
                  max_prompt_tokens: int = 1024, max_retries: int = 2, num_threads: int | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", dtype: str = "auto") -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.model, self.tokenizer = load_causal_lm(model_path, device=device)
+        self.model, self.tokenizer = load_causal_lm(model_path, dtype=dtype, device=device)
         self.tokenizer.padding_side = "left"  # the last position is every row's next token
         self.model_name = model_name
         self.mode = mode
@@ -122,8 +122,8 @@ class HFAnnotator:
         for scale in SCALES:
             inputs = self._encode([scale_messages(t, scale) for t in texts])
             tokens_in += int(inputs["attention_mask"].sum())
-            with torch.no_grad():
-                logits = self.model(**inputs).logits[:, -1, :]
+            with torch.no_grad():  # the last position's logits only: not a batch x length x vocabulary tensor
+                logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
             expected[scale], argmax[scale] = expected_and_argmax(logits[:, self.answer_ids].double().cpu().numpy())
         rows = [
             self._row("ok", "", {s: float(expected[s][i]) for s in SCALES}, {s: int(argmax[s][i]) for s in SCALES})

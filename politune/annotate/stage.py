@@ -55,7 +55,7 @@ class AnnotateResult:
 
 def annotate_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str, dict[str, str]]]:
     """What the annotations are made of: (config hash, inputs)."""
-    return {"annotations": (cfg.section_hash("annotate"), {"documents": manifest.fingerprint("documents")})}
+    return {"annotations": (cfg.section_hash("annotate", "dtype"), {"documents": manifest.fingerprint("documents")})}
 
 
 @prepares("annotate")
@@ -120,7 +120,7 @@ class HFEngine:
                 model_path=resolve_model(a.model, self.cfg), model_name=a.model, mode=a.mode,
                 run_id=self.cfg.run_id, max_new_tokens=a.max_new_tokens, max_prompt_tokens=a.max_prompt_tokens,
                 max_retries=a.max_retries, num_threads=max(1, int(a.num_cpus_per_actor)),
-                device="cuda" if a.num_gpus_per_actor > 0 else "cpu"),
+                device="cuda" if a.num_gpus_per_actor > 0 else "cpu", dtype=self.cfg.dtype),
             batch_size=a.batch_size, compute=ray.data.ActorPoolStrategy(size=a.concurrency),
             num_cpus=a.num_cpus_per_actor,
             num_gpus=a.num_gpus_per_actor or None, batch_format="numpy",

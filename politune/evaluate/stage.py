@@ -61,7 +61,7 @@ def evaluate_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str
     """What the evaluation is made of: (config hash, inputs): the served base model and every adapter the
     manifest records (the models evaluate asks)."""
     adapters = {a: manifest.fingerprint(a) for a in sorted(manifest.data["artifacts"]) if a.startswith("adapter:")}
-    return {"eval": (cfg.section_hash("evaluate"), {"serve.base_model": cfg.serve.base_model, **adapters})}
+    return {"eval": (cfg.section_hash("evaluate", "dtype"), {"serve.base_model": cfg.serve.base_model, **adapters})}
 
 
 @prepares("evaluate")

@@ -5,14 +5,41 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+# the config's `dtype` (RunConfig.dtype) by name; "auto" is resolved where the model is loaded (resolve_dtype)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(setting: str | torch.dtype, device: str) -> torch.dtype:
+    """The dtype a model is loaded in on `device` ("cpu", "cuda", "cuda:N"), from the config's `dtype`: auto is
+    bfloat16 on a GPU that has it, float16 on one that does not, float32 on a CPU. Called where the model is loaded
+    (a Ray worker or replica sees its own device; the driver may have none). A GPU without bfloat16 (before
+    Ampere) refuses it with an error naming the field and the device."""
+    if isinstance(setting, torch.dtype):
+        return setting
+    on_gpu = device.startswith("cuda")
+    if setting == "auto":
+        if not on_gpu:
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting not in DTYPES:
+        raise ValueError(f"dtype: {setting!r}; expected auto, {', '.join(DTYPES)}")
+    if on_gpu and setting == "bfloat16" and not torch.cuda.is_bf16_supported():
+        index = torch.device(device).index or 0
+        name, (major, minor) = torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
+        raise ValueError(f"dtype: bfloat16 cannot run on {name} (compute capability {major}.{minor}, before Ampere): "
+                         "set dtype: float16 or auto")
+    return DTYPES[setting]
+
 
 def load_causal_lm(
-    name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    name_or_path: str, dtype: str | torch.dtype = torch.float32, device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model and its tokenizer, in `dtype` (a torch dtype or the config's setting, resolve_dtype) on `device`,
+    ready for inference."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.pad_token is None:  # Llama3 ships without one
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype, device)).to(device)
     model.eval()
     return model, tokenizer
 

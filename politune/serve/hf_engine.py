@@ -18,6 +18,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from politune.models.loading import load_causal_lm
+from politune.models.logprobs import token_logprobs
 from politune.serve.protocol import GeneratedChoice
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -101,8 +102,8 @@ class _RowLimits(StoppingCriteria):
 
 
 class AdapterModel:
-    def __init__(self, base_path: str, device: str = "cpu") -> None:
-        self.base, self.tokenizer = load_causal_lm(base_path, device=device)
+    def __init__(self, base_path: str, device: str = "cpu", dtype: str = "auto") -> None:
+        self.base, self.tokenizer = load_causal_lm(base_path, dtype=dtype, device=device)
         self.tokenizer.padding_side = "left"
         self.model = self.base  # becomes a PeftModel with the first adapter
         self.device = device
@@ -221,18 +222,17 @@ class AdapterModel:
 
     def _add_logprobs(self, rows: list[Row], choices: list[GeneratedChoice], completions: list[list[int]]) -> None:
         """Log-probabilities of every returned token (with echo, of the prompt's too, the first being None) and
-        the top alternatives, from one forward pass over prompt + completion."""
+        the top alternatives, from one forward pass over prompt + completion (models/logprobs.py: by chunks of
+        positions, never the whole batch's logits at once)."""
         sequences = [r.prompt_ids + c for r, c in zip(rows, completions, strict=True)]
         ids, mask = self._padded(sequences)
-        logits = self.model(input_ids=ids, attention_mask=mask, **self._adapter_kwargs(rows)).logits
+        top = max(r.logprobs or 0 for r in rows)
+        scored = token_logprobs(self.model, ids, mask, top, **self._adapter_kwargs(rows))
+        picked = scored.picked.tolist()
+        top_values, top_ids = (scored.top_values.tolist(), scored.top_ids.tolist()) if top else (None, None)
         width = ids.shape[1]
-        # position t predicts token t+1: each token's log-probability, for the whole batch in one pass
-        shifted = logits[:, :-1].float()
-        norms = torch.logsumexp(shifted, dim=-1)
-        picked = (shifted.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - norms).tolist()
         for b, (row, choice, seq) in enumerate(zip(rows, choices, sequences, strict=True)):
             start = width - len(seq)  # left padding
-            logprobs = shifted[b, start:] - norms[b, start:, None] if row.logprobs else None  # the top alternatives'
             first = 0 if row.echo else len(row.prompt_ids)
             tokens, token_lps, tops = [], [], []
             for t in range(first, len(seq)):
@@ -241,9 +241,10 @@ class AdapterModel:
                 if row.logprobs:
                     if t == 0:
                         tops.append({})
-                    else:
-                        values, index = logprobs[t - 1].topk(row.logprobs)
-                        tops.append({self.token_text(int(i)): float(v) for v, i in zip(values, index, strict=True)})
+                    else:  # topk is sorted: this row's k are the first k of the batch's
+                        at = start + t - 1
+                        tops.append({self.token_text(i): v for v, i in zip(
+                            top_values[b][at][:row.logprobs], top_ids[b][at][:row.logprobs], strict=True)})
             choice.tokens, choice.token_logprobs = tokens, token_lps
             choice.top_logprobs = tops if row.logprobs else None
             offsets, at = [], 0

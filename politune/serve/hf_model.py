@@ -72,7 +72,7 @@ class HFModelServer:
         torch.set_num_threads(s.num_threads or max(1, int(s.cpus_per_replica)))
         self.serve_cfg, self.run_uri = s, run.run_uri
         self.stage_metrics = StageMetrics(run.run_id, "serve")
-        self.engine = AdapterModel(model_path, "cuda" if s.gpus_per_replica else "cpu")
+        self.engine = AdapterModel(model_path, "cuda" if s.gpus_per_replica else "cpu", run.dtype)
         self.downloads = Path(tempfile.mkdtemp(prefix="politune-adapters-"))
         self.held: set[str] = set()
         self.cancelled: set[str] = set()

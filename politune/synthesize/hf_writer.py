@@ -28,10 +28,10 @@ class HFPairWriter:
 
     def __init__(self, model_path: str, chosen_from: str, max_new_tokens: int, max_prompt_tokens: int,
                  max_retries: int = 2, num_threads: int | None = None, device: str = "cpu", run_id: str = "",
-                 temperature: float = 0.0) -> None:
+                 temperature: float = 0.0, dtype: str = "auto") -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.model, self.tokenizer = load_causal_lm(model_path, device=device)
+        self.model, self.tokenizer = load_causal_lm(model_path, dtype=dtype, device=device)
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"
         self.chosen_from = chosen_from

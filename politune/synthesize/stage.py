@@ -69,7 +69,7 @@ def synthesize_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[s
         inputs = {"selected": manifest.fingerprint("selected")}
     else:
         inputs = {f"released {side}": ", ".join(s.released.get(side, [])) for side in SIDES}
-    return {"preferences": (cfg.section_hash("synthesize"), inputs)}
+    return {"preferences": (cfg.section_hash("synthesize", "dtype"), inputs)}
 
 
 @prepares("synthesize")
@@ -156,7 +156,7 @@ def _hf_drafts(cfg: RunConfig, posts: ray.data.Dataset) -> list[dict[str, Any]]:
             model_path=resolve_model(s.model, cfg), chosen_from=s.chosen_from, max_new_tokens=s.max_new_tokens,
             max_prompt_tokens=s.max_prompt_tokens, max_retries=s.max_retries,
             num_threads=max(1, int(s.num_cpus_per_actor)), device="cuda" if s.num_gpus_per_actor > 0 else "cpu",
-            run_id=cfg.run_id, temperature=s.temperature),
+            dtype=cfg.dtype, run_id=cfg.run_id, temperature=s.temperature),
         batch_size=s.batch_size, compute=ray.data.ActorPoolStrategy(size=s.concurrency),
         num_cpus=s.num_cpus_per_actor, num_gpus=s.num_gpus_per_actor or None, batch_format="pyarrow",
     ).take_all()

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from politune.models.logprobs import token_logprobs
+
 
 def preference_metrics(model: Any, tokenizer: Any, rows: list[dict[str, str]], beta: float, max_length: int,
                        adapter: bool = True, batch_size: int = 8) -> dict[str, float]:
@@ -58,8 +60,7 @@ def _answer_logps(model: Any, tokenizer: Any, rows: list[dict[str, str]], role: 
                 ids[i, :len(p) + len(a)] = torch.tensor(p + a)
                 mask[i, :len(p) + len(a)] = 1
                 answer[i, len(p):len(p) + len(a)] = True
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
+            logps = token_logprobs(model, ids.to(device), mask.to(device)).picked  # by chunks of positions
             out.append((logps * answer[:, 1:].to(device)).sum(dim=1).cpu().numpy())
     model.train(was_training)
     return np.concatenate(out), np.array([len(a) for _, a in sequences])

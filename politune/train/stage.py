@@ -62,7 +62,7 @@ def trained(cfg: RunConfig) -> list[str]:
 
 
 def _made_of(cfg: RunConfig, manifest: Manifest) -> tuple[str, dict[str, str]]:
-    return cfg.section_hash("train"), {"preferences": manifest.fingerprint("preferences")}
+    return cfg.section_hash("train", "dtype"), {"preferences": manifest.fingerprint("preferences")}
 
 
 @prepares("train")
@@ -108,7 +108,7 @@ def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
         trainer.fit()
         metrics = read_json(join(adapter_uri, "metrics.json"))  # written by rank 0 beside the adapter
         entry = AdapterEntry(name=name, side=MIXTURE if mixture else side, method=t.method, base_model=t.base_model,
-                             path=adapter_uri, config_hash=cfg.section_hash("train"), metrics=metrics,
+                             path=adapter_uri, config_hash=cfg.section_hash("train", "dtype"), metrics=metrics,
                              shares={"left": mixture.left, "right": mixture.right} if mixture else None)
         checkpoints = publish_checkpoints(cfg.run_uri, entry, steps_uri, metrics.get("global_step"))
         register_checkpoints(cfg.run_uri, name, checkpoints)  # and drops an earlier training's
@@ -186,7 +186,7 @@ def train_run_name(cfg: RunConfig, side: str) -> str:
     """The Ray Train run of this side's adapter: the same config and pairs give the same name, so a
     restarted training finds its checkpoints."""
     preferences = Manifest(cfg.run_uri).fingerprint("preferences")
-    identity = hashlib.sha256(f"{cfg.section_hash('train')}:{preferences}:{side}".encode()).hexdigest()
+    identity = hashlib.sha256(f"{cfg.section_hash('train', 'dtype')}:{preferences}:{side}".encode()).hexdigest()
     return f"{adapter_name(side, cfg.train.method)}-{identity[:12]}"
 
 

@@ -39,7 +39,7 @@ from politune.config import RunConfig, TrainConfig
 from politune.engines.metrics import StageMetrics
 from politune.failures import WorkerFailure
 from politune.models import resolve_model
-from politune.models.loading import load_causal_lm
+from politune.models.loading import load_causal_lm, resolve_dtype
 from politune.storage import resolve
 from politune.train.data import as_messages, mixture_rows, read_split
 from politune.train.heldout import preference_metrics
@@ -112,20 +112,23 @@ def publish_step_adapter(hf_checkpoint: str, metrics: dict[str, Any], steps_uri:
     return True
 
 
-def trainer_kwargs(t: TrainConfig, output_dir: str) -> dict[str, Any]:
-    """The train section as TRL config arguments (DPOConfig's, or SFTConfig's for method sft)."""
+def trainer_kwargs(t: TrainConfig, output_dir: str, dtype: torch.dtype) -> dict[str, Any]:
+    """The train section as TRL config arguments (DPOConfig's, or SFTConfig's for method sft), for a base loaded in
+    `dtype` (resolve_dtype): bfloat16 trains in bf16 mixed precision, float16 in fp16 on a GPU."""
     common: dict[str, Any] = dict(
         output_dir=output_dir, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
         per_device_train_batch_size=t.per_device_batch_size, per_device_eval_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, num_train_epochs=t.num_epochs,
         max_steps=t.max_steps or -1, max_length=t.max_length, seed=t.seed,
-        bf16=t.use_gpu if t.bf16 is None else t.bf16, use_cpu=not t.use_gpu,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16 and t.use_gpu, use_cpu=not t.use_gpu,
         gradient_checkpointing=t.gradient_checkpointing, logging_steps=t.logging_steps,
         eval_strategy="steps" if t.eval_steps else "no", eval_steps=t.eval_steps,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=1,  # Ray keeps keep_checkpoints
-        # on CPU accelerate takes gloo by itself, and naming it outside a process group (plain TRL) fails
-        report_to=t.report_to or "none", ddp_backend="nccl" if t.use_gpu else None,
+        # inside Ray Train's process group NCCL on GPUs (on CPU accelerate takes gloo by itself); outside one (plain
+        # TRL, bench/train.py) naming a backend makes accelerate ask for a group that does not exist
+        report_to=t.report_to or "none",
+        ddp_backend="nccl" if t.use_gpu and torch.distributed.is_initialized() else None,
         ddp_find_unused_parameters=False, dataloader_num_workers=0,
     )
     if t.strategy == "fsdp":
@@ -139,10 +142,10 @@ def trainer_kwargs(t: TrainConfig, output_dir: str) -> dict[str, Any]:
     return common
 
 
-def training_args(t: TrainConfig, output_dir: str) -> Any:
+def training_args(t: TrainConfig, output_dir: str, dtype: torch.dtype) -> Any:
     from trl import DPOConfig, SFTConfig
 
-    return (DPOConfig if t.method == "dpo" else SFTConfig)(**trainer_kwargs(t, output_dir))
+    return (DPOConfig if t.method == "dpo" else SFTConfig)(**trainer_kwargs(t, output_dir, dtype))
 
 
 def lora_config(t: TrainConfig) -> Any:
@@ -160,8 +163,9 @@ def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[An
     from trl import DPOTrainer, SFTTrainer
 
     t = cfg.train
-    model, tokenizer = load_causal_lm(model_path or resolve_model(t.base_model, cfg),
-                                      dtype=torch.bfloat16 if t.use_gpu and t.bf16 is not False else torch.float32)
+    device = "cuda" if t.use_gpu else "cpu"  # the trainer moves the model there; loaded on CPU first
+    dtype = resolve_dtype(cfg.dtype, device)
+    model, tokenizer = load_causal_lm(model_path or resolve_model(t.base_model, cfg), dtype=dtype)
     mixture = t.mixture(side)
     if mixture is None:
         train_rows = read_split(cfg.run_uri, side, "train")
@@ -175,7 +179,7 @@ def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[An
     datasets = {split: Dataset.from_dict(as_messages(rows, t.method)) if rows else None
                 for split, rows in (("train", train_rows), ("eval", eval_rows))}
     trainer_class = DPOTrainer if t.method == "dpo" else SFTTrainer
-    trainer = trainer_class(model=model, args=training_args(t, output_dir), train_dataset=datasets["train"],
+    trainer = trainer_class(model=model, args=training_args(t, output_dir, dtype), train_dataset=datasets["train"],
                             eval_dataset=datasets["eval"] if t.eval_steps else None, processing_class=tokenizer,
                             peft_config=lora_config(t), callbacks=callbacks)
     return trainer, tokenizer, held_out
