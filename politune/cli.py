@@ -250,7 +250,7 @@ def probe(
 @app.command()
 def plan(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
          posts: int = typer.Option(1_000_000, "--posts", help="Posts in the corpus."),
-         gpu: str = typer.Option("h100", "--gpu", help="GPU type: h100, a100, l40s, l4."),
+         gpu: str = typer.Option("h100", "--gpu", help="GPU type: h100, h200, a100, l40s, l4."),
          price: float = typer.Option(2.5, "--price", help="Price of a GPU-hour."),
          post_tokens: float = typer.Option(60.0, "--post-tokens", help="Tokens of an average post."),
          selected_share: float = typer.Option(None, "--selected-share",
@@ -259,21 +259,28 @@ def plan(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = Set
          ray_data_llm_ratio: float = typer.Option(
              1.0, "--ray-data-llm-ratio", help="docs/s through ray.data.llm ÷ vllm.LLM in one process, as "
                                                "bench/annotate.py --engine vllm measures it; divides the vLLM "
-                                               "stages' estimates.")) -> None:
+                                               "stages' estimates."),
+         bench_json: Path = typer.Option(None, "--bench-json", help="bench/gpu.py's figures, whose MFUs replace the "
+                                         "assumed ones (default: bench/results/gpu.json in this checkout, if there)."),
+         ) -> None:
     """Estimate tokens, GPU-hours, wall time and cost of each stage before running the study."""
     from politune.console import print_plan
-    from politune.plan import GPUS, plan_study
+    from politune.plan import BENCH_JSON, GPUS, measured_mfus, plan_study
 
     cfg = _config(config, preset, set_)
     if gpu not in GPUS:
         typer.secho(f"error: --gpu {gpu}: expected one of {', '.join(GPUS)}", fg="red", err=True)
         raise typer.Exit(2)
+    if bench_json is not None and not bench_json.is_file():
+        typer.secho(f"error: --bench-json {bench_json}: no such file (bench/gpu.py writes it)", fg="red", err=True)
+        raise typer.Exit(2)
     try:
-        plans, notes = plan_study(cfg, posts, GPUS[gpu], post_tokens, selected_share, ray_data_llm_ratio)
-    except ValueError as err:
+        mfus = measured_mfus(bench_json or BENCH_JSON)
+        plans, notes = plan_study(cfg, posts, GPUS[gpu], post_tokens, selected_share, ray_data_llm_ratio, mfus)
+    except (ValueError, KeyError) as err:
         typer.secho(f"error: plan: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
-    print_plan(plans, notes, posts, GPUS[gpu], price)
+    print_plan(plans, notes, posts, GPUS[gpu], price, mfus)
 
 
 RootOpt = typer.Option(None, "--root", help="Storage root to look in (default: the config's storage_root).")

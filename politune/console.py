@@ -14,7 +14,7 @@ from politune.annotate import AnnotateResult
 from politune.evaluate import EvaluateResult
 from politune.ingest import IngestResult
 from politune.pipeline import PipelineResult
-from politune.plan import CHARS_PER_TOKEN, MFU_DECODE, MFU_PREFILL, Gpu, StagePlan
+from politune.plan import CHARS_PER_TOKEN, Gpu, Mfus, StagePlan
 from politune.report import ReportResult
 from politune.runs import STAGE_ARTIFACTS, RunSummary
 from politune.select import SelectResult
@@ -226,7 +226,8 @@ def print_run(run: RunSummary) -> None:
         console.print(f"report:     {escape(run.uri)}/report/report.html")
 
 
-def print_plan(plans: list[StagePlan], notes: list[str], posts: int, gpu: Gpu, price: float) -> None:
+def print_plan(plans: list[StagePlan], notes: list[str], posts: int, gpu: Gpu, price: float,
+               mfus: Mfus = Mfus()) -> None:
     table = Table(title=f"plan: {posts:,} posts on {gpu.name} at {price:g} a GPU-hour")
     for column in ("stage", "model", "tokens in", "tokens out", "GPUs", "GPU-hours", "wall", "cost", "basis"):
         table.add_column(column, justify="left" if column in ("stage", "model", "basis") else "right")
@@ -241,9 +242,12 @@ def print_plan(plans: list[StagePlan], notes: list[str], posts: int, gpu: Gpu, p
     for p in plans:
         if p.note:
             console.print(f"  {p.stage}: {escape(p.note)}")
-    console.print(f"  estimates: FLOPs a token = 2 x parameters (6 x for LoRA-DPO), at {MFU_PREFILL:.0%} of "
-                  f"{gpu.bf16_tflops:g} TFLOPS bf16 reading prompts and {MFU_DECODE:.0%} writing tokens; "
-                  f"{CHARS_PER_TOKEN} characters a token. ingest and select run on CPUs and are not counted.")
+    console.print(f"  estimates: FLOPs a token = 2 x parameters (6 x for LoRA-DPO), at a share (MFU) of "
+                  f"{gpu.bf16_tflops:g} TFLOPS bf16; {CHARS_PER_TOKEN} characters a token. ingest and select run "
+                  "on CPUs and are not counted.")
+    for kind, what, mfu in (("prefill", "reading prompts", mfus.prefill), ("decode", "writing tokens", mfus.decode),
+                            ("train", "training (LoRA-DPO)", mfus.train)):
+        console.print(f"  MFU {what}: {mfu:.0%} ({escape(mfus.source(kind))})")
     for note in notes:
         console.print(f"  {escape(note)}")
 

@@ -6,8 +6,10 @@ pass, 6 x for LoRA-DPO training: forward, the backward pass to the activations, 
 the wall time on the GPUs the stage is configured to use, and the cost at a price per GPU-hour.
 
 FLOPs become seconds at a model FLOPs utilisation (MFU): a share of the GPU's dense bf16 peak. Reading a prompt
-(prefill) keeps a GPU busy, writing a token at a time (decode) does not, so they get different MFUs. These are
-estimates of the order of a figure. Where a previous run of this config recorded a stage's throughput in its
+(prefill) keeps a GPU busy, writing a token at a time (decode) does not, so they get different MFUs. Where
+`bench/gpu.py` measured them on a GPU (bench/results/gpu.json: the hf annotator reading prompts, LoRA-DPO training),
+the measured MFUs replace the assumed ones and the output says which is which. These are estimates of the order of
+a figure. Where a previous run of this config recorded a stage's throughput in its
 manifest, with the same models, the measured figure replaces the estimate and the output says which is which.
 """
 
@@ -26,8 +28,9 @@ from politune.storage import Manifest, exists, join
 
 CHARS_PER_TOKEN = 4  # English text in the Llama 3 / Mistral tokenizers, roughly
 CHAT_OVERHEAD_TOKENS = 10  # a chat template's role headers and special tokens, a prompt
-MFU_PREFILL = 0.45  # prompt reading (and training) on vLLM / TRL: compute bound
-MFU_DECODE = 0.15  # batched generation: bound by memory bandwidth, a few tokens a weight read
+MFU_PREFILL = 0.45  # prompt reading (and training) on vLLM / TRL: compute bound; assumed
+MFU_DECODE = 0.15  # batched generation: bound by memory bandwidth, a few tokens a weight read; assumed
+BENCH_JSON = Path(__file__).resolve().parents[1] / "bench" / "results" / "gpu.json"  # bench/gpu.py's, in a checkout
 INSTRUCTION_TOKENS = 40  # what the synthesizer's instruction step writes, about
 JSON_SCORES_TOKENS = 20  # annotate's generate mode: {"ideology": 3, "relevance": 8, "quality": 6}
 
@@ -38,8 +41,39 @@ class Gpu:
     bf16_tflops: float  # dense peak
 
 
-GPUS = {"h100": Gpu("H100 SXM", 989.0), "a100": Gpu("A100 SXM", 312.0), "l40s": Gpu("L40S", 362.0),
-        "l4": Gpu("L4", 121.0)}
+GPUS = {"h100": Gpu("H100 SXM", 989.0), "h200": Gpu("H200 SXM", 989.0), "a100": Gpu("A100 SXM", 312.0),
+        "l40s": Gpu("L40S", 362.0), "l4": Gpu("L4", 121.0)}
+
+
+@dataclass(frozen=True)
+class Mfus:
+    """The MFUs FLOPs become seconds at, and where each came from ("assumed", or what measured it)."""
+
+    prefill: float = MFU_PREFILL
+    decode: float = MFU_DECODE
+    train: float = MFU_PREFILL
+    sources: tuple[tuple[str, str], ...] = (("prefill", "assumed"), ("decode", "assumed"), ("train", "assumed"))
+
+    def source(self, kind: str) -> str:
+        return dict(self.sources)[kind]
+
+
+def measured_mfus(path: Path | None = BENCH_JSON) -> Mfus:
+    """The MFUs bench/gpu.py measured on a GPU with the 8B shape (its JSON at `path`): the hf annotator's prompt
+    reading for prefill, LoRA-DPO under Ray Train (plain TRL without it) for training, each as achieved FLOP/s over
+    the measured GPU's dense bf16 peak (its matmul ceiling when the GPU is not one of GPUS). Decode stays assumed.
+    Without such a file (or with a CPU run's), the assumed ones."""
+    if path is None or not path.is_file():
+        return Mfus()
+    bench = json.loads(path.read_text())
+    if bench.get("size") != "8b" or "cpu" in str(bench.get("device", "")).lower() or "annotate" not in bench:
+        return Mfus()
+    device = str(bench["device"])
+    peak = next((g.bf16_tflops for key, g in GPUS.items() if key in device.lower()), bench["ceiling_tflops"])
+    train = bench["train"].get("ray_train") or bench["train"]["plain_trl"]
+    where = f"measured by bench/gpu.py on {device}, {bench['date']}"
+    return Mfus(prefill=bench["annotate"]["tflops"] / peak, train=train["tflops"] / peak,
+                sources=(("prefill", where), ("decode", "assumed"), ("train", where)))
 
 # parameters of the models the presets name (from their configs); others: "<N>B" in the name, or a local folder
 KNOWN_PARAMS = {"meta-llama/Meta-Llama-3-70B-Instruct": 70.6e9, "meta-llama/Meta-Llama-3-8B-Instruct": 8.03e9,
@@ -86,20 +120,21 @@ def prompt_tokens(messages: list[dict[str, str]]) -> float:
     return sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN + CHAT_OVERHEAD_TOKENS
 
 
-def gpu_hours(params: float, tokens_in: float, tokens_out: float, gpu: Gpu, train: bool = False) -> float:
+def gpu_hours(params: float, tokens_in: float, tokens_out: float, gpu: Gpu, train: bool = False,
+              mfus: Mfus = Mfus()) -> float:
     peak = gpu.bf16_tflops * 1e12
     if train:
-        return 6 * params * tokens_in / (peak * MFU_PREFILL) / 3600
-    return (2 * params * tokens_in / (peak * MFU_PREFILL) + 2 * params * tokens_out / (peak * MFU_DECODE)) / 3600
+        return 6 * params * tokens_in / (peak * mfus.train) / 3600
+    return (2 * params * tokens_in / (peak * mfus.prefill) + 2 * params * tokens_out / (peak * mfus.decode)) / 3600
 
 
 def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
-               selected_share: float | None = None, ray_data_llm_ratio: float = 1.0,
+               selected_share: float | None = None, ray_data_llm_ratio: float = 1.0, mfus: Mfus = Mfus(),
                ) -> tuple[list[StagePlan], list[str]]:
     """Per stage, the plan for `posts` posts of `post_tokens` tokens each, on `gpu`s; and notes on what it rests on
     (a previous run's manifest that could not be read). `ray_data_llm_ratio`: the stage's docs/s through
     ray.data.llm ÷ vllm.LLM's in one process (bench/annotate.py --engine vllm); the estimates of the stages that
-    run vLLM through ray.data.llm are divided by it."""
+    run vLLM through ray.data.llm are divided by it. `mfus`: measured_mfus() where bench/gpu.py measured them."""
     if not 0 < ray_data_llm_ratio <= 1.5:
         raise ValueError(f"--ray-data-llm-ratio {ray_data_llm_ratio}: expected a ratio above 0 (about 1)")
     from politune.annotate.prompts import JSON_SCHEMA, SCALES, generate_messages, scale_messages
@@ -118,7 +153,7 @@ def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
     else:
         a_in, a_out = posts * prompt_tokens(generate_messages(post)), posts * JSON_SCORES_TOKENS
     a_gpus = a.concurrency * a.tensor_parallel_size * a.pipeline_parallel_size if a.engine == "vllm" else 0
-    plans.append(_stage_plan("annotate", a.model, cfg, gpu, a_in, a_out, a_gpus, measured, posts,
+    plans.append(_stage_plan("annotate", a.model, cfg, gpu, mfus, a_in, a_out, a_gpus, measured, posts,
                              "documents_per_s", note=f"{a.mode} mode, {len(SCALES)} scales" if a.mode == "logprob"
                              else f"generate mode, {len(JSON_SCHEMA['properties'])} scores as JSON"))
 
@@ -131,7 +166,7 @@ def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
     if s.consistency_check:  # the annotator reads chosen and rejected on the ideology scale
         s_in += selected * 2 * (prompt_tokens(scale_messages("x" * s.max_new_tokens * CHARS_PER_TOKEN, "ideology")))
     s_gpus = s.concurrency * s.tensor_parallel_size * s.pipeline_parallel_size if s.engine == "vllm" else 0
-    plans.append(_stage_plan("synthesize", s.model, cfg, gpu, s_in, s_out, s_gpus, measured, selected,
+    plans.append(_stage_plan("synthesize", s.model, cfg, gpu, mfus, s_in, s_out, s_gpus, measured, selected,
                              "pairs_per_s", note=f"{selected:,.0f} selected posts ({share:.0%} of the posts)"))
 
     t = cfg.train
@@ -140,11 +175,11 @@ def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
     adapters = len(t.sides) + len(t.mixtures)  # a mixture trains on about a side's number of pairs
     t_tokens = adapters * pairs * t.num_epochs * pair_tokens
     t_gpus = int(t.num_workers * t.gpus_per_worker) if t.use_gpu else 0
-    plans.append(_stage_plan("train", t.base_model, cfg, gpu, t_tokens, 0, t_gpus, measured, None, "",
+    plans.append(_stage_plan("train", t.base_model, cfg, gpu, mfus, t_tokens, 0, t_gpus, measured, None, "",
                              train=True, note=f"{adapters} adapter(s), {pairs:,.0f} pairs a side, "
                                               f"{t.num_epochs:g} epoch(s)"))
 
-    plans.append(_evaluate_plan(cfg, gpu, measured))
+    plans.append(_evaluate_plan(cfg, gpu, mfus, measured))
     if ray_data_llm_ratio != 1.0:
         for p in plans:
             through_ray_data_llm = (p.stage == "annotate" and a.engine == "vllm") or \
@@ -156,10 +191,10 @@ def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
     return plans, notes
 
 
-def _stage_plan(stage: str, model: str, cfg: RunConfig, gpu: Gpu, tokens_in: float, tokens_out: float, gpus: int,
-                measured: dict[str, Any], items: float | None, rate_key: str, train: bool = False,
+def _stage_plan(stage: str, model: str, cfg: RunConfig, gpu: Gpu, mfus: Mfus, tokens_in: float, tokens_out: float,
+                gpus: int, measured: dict[str, Any], items: float | None, rate_key: str, train: bool = False,
                 note: str = "") -> StagePlan:
-    hours = gpu_hours(model_params(model, cfg), tokens_in, tokens_out, gpu, train)
+    hours = gpu_hours(model_params(model, cfg), tokens_in, tokens_out, gpu, train, mfus)
     wall = hours / gpus if gpus else hours
     basis = "estimate"
     record = measured.get(stage)
@@ -173,7 +208,7 @@ def _stage_plan(stage: str, model: str, cfg: RunConfig, gpu: Gpu, tokens_in: flo
     return StagePlan(stage, model, tokens_in, tokens_out, gpus, hours, wall, basis, note)
 
 
-def _evaluate_plan(cfg: RunConfig, gpu: Gpu, measured: dict[str, Any]) -> StagePlan:
+def _evaluate_plan(cfg: RunConfig, gpu: Gpu, mfus: Mfus, measured: dict[str, Any]) -> StagePlan:
     from politune.evaluate.instruments import load_instrument, load_probes
 
     e, s = cfg.evaluate, cfg.serve
@@ -196,7 +231,7 @@ def _evaluate_plan(cfg: RunConfig, gpu: Gpu, measured: dict[str, Any]) -> StageP
     judged = tokens_out  # the judge reads each free-text answer and writes a score
     tokens_in += judged
     gpus = s.max_replicas * s.tensor_parallel_size * s.pipeline_parallel_size if s.backend == "vllm" else 0
-    return _stage_plan("evaluate", s.base_model, cfg, gpu, tokens_in, tokens_out, gpus, measured, None, "",
+    return _stage_plan("evaluate", s.base_model, cfg, gpu, mfus, tokens_in, tokens_out, gpus, measured, None, "",
                        note=f"{models} models x {items} propositions x {e.phrasings} phrasing(s)")
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from politune.cli import app
 from politune.config import build_config, resolve_config
-from politune.plan import GPUS, MFU_DECODE, MFU_PREFILL, model_params, plan_study
+from politune.plan import GPUS, MFU_DECODE, MFU_PREFILL, measured_mfus, model_params, plan_study
 
 runner = CliRunner()
 S3_PRESET_SETS = ["storage_root=/nonexistent/runs"]  # the presets' S3 root is not reachable from here
@@ -120,7 +120,7 @@ def test_model_sizes() -> None:
 
 def test_bad_gpu_is_refused() -> None:
     result = runner.invoke(app, ["plan", "--gpu", "tpu"])
-    assert result.exit_code == 2 and "--gpu tpu: expected one of h100, a100, l40s, l4" in result.output
+    assert result.exit_code == 2 and "--gpu tpu: expected one of h100, h200, a100, l40s, l4" in result.output
 
 
 def test_the_benchmarked_ray_data_llm_ratio_scales_the_vllm_stages() -> None:
@@ -132,3 +132,39 @@ def test_the_benchmarked_ray_data_llm_ratio_scales_the_vllm_stages() -> None:
     assert scaled["train"].gpu_hours == plain["train"].gpu_hours
     with pytest.raises(ValueError, match="expected a ratio above 0"):
         plan_study(gpu_preset(), 10, GPUS["h100"], ray_data_llm_ratio=0)
+
+
+def bench_json(folder: Path, device: str, size: str = "8b") -> Path:
+    """What bench/gpu.py writes, with the figures the plan reads (the notes' H200 measurements, rounded)."""
+    path = folder / "gpu.json"
+    path.write_text(json.dumps({"date": "2026-12-04", "device": device, "size": size, "ceiling_tflops": 795.0,
+                                "annotate": {"tflops": 404.0}, "train": {"plain_trl": {"tflops": 105.0},
+                                                                         "ray_train": {"tflops": 107.0}}}))
+    return path
+
+
+def test_bench_gpus_measured_mfus_replace_the_assumed_ones(tmp_path: Path) -> None:
+    mfus = measured_mfus(bench_json(tmp_path, "NVIDIA H200"))
+    assert mfus.prefill == pytest.approx(404 / 989) and mfus.train == pytest.approx(107 / 989)  # of the spec peak
+    assert mfus.decode == MFU_DECODE and mfus.source("decode") == "assumed"
+    assert mfus.source("train") == "measured by bench/gpu.py on NVIDIA H200, 2026-12-04"
+    assumed = by_stage(plan_study(gpu_preset(), 1_000_000, GPUS["h100"])[0])
+    measured = by_stage(plan_study(gpu_preset(), 1_000_000, GPUS["h100"], mfus=mfus)[0])
+    assert measured["train"].gpu_hours == pytest.approx(assumed["train"].gpu_hours * MFU_PREFILL / mfus.train)
+    # a CPU run of the bench (the test suite's), a smaller shape or no file: the assumed MFUs
+    for path in (bench_json(tmp_path, "x86_64", "tiny"), bench_json(tmp_path, "NVIDIA H200", "tiny"),
+                 tmp_path / "absent.json"):
+        assert measured_mfus(path).source("train") == "assumed" and measured_mfus(path).train == MFU_PREFILL
+    # an unknown GPU: a share of its own measured matmul ceiling
+    assert measured_mfus(bench_json(tmp_path, "Some GPU")).prefill == pytest.approx(404 / 795)
+
+
+def test_the_plan_says_which_mfus_are_measured(tmp_path: Path) -> None:
+    sets = [arg for s in S3_PRESET_SETS for arg in ("--set", s)]
+    measured = runner.invoke(app, ["plan", "--preset", "llama3-8b", *sets, "--bench-json",
+                                   str(bench_json(tmp_path, "NVIDIA H200"))])
+    assert measured.exit_code == 0, measured.output
+    assert "MFU training (LoRA-DPO): 11% (measured by bench/gpu.py on NVIDIA H200, 2026-12-04)" in measured.output
+    assert "MFU writing tokens: 15% (assumed)" in measured.output
+    missing = runner.invoke(app, ["plan", "--preset", "llama3-8b", *sets, "--bench-json", str(tmp_path / "no.json")])
+    assert missing.exit_code == 2 and "no such file (bench/gpu.py writes it)" in missing.output
