@@ -105,7 +105,7 @@ def test_dpo_raises_heldout_preference_accuracy_on_both_sides(pairs_run: dict) -
         assert m["after/preference_accuracy"] > 0.5 and m["after/reward_margin"] > 0, m
         entry = get_adapter(cfg.run_uri, side)
         assert (entry.side, entry.method, entry.base_model) == (side, "dpo", "tiny")
-        assert entry.config_hash == cfg.section_hash("train")
+        assert entry.config_hash == cfg.section_hash("train", "dtype")  # the trainer's precision is part of it
         files = {p.name for p in Path(entry.path).iterdir()}
         assert {"adapter_config.json", "adapter_model.safetensors", "log_history.jsonl", "metrics.json"} <= files
         adapter_config = json.loads((Path(entry.path) / "adapter_config.json").read_text())
