@@ -126,7 +126,9 @@ def test_generate_mode_records_malformed_answers(ray_local, tiny_model: Path, tm
     assert all(r["prompt_version"] == "annotate-v1/generate" for r in rows)
 
 
-def test_a_changed_annotator_starts_over(ray_local, tiny_model: Path, tmp_path: Path) -> None:
+def test_a_changed_annotator_or_a_reingested_corpus_starts_over(ray_local, tiny_model: Path, tmp_path: Path) -> None:
+    """What annotations are kept from an earlier run: none when the annotator changed (here its mode), none when the
+    corpus was ingested again with other documents. (One run checks both: each annotate call starts an actor pool.)"""
     cfg = run_config(tmp_path, tiny_model, 60, mode="logprob")
     ingest_corpus(cfg)
     annotate_documents(cfg)
@@ -135,19 +137,15 @@ def test_a_changed_annotator_starts_over(ray_local, tiny_model: Path, tmp_path: 
     assert result.resumed_from == 0 and result.annotated_now == result.documents
     assert {r["prompt_version"] for r in read_annotations(other)} == {"annotate-v1/generate"}
 
-
-def test_a_reingested_corpus_starts_over(ray_local, tiny_model: Path, tmp_path: Path) -> None:
-    cfg = run_config(tmp_path, tiny_model, 60, mode="logprob")
-    ingest_corpus(cfg)
-    annotate_documents(cfg)
-    smaller = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"max_text_chars": 60})})
+    smaller = other.model_copy(update={"ingest": other.ingest.model_copy(update={"max_text_chars": 60})})
     ingest_corpus(smaller)  # other documents in the same run
     result = annotate_documents(smaller)
     assert result.resumed_from == 0 and result.annotated_now == result.documents
 
 
 def test_kill_and_resume_gives_each_doc_id_exactly_once(ray_local, tiny_model: Path, tmp_path: Path) -> None:
-    cfg = run_config(tmp_path, tiny_model, 1500, mode="logprob", batch_size=4, rows_per_file=32)
+    # about 12 files of 32 posts: the kill comes after 3, with most of the work left to resume
+    cfg = run_config(tmp_path, tiny_model, 400, mode="logprob", batch_size=4, rows_per_file=32)
     ingest_corpus(cfg)
     out = Path(cfg.run_uri) / "annotations"
     code = ("import sys, yaml; from politune.config import build_config; from politune.annotate import "

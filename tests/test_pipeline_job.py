@@ -2,8 +2,9 @@
 against a two-node Ray (a head on 127.0.0.2 and a node on 127.0.0.3, see conftest.ray_head_node) on the embedded
 default's random-weights preset (local-random), with a smaller corpus. The job is stopped while it trains and
 submitted again: the manifest shows that ingest, annotation, selection and synthesis were not redone, training
-resumed from a save of the stopped job, work ran on both nodes, the run's Serve app answered evaluate, and the
-report is written."""
+resumed from a save of the stopped job (each step saved before the stop and after it registered once), work ran on
+both nodes, the run's Serve app answered evaluate, and the report is written. (This is also the suite's training
+interrupted and resumed across runs; test_faults_workers kills a Train worker within one run.)"""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import RAY, REPO, two_node_cluster
+from test_train import assert_checkpoint_folders, assert_checkpoints_registered
 
 pytestmark = pytest.mark.e2e
 
@@ -129,6 +131,8 @@ def test_the_study_as_a_submitted_job_on_two_nodes_stopped_while_training_and_re
                                  capture_output=True, text=True, timeout=180)
         assert stopped.returncode == 0 and "stopped" in stopped.stdout + stopped.stderr, stopped.stderr
         first, log = manifest(tmp_path), job_logs(head, job_id)
+        [left_run] = checkpoints.glob("left-*")
+        saved_before_stop = {p.name for p in (left_run / "adapter_steps").iterdir()}
         assert set(first["stages"]) == {"ingest", "annotate", "select", "synthesize"}, log[-5000:]
         assert "adapter:left" not in first["artifacts"]  # stopped halfway: not done
         assert seen["ingest", "rows_read"] == 300
@@ -156,7 +160,16 @@ def test_the_study_as_a_submitted_job_on_two_nodes_stopped_while_training_and_re
             assert last["stages"][stage] == first["stages"][stage], stage  # not redone
             assert re.search(rf"^{stage}: +skipped: done", log, re.M), stage
         registry = json.loads((tmp_path / "runs" / "job" / "adapters" / "registry.json").read_text())["adapters"]
-        assert registry["left"]["metrics"]["resumed_from_step"] >= 2  # from a save of the stopped job
+        m = registry["left"]["metrics"]
+        assert m["resumed_from_step"] >= 2 and m["resumed_from_step"] % 2 == 0  # a save of the stopped job, not 0
+        assert m["global_step"] == 6
+        # the steps saved before the stop and after it, each once, every one a registered adapter (the stopped
+        # job's workers may outlive its driver a moment and save one more step: kept as well)
+        run_uri = str(tmp_path / "runs" / "job")
+        saved = assert_checkpoints_registered(run_uri, "left", save_steps=2)
+        assert [c.step for c in saved] == [2, 4, 6]
+        assert saved_before_stop and saved_before_stop <= {f"step-{c.step}" for c in saved}
+        assert_checkpoint_folders(run_uri, saved)
         assert len(actor_nodes(head)) == 2  # Train workers (and Ray Data's actors) on both nodes
         assert len(set(registry["left"]["metrics"]["worker_nodes"])) == 2  # one Train worker a node
         answers = pq.read_table(tmp_path / "runs" / "job" / "eval" / "answers.parquet").to_pylist()

@@ -29,8 +29,9 @@ from politune.storage import Manifest
 from politune.synthesize import synthesize_preferences
 
 pytestmark = [pytest.mark.vllm, needs_vllm_cpu]
+# vLLM tokenizes the prompts itself (no Ray Data tokenize stage): one actor pool fewer a pass on 2 cores
 VLLM_SETTINGS = {"vllm_device": "cpu", "vllm_stage_num_cpus": 0.2, "max_model_len": 512,
-                 "vllm_engine_kwargs": {"dtype": "float32"}}
+                 "vllm_tokenize_stage": False, "vllm_engine_kwargs": {"dtype": "float32"}}
 
 
 @pytest.fixture(scope="module")

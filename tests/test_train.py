@@ -9,16 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from politune.config import ConfigError, build_config, load_preset
 from politune.corpus.generate import labelled_pairs
@@ -37,7 +31,6 @@ from politune.synthesize import synthesize_preferences
 from politune.synthesize.formats import write_pairs
 from politune.train import train_adapter, train_adapters
 from politune.train.data import read_split
-from politune.train.stage import train_run_name
 from politune.train.worker import trainer_kwargs
 
 pytestmark = pytest.mark.integration
@@ -176,37 +169,6 @@ def test_sft_on_the_chosen_answers_registers_its_own_adapter(pairs_run: dict) ->
     checkpoints = assert_checkpoints_registered(cfg.run_uri, "left-sft", save_steps=4)
     assert result.checkpoints == ["left-sft.step-4", "left-sft.step-6"]  # and at the end, off the 4-step beat
     assert_checkpoint_folders(cfg.run_uri, checkpoints)
-
-
-def test_a_killed_training_resumes_from_its_last_checkpoint(pairs_run: dict, tmp_path: Path) -> None:
-    raw = with_train(pairs_run, max_steps=40, save_steps=3, learning_rate=0.001)
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config), "--side",
-                            "right"], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    run_folder = Path(raw["storage_root"]) / raw["run_id"] / "adapters" / "_train" / train_run_name(
-        build_config(raw), "right")
-    deadline = time.time() + 300
-    while not recorded_checkpoints(run_folder):
-        assert job.poll() is None, "the training job ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.2)
-    os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    job.wait()
-    before_kill = {p.name for p in (run_folder / "adapter_steps").iterdir()}
-
-    result = train_adapter(build_config(raw), "right")
-    m = result.adapter.metrics
-    assert m["resumed_from_step"] > 0 and m["resumed_from_step"] % 3 == 0  # a checkpoint's step, not 0
-    assert m["global_step"] == 40
-    # the steps saved before the kill and after it, each once: 3, 6, … 39 and the end, 40
-    checkpoints = assert_checkpoints_registered(build_config(raw).run_uri, "right", save_steps=3)
-    assert [c.step for c in checkpoints] == [*range(3, 40, 3), 40]
-    # (the killed run's Ray workers may outlive its driver a moment and save one more step: kept as well)
-    assert before_kill and before_kill <= {f"step-{c.step}" for c in checkpoints}
-    assert_checkpoint_folders(build_config(raw).run_uri, checkpoints)
 
 
 def test_training_on_s3_storage_checkpoints_and_registers_there(pairs_run: dict, s3_bucket: str) -> None:
