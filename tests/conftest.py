@@ -205,23 +205,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _module_seconds: dict[str, float] = {}
+_seconds_before: dict[str, float] | None = None  # what POLITUNE_TEST_SECONDS held when this session began
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Seconds per test module (setup, call and teardown, so a module fixture counts where it is built)."""
+    """Seconds per test module (setup, call and teardown, so a module fixture counts where it is built). With
+    POLITUNE_TEST_SECONDS=FILE they are added to FILE (JSON) after every test, so a run stopped at CI's time limit
+    still says where its time went; several pytest sessions (the tiers) add to one file, which .ci/run prints."""
+    global _seconds_before
     module = report.nodeid.split("::")[0]
     _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """With POLITUNE_TEST_SECONDS=FILE, add this session's seconds per module to FILE (JSON), which .ci/run prints
-    against its budget; several pytest sessions (the tiers) add to one file."""
     path = os.environ.get("POLITUNE_TEST_SECONDS")
-    if not path or getattr(session.config, "workerinput", None) is not None:
+    if not path or report.when != "teardown":
         return
-    seconds = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
-    for module, s in _module_seconds.items():
-        seconds[module] = round(seconds.get(module, 0.0) + s, 1)
+    if _seconds_before is None:
+        _seconds_before = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    seconds = dict(_seconds_before)
+    for name, s in _module_seconds.items():
+        seconds[name] = round(seconds.get(name, 0.0) + s, 1)
     Path(path).write_text(json.dumps(seconds, indent=1, sort_keys=True) + "\n")
 
 
