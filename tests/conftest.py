@@ -216,7 +216,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     module = report.nodeid.split("::")[0]
     _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
     path = os.environ.get("POLITUNE_TEST_SECONDS")
-    if not path or report.when != "teardown":
+    if not path or report.when != "teardown" or os.environ.get("PYTEST_XDIST_WORKER"):  # xdist: its controller
         return
     if _seconds_before is None:
         _seconds_before = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
