@@ -65,15 +65,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PYTEST) -x -m "$(UNIT)" --durations=10
 
-# the vLLM, integration and end-to-end tiers, each in its own pytest session (its own local Ray), all run even when
-# one fails. Alone, the vLLM modules take a half to a third of what they took late in one session of all three tiers
-# (test_vllm_cpu: 211 s against 524), and they run first.
-SLOW_TIERS := "vllm" "integration and not vllm and not e2e" "e2e and not vllm"
+# the vLLM, integration and end-to-end tiers, each in its own pytest session (its own local Ray), in two lanes side by
+# side (tests/lanes.sh: vllm then integration here, e2e beside them, its output in .test-e2e.log), all run even when
+# one fails. The vllm tier runs first in its lane: late in a long session the vLLM modules took 2-3x their time alone.
 test-slow: $(STAMP)
-	@failed=0; for tier in $(SLOW_TIERS); do \
-	  echo "== pytest -m \"$$tier\""; \
-	  $(PYTEST) -m "$$tier" --durations=10 || failed=1; \
-	done; exit $$failed
+	@tests/lanes.sh .test-e2e.log $(PYTEST)
 
 # the study's signal on the warmed default alone (tests/test_study_signal.py, part of `make test` too)
 test-study: $(STAMP)

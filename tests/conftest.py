@@ -204,26 +204,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                 f"(integration, e2e or vllm): {', '.join(unmarked)}")
 
 
-_module_seconds: dict[str, float] = {}
-_seconds_before: dict[str, float] | None = None  # what POLITUNE_TEST_SECONDS held when this session began
+_module_seconds: dict[str, float] = {}  # this session's seconds per module not yet added to the file
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Seconds per test module (setup, call and teardown, so a module fixture counts where it is built). With
     POLITUNE_TEST_SECONDS=FILE they are added to FILE (JSON) after every test, so a run stopped at CI's time limit
-    still says where its time went; several pytest sessions (the tiers) add to one file, which .ci/run prints."""
-    global _seconds_before
+    still says where its time went. Several pytest sessions add to one file, also side by side (`make test-slow`
+    runs two lanes of tiers at once): each adds what it measured since its last write, under a lock."""
+    import fcntl
+
     module = report.nodeid.split("::")[0]
     _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
     path = os.environ.get("POLITUNE_TEST_SECONDS")
     if not path or report.when != "teardown" or os.environ.get("PYTEST_XDIST_WORKER"):  # xdist: its controller
         return
-    if _seconds_before is None:
-        _seconds_before = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
-    seconds = dict(_seconds_before)
-    for name, s in _module_seconds.items():
-        seconds[name] = round(seconds.get(name, 0.0) + s, 1)
-    Path(path).write_text(json.dumps(seconds, indent=1, sort_keys=True) + "\n")
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        seconds = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+        for name, s in _module_seconds.items():
+            seconds[name] = round(seconds.get(name, 0.0) + s, 1)
+        Path(path).write_text(json.dumps(seconds, indent=1, sort_keys=True) + "\n")
+    _module_seconds.clear()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -28,10 +27,6 @@ pytestmark = pytest.mark.e2e
 RUN = "local"  # the default run's id
 # a stage alone on random weights, in the default run's run directory: the plumbing, not the study
 RANDOM = ["--preset", "local-random", "--set", f"run_id={RUN}", "--set", "ray.num_cpus=2"]
-
-
-def politune(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    return politune_cli(args, cwd, timeout)
 
 
 def politune_here(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, args: list[str], cwd: Path):
@@ -118,7 +113,7 @@ def test_a_second_run_does_no_model_work_and_runs_lists_it(default_run: DefaultR
     folder = tmp_path / "copy"
     shutil.copytree(default_run.folder, folder, ignore=shutil.ignore_patterns("_ray"))
     before = (folder / "runs" / RUN / "manifest.json").read_text()
-    again = politune(["run", *default_run.sets], folder)
+    again = politune_cli(["run", *default_run.sets], folder)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for stage in ("ingest", "annotate", "select", "synthesize", "train", "evaluate"):
         skipped = rf"^{stage}: +skipped: done \(ran .*\); config and inputs unchanged$"
@@ -133,20 +128,20 @@ def test_a_second_run_does_no_model_work_and_runs_lists_it(default_run: DefaultR
         "counts"]["documents"]
     assert manifest["stages"]["train"]["models"]["tiny"].startswith("folder:")
 
-    only = politune(["run", *default_run.sets, "--only", "select"], folder)
+    only = politune_cli(["run", *default_run.sets, "--only", "select"], folder)
     assert only.returncode == 0, only.stdout[-3000:] + only.stderr[-3000:]
     assert "select:     " in only.stdout and "ingest:     skipped: not asked (--only)" in only.stdout
     after = json.loads((folder / "runs" / RUN / "manifest.json").read_text())
     assert after["stages"]["select"]["started_at"] >= manifest["stages"]["evaluate"]["finished_at"]
     assert after["stages"]["train"] == manifest["stages"]["train"]
 
-    listed = politune(["runs", *default_run.sets], folder)
+    listed = politune_cli(["runs", *default_run.sets], folder)
     assert listed.returncode == 0, listed.stderr
     assert re.search(r"local +│ 6/6 +│ left, r50l50, right +│ tiny ", listed.stdout), listed.stdout
-    shown = politune(["runs", "show", RUN], folder)
+    shown = politune_cli(["runs", "show", RUN], folder)
     assert re.search(r"^annotate: +done; last ran .* for \d+ s on .*\(documents_per_s ", shown.stdout, re.M), \
         shown.stdout
-    missing = politune(["runs", "show", "nope"], folder)
+    missing = politune_cli(["runs", "show", "nope"], folder)
     assert missing.returncode == 1 and "no run 'nope' in runs" in missing.stderr
 
 
@@ -166,7 +161,7 @@ def manifest_counts(run: Path, artifact: str) -> dict:
 def test_select_alone_in_a_fresh_folder_builds_no_model(default_run: DefaultRun, tmp_path: Path) -> None:
     """A separate process, as a user starts it; select reads annotations only."""
     run = fresh_folder_with(default_run, tmp_path, ["selected"])
-    done = politune(["select", *default_run.sets], tmp_path)
+    done = politune_cli(["select", *default_run.sets], tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
     assert not (tmp_path / ".politune" / "models").exists()
@@ -214,7 +209,7 @@ def test_a_stage_command_runs_alone_in_a_fresh_folder(default_run: DefaultRun, s
 
 
 def test_ingest_alone_generates_its_corpus(tmp_path: Path) -> None:
-    done = politune(["ingest", "--preset", "local-random", "--set", "corpus.n=200", "--set", "ray.num_cpus=2"],
+    done = politune_cli(["ingest", "--preset", "local-random", "--set", "corpus.n=200", "--set", "ray.num_cpus=2"],
                     tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "corpus:     generated 200 posts in .politune/corpus" in done.stdout
@@ -234,10 +229,10 @@ def test_the_readme_bring_your_own_pairs_path_from_nothing(shared_data: Path, tm
     """As a new user follows it in an empty folder: the config, `politune synthesize`, `politune train`."""
     config = readme_pairs_config().replace("../shared/data", str(shared_data))
     (tmp_path / "pairs.yaml").write_text(config)
-    synthesized = politune(["synthesize", "--config", "pairs.yaml"], tmp_path)
+    synthesized = politune_cli(["synthesize", "--config", "pairs.yaml"], tmp_path)
     assert synthesized.returncode == 0, synthesized.stderr[-3000:]
     assert "left:  2,356 pairs: 2,314 kept (2,079 train, 235 eval)" in synthesized.stdout
-    trained = politune(["train", "--config", "pairs.yaml"], tmp_path)
+    trained = politune_cli(["train", "--config", "pairs.yaml"], tmp_path)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     assert "tiny model: built" in trained.stdout and "Traceback" not in trained.stdout + trained.stderr
     registry = json.loads((tmp_path / "runs" / "released" / "adapters" / "registry.json").read_text())["adapters"]
@@ -261,7 +256,7 @@ def test_a_failure_in_a_train_worker_is_told_once(default_run: DefaultRun, tmp_p
     """Every Ray Train attempt fails loading a damaged model."""
     fresh_folder_with(default_run, tmp_path, ["adapters"])
     damaged_copy_of_the_model(default_run, tmp_path)
-    done = politune(["train", *RANDOM, "--side", "left", "--set", "train.base_model=./damaged",
+    done = politune_cli(["train", *RANDOM, "--side", "left", "--set", "train.base_model=./damaged",
                      "--set", "train.max_failures=1"], tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]
@@ -277,7 +272,7 @@ def test_a_failure_in_a_ray_data_actor_is_told_once(default_run: DefaultRun, tmp
     retry with the actor's traceback, and Ray Data logs its own report; the console gets one message."""
     run = fresh_folder_with(default_run, tmp_path, ["annotations"])
     damaged_copy_of_the_model(default_run, tmp_path)
-    done = politune(["annotate", *RANDOM, "--set", "annotate.model=./damaged"], tmp_path)
+    done = politune_cli(["annotate", *RANDOM, "--set", "annotate.model=./damaged"], tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]
     assert "error: annotate failed in a Ray Data actor MapBatches(_HFAnnotatorTable) (pid " in out
@@ -289,10 +284,10 @@ def test_a_failure_in_a_ray_data_actor_is_told_once(default_run: DefaultRun, tmp
 
 
 def test_a_missing_model_folder_fails_before_ray_starts(tmp_path: Path) -> None:
-    start = time.monotonic()
-    done = politune(["train", "--set", f"train.base_model={tmp_path / 'no-such-model'}"], tmp_path, timeout=60)
-    elapsed = time.monotonic() - start
+    # (no time limit asserted: the e2e tier shares the machine with another lane; what shows that nothing started
+    # is below: no run directory, no Ray session, no model built)
+    done = politune_cli(["train", "--set", f"train.base_model={tmp_path / 'no-such-model'}"], tmp_path, timeout=60)
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: train: train.base_model: {tmp_path / 'no-such-model'} does not exist")
-    assert elapsed < 5, elapsed
     assert not (tmp_path / "runs").exists() and "Ray" not in done.stdout + done.stderr  # Ray never started
+    assert not (tmp_path / ".politune").exists()  # no tiny model built, no corpus generated
