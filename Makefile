@@ -65,9 +65,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PYTEST) -x -m "$(UNIT)" --durations=10
 
-# the vLLM, integration and end-to-end tiers, each in its own pytest session (its own local Ray), in two lanes side by
-# side (tests/lanes.sh: vllm then integration here, e2e beside them, its output in .test-e2e.log), all run even when
-# one fails. The vllm tier runs first in its lane: late in a long session the vLLM modules took 2-3x their time alone.
+# the vLLM, integration and end-to-end tiers, each in its own pytest session (its own local Ray): vllm alone, then
+# integration and e2e in two lanes side by side (tests/lanes.sh; e2e's output in .test-e2e.log), all run even when
+# one fails.
 test-slow: $(STAMP)
 	@tests/lanes.sh .test-e2e.log $(PYTEST)
 
