@@ -170,8 +170,7 @@ def test_evaluate_places_base_and_adapters_by_forced_choice_through_it(server: S
     storage_root, run_id = server.run_uri.rsplit("/", 1)
     cfg = build_config({"run_id": run_id, "storage_root": storage_root, "tiny_model": {"out": str(server.tiny_dir)},
                         "evaluate": {"base_url": server.url, "api_key_env": "EVAL_TEST_TOKEN", "modes": ["logprob"],
-                                     "phrasings": 1, "probes": False, "bootstrap": 100,
-                                     "items_per_request": 8}})  # 24 requests of 32 prompts, not 192 of 4
+                                     "phrasings": 1, "probes": False, "bootstrap": 100}})
     result = evaluate_models(cfg)
     assert sorted(result.models) == ["tiny", "tiny:left", "tiny:right"]
     assert result.statuses == {"ok": 3 * 64}
