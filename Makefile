@@ -68,7 +68,7 @@ test-fast: $(STAMP)
 
 # the vLLM, integration and end-to-end tiers, each in its own pytest session (its own local Ray): vllm alone, then
 # integration and e2e in two lanes side by side (tests/lanes.sh; e2e's output in .test-e2e.log), all run even when
-# one fails.
+# one fails. `LANES=1 make test` runs them one after the other, every tier's output in the console.
 test-slow: $(STAMP)
 	@tests/lanes.sh .test-e2e.log $(PYTEST)
 

@@ -7,7 +7,8 @@
 #   alone (this console):                 vllm
 #   then lane 1 (this console):           integration
 #   beside it, lane 2 (its own log file): e2e, printed here once both lanes end; `tail -f` it to watch
-# Every tier runs even when another fails; the exit status is 1 when any failed.
+# Every tier runs even when another fails; the exit status is 1 when any failed. LANES=1 runs the three tiers one
+# after the other in this console instead.
 # Usage: tests/lanes.sh LANE2_LOG PYTEST_COMMAND...
 set -u
 lane2_log=$1
@@ -23,6 +24,10 @@ run_lane() {
   return "$failed"
 }
 
+if [ "${LANES:-2}" = 1 ]; then
+  run_lane "vllm" "integration and not vllm and not e2e" "e2e and not vllm"
+  exit
+fi
 run_lane "vllm"
 vllm_status=$?
 echo "== lane 2 (e2e) runs beside this one; its output: $lane2_log"
