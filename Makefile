@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 # installed: every install below asks for it. Without it every process compiles torch, transformers, TRL, Ray and
 # vLLM again as it imports them, and where PYTHONDONTWRITEBYTECODE is set (this machine, CI) none is ever cached:
 # `from trl import DPOTrainer` took 21 s here instead of 8, in every Ray worker, replica and command, and the vllm
-# tier 22 minutes instead of 12.
+# tier 22 minutes instead of 11.
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_PIP = uv pip install --quiet --compile-bytecode $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) -c constraints-cpu.txt
 
