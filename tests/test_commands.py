@@ -175,7 +175,8 @@ ALONE = {
     "synthesize": (["preferences"], ["--set", "synthesize.max_new_tokens=16"]),
     "train": (["adapters"], ["--side", "left", "--set", "train.max_steps=4"]),
     "evaluate": (["eval", "report"], ["--set", "evaluate.checkpoints=final", "--set", "evaluate.phrasings=1",
-                                      "--set", "evaluate.probes=false", "--set", "evaluate.items_per_request=4"]),
+                                      "--set", "evaluate.probes=false", "--set", "evaluate.items_per_request=4",
+                                      "--set", "evaluate.max_tokens=8"]),
 }
 
 
