@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from politune.ray_runtime import LOCAL_RAY_ENV
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -57,7 +59,8 @@ def ray_head_node(num_cpus: int, multi_node: bool = False,
     temp_dir = Path("/tmp") / f"pt-head-{os.getpid()}-{free_port()}"  # short: Ray's socket paths have a length limit
     node_ip = "127.0.0.2" if multi_node else "127.0.0.1"
     gcs, dashboard = f"{node_ip}:{free_port()}", free_port()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if multi_node else "0", "RAY_AUTH_MODE": "disabled",
+    env = {**LOCAL_RAY_ENV, **os.environ,
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if multi_node else "0", "RAY_AUTH_MODE": "disabled",
            # a job's `python` is looked up on the head's PATH: make it this environment's, as in a cluster image
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
