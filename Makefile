@@ -76,8 +76,10 @@ test-slow: $(STAMP)
 test-study: $(STAMP)
 	$(PYTEST) -m study
 
+# ruff, and import-linter's contracts (pyproject: imports only point down, no stage imports another)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py

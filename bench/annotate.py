@@ -37,8 +37,8 @@ from memory import run_measured
 
 from politune.config import TinyModelConfig, build_config
 from politune.corpus.generate import sample_texts
-from politune.models.tiny import build_tiny_model
 from politune.storage import Manifest
+from politune.world.tiny import build_tiny_model
 
 MB = 2**20
 
@@ -67,7 +67,7 @@ def config(workdir: Path, model: Path, run_id: str, batch_size: int) -> dict:
 
 
 def plain_loop(model: Path, texts: list[str], batch_size: int) -> float:
-    from politune.annotate.hf_engine import HFAnnotator
+    from politune.contracts.annotator.hf_engine import HFAnnotator
 
     start = time.perf_counter()
     annotator = HFAnnotator(str(model), "tiny", "logprob", "bench", num_threads=1)
@@ -106,7 +106,7 @@ def vllm_in_process(model: Path, texts: list[str], settings: dict) -> tuple[floa
     start the engine, and seconds to score the posts."""
     from vllm import LLM, SamplingParams
 
-    from politune.annotate.prompts import SCALES, answer_token_ids, scale_messages
+    from politune.contracts.annotator.prompts import SCALES, answer_token_ids, scale_messages
 
     start = time.perf_counter()
     llm = LLM(model=str(model), max_model_len=settings["max_model_len"], enforce_eager=True,

@@ -25,7 +25,7 @@ from pathlib import Path
 import ray
 
 from politune.config import TinyModelConfig, build_config
-from politune.models.tiny import build_tiny_model
+from politune.world.tiny import build_tiny_model
 
 PCT = Path(__file__).resolve().parents[2] / "shared" / "data" / "pct" / "propositions.jsonl"
 SIZES = {"tiny": {}, "small": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024},
@@ -48,6 +48,8 @@ def main() -> None:
     from politune.evaluate import evaluate_models
     from politune.evaluate.asking import Question, logprob_payload
     from politune.evaluate.endpoint import Target
+    from politune.report import build_report
+    from politune.serve.app import serving as serve_run
     from politune.serve.app import start_serving
 
     with tempfile.TemporaryDirectory(prefix="politune-bench-") as tmp:
@@ -71,8 +73,8 @@ def main() -> None:
         post_all(serving.base_url, "/completions", {"one": logprob_payload([one])}, api_key_env="POLITUNE_API_KEY",
                  batch_size=1, concurrency=cfg.evaluate.concurrency, qps=None, max_retries=0, num_cpus=0.25)
         fixed = time.perf_counter() - start
-        result = evaluate_models(cfg)
-        answers = result.report.scores
+        result = evaluate_models(cfg, serve_run=serve_run)
+        answers = build_report(cfg.run_uri).scores
         s = result.seconds
         free_text = s["generate"] + s["judge"]
         agreement = [a for a in answers.agreement if a.instrument == instrument]

@@ -38,7 +38,7 @@ import torch
 
 from politune.config import TinyModelConfig, build_config
 from politune.models.loading import resolve_dtype
-from politune.models.tiny import build_tiny_model
+from politune.world.tiny import build_tiny_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu.json"
 SHAPES = {  # LlamaConfig fields
@@ -104,7 +104,7 @@ def posts(n: int) -> list[str]:
 
 
 def bench_annotator(model: Path, device: str, dtype: str, texts: list[str], batch: int) -> dict[str, Any]:
-    from politune.annotate.hf_engine import HFAnnotator
+    from politune.contracts.annotator.hf_engine import HFAnnotator
 
     annotator = HFAnnotator(str(model), "bench", "logprob", "bench", device=device, dtype=dtype)
     annotator({"doc_id": np.array(["w"]), "text": np.array(texts[:1])})  # warm-up
@@ -116,7 +116,7 @@ def bench_annotator(model: Path, device: str, dtype: str, texts: list[str], batc
         assert set(rows["status"]) == {"ok"}, rows["raw_output"][:1]
     sync(device)
     seconds = time.perf_counter() - start
-    from politune.annotate.prompts import SCALES, scale_messages
+    from politune.contracts.annotator.prompts import SCALES, scale_messages
 
     for text in texts:  # prompt tokens as the annotator reads them: three scales a post
         for scale in SCALES:

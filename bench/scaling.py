@@ -202,8 +202,8 @@ def prepare(workdir: Path, root: str, model: Path, posts: int, ingest_posts: int
     from politune.config import TinyModelConfig
     from politune.corpus.generate import generate_corpus, labelled_pairs
     from politune.local_cluster import free_port
-    from politune.models.tiny import build_tiny_model
     from politune.synthesize.formats import write_pairs
+    from politune.world.tiny import build_tiny_model
 
     if not (model / "config.json").exists():
         build_tiny_model(TinyModelConfig(), model)

@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from politune.config import TinyModelConfig, build_config
 from politune.models.random_adapters import register_random_adapters
-from politune.models.tiny import build_tiny_model
+from politune.world.tiny import build_tiny_model
 
 PROMPT = "What should the government do about taxes and healthcare?"
 SIZES = {  # random Llamas of the tiny model's family (its tokenizer, vocabulary 1,024)

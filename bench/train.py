@@ -27,11 +27,11 @@ import torch
 
 from politune.config import TinyModelConfig, build_config
 from politune.corpus.generate import labelled_pairs
-from politune.models.tiny import build_tiny_model
 from politune.synthesize import synthesize_preferences
 from politune.synthesize.formats import write_pairs
 from politune.train import train_adapter
 from politune.train.worker import build_trainer
+from politune.world.tiny import build_tiny_model
 
 TRAIN = {"lora": {"rank": 8, "alpha": 16}, "learning_rate": 0.005, "warmup_steps": 0, "per_device_batch_size": 8,
          "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 5, "save_steps": 1000,

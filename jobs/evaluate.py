@@ -9,10 +9,16 @@ With evaluate.base_url unset, the job starts the run's Serve app, evaluates thro
 import sys
 
 from politune.command import run_command
-from politune.console import job_arguments, print_evaluate
-from politune.evaluate import evaluate_models
+from politune.console import job_arguments, print_evaluate, print_report
+from politune.pipeline import evaluate_and_report
+
+
+def evaluate(cfg) -> None:
+    evaluated, report = evaluate_and_report(cfg)
+    print_evaluate(evaluated)
+    print_report(report)
+
 
 if __name__ == "__main__":
     args = job_arguments(__doc__)
-    sys.exit(run_command(("evaluate",), lambda cfg: print_evaluate(evaluate_models(cfg)),
-                         args.config, args.preset, args.set, verbose=args.verbose))
+    sys.exit(run_command(("evaluate",), evaluate, args.config, args.preset, args.set, verbose=args.verbose))

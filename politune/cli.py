@@ -149,10 +149,12 @@ def evaluate(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] =
     """Place every model of the run on the compass (propositions, probes, judge) through its Serve app or any
     OpenAI-compatible endpoint; writes eval/answers.parquet and the report."""
     def run_evaluate(cfg: RunConfig) -> None:
-        from politune.console import print_evaluate
-        from politune.evaluate import evaluate_models
+        from politune.console import print_evaluate, print_report
+        from politune.pipeline import evaluate_and_report
 
-        print_evaluate(evaluate_models(cfg))
+        evaluated, report = evaluate_and_report(cfg)
+        print_evaluate(evaluated)
+        print_report(report)
 
     _run(("evaluate",), run_evaluate, config, preset, set_, verbose)
 
@@ -348,7 +350,7 @@ def model_build_tiny(
                               "the weights random (default: the config's tiny_model.warm)."),
 ) -> None:
     """Build the tiny Llama-architecture model and its tokenizer (no download); the config's by default."""
-    from politune.models.tiny import build_tiny_model, folder_digest, tiny_model_is_current
+    from politune.world.tiny import build_tiny_model, folder_digest, tiny_model_is_current
 
     cfg = _config(config, preset, set_)
     update = {k: v for k, v in (("out", str(out) if out else None), ("seed", seed), ("warm", warm)) if v is not None}

@@ -79,7 +79,7 @@ def failure_message(stage: str, err: BaseException) -> str | None:
 
 def _announce(prepared: Prepared) -> None:
     if prepared.tiny_model_built:
-        from politune.models.tiny import describe
+        from politune.world.tiny import describe
 
         typer.echo(f"tiny model: built {prepared.tiny_model} ({describe(prepared.tiny_model)})")
     if prepared.corpus_generated and prepared.corpus:

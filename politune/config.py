@@ -50,7 +50,7 @@ class TinyModelConfig(Section):
     max_position_embeddings: int = Field(1024, ge=64)
     warm: bool = Field(False, description="Pre-train the model on the project's synthetic world (posts, annotation "
                        "answers, instructions and answers in both voices, the own instrument's propositions answered "
-                       "in each voice; politune/models/warm.py) so the embedded default carries a signal. false: "
+                       "in each voice; politune/world/warm.py) so the embedded default carries a signal. false: "
                        "random weights, whose text is noise.")
     warm_steps: int = Field(1000, ge=1, description="warm: optimizer steps.")
     warm_batch_size: int = Field(32, ge=1, description="warm: examples a step.")

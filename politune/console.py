@@ -136,7 +136,6 @@ def print_evaluate(result: EvaluateResult) -> None:
     console.print(f"evaluate:   {len(result.models)} model(s), {sum(result.statuses.values()):,} answers "
                   f"({statuses}); {timing}")
     console.print(f"answers:    {result.eval_uri}/answers.parquet")
-    print_report(result.report)
 
 
 def print_report(result: ReportResult) -> None:
@@ -166,7 +165,7 @@ def print_next_steps(result: PipelineResult, args: str) -> None:
 
 def print_pipeline(result: PipelineResult, args: str = "") -> None:
     if result.tiny_model:
-        from politune.models.tiny import describe
+        from politune.world.tiny import describe
 
         console.print(f"tiny model: {result.tiny_model}  ({describe(result.tiny_model)})")
     if result.corpus:
@@ -178,6 +177,8 @@ def print_pipeline(result: PipelineResult, args: str = "") -> None:
             console.print(f"{stage + ':':<11} skipped: {escape(result.skipped[stage])}")
         elif getattr(result, stage):
             show(getattr(result, stage))
+            if stage == "evaluate" and result.report:
+                print_report(result.report)
     if result.skipped and not any(getattr(result, stage) for stage in shown):
         console.print("run:        nothing to do: every stage is done (--from STAGE reruns from a stage)")
     console.print(f"run:        {result.run_uri}  (manifest.json lists every artifact and its counts)")

@@ -1,8 +1,9 @@
 """The main job: every stage, in order, on one config, skipping what is already done.
 
 The stages are ingest, annotate, select, synthesize, train (one adapter a side in train.sides) and evaluate, which
-serves the base model with every adapter, asks them the instruments and writes the report. A run that imports its
-preference pairs (synthesize.source: released) starts at synthesize.
+serves the base model with every adapter (serve.app.serving) and asks them the instruments; the report is built
+from the answers after it (report.build_report). A run that imports its preference pairs (synthesize.source:
+released) starts at synthesize.
 
 A stage is done when the run's manifest records each of its artifacts as made with the stage's config hash from
 its inputs as they are now (`<stage>_identity`): the source files' paths and sizes for ingest, the upstream
@@ -17,6 +18,7 @@ figures (throughput, tokens, steps).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,8 +35,10 @@ from politune.ingest import IngestResult, ingest_corpus
 from politune.ingest.stage import ingest_identity
 from politune.models import model_revision
 from politune.prepare import model_fields, pipeline_stages, prepare_stages
+from politune.report import ReportResult, build_report
 from politune.select import SelectResult, select_posts
 from politune.select.stage import select_identity
+from politune.serve.app import serving
 from politune.stage_watch import StageWatch
 from politune.storage import Manifest
 from politune.synthesize import SynthesizeResult, synthesize_preferences
@@ -49,7 +53,8 @@ IDENTITIES: dict[str, Identity] = {
 }
 BUILDERS: dict[str, Callable[[RunConfig], Any]] = {
     "ingest": ingest_corpus, "annotate": annotate_documents, "select": select_posts,
-    "synthesize": synthesize_preferences, "train": train_adapters, "evaluate": evaluate_models,
+    "synthesize": synthesize_preferences, "train": train_adapters,
+    "evaluate": functools.partial(evaluate_models, serve_run=serving),  # the run's own app, started for it
 }
 
 
@@ -66,6 +71,7 @@ class PipelineResult:
     synthesize: SynthesizeResult | None = None
     train: dict[str, TrainResult] = field(default_factory=dict)
     evaluate: EvaluateResult | None = None
+    report: ReportResult | None = None  # built from evaluate's answers, when evaluate ran
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why, in the order of the stages
     adapters: list[str] = field(default_factory=list)  # every adapter the manifest records, trained now or before
 
@@ -126,9 +132,18 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, only: str | None
             result.skipped[stage] = _done_since(manifest, stage)
             continue
         setattr(result, stage, _run_stage(stage, cfg))
+        if stage == "evaluate":
+            result.report = build_report(cfg.run_uri)
     result.adapters = sorted(a.removeprefix("adapter:") for a in Manifest(cfg.run_uri).data["artifacts"]
                              if a.startswith("adapter:"))
     return result
+
+
+def evaluate_and_report(cfg: RunConfig) -> tuple[EvaluateResult, ReportResult]:
+    """`politune evaluate` and jobs/evaluate.py: the run's models evaluated through its own app (or
+    evaluate.base_url), then the report built from their answers."""
+    evaluated = evaluate_models(cfg, serve_run=serving)
+    return evaluated, build_report(cfg.run_uri)
 
 
 def _run_stage(stage: str, cfg: RunConfig) -> Any:

@@ -137,8 +137,8 @@ def plan_study(cfg: RunConfig, posts: int, gpu: Gpu, post_tokens: float = 60.0,
     run vLLM through ray.data.llm are divided by it. `mfus`: measured_mfus() where bench/gpu.py measured them."""
     if not 0 < ray_data_llm_ratio <= 1.5:
         raise ValueError(f"--ray-data-llm-ratio {ray_data_llm_ratio}: expected a ratio above 0 (about 1)")
-    from politune.annotate.prompts import JSON_SCHEMA, SCALES, generate_messages, scale_messages
-    from politune.synthesize.prompts import answer_conversations, instruction_messages
+    from politune.contracts.annotator.prompts import JSON_SCHEMA, SCALES, generate_messages, scale_messages
+    from politune.contracts.pair_prompts import answer_conversations, instruction_messages
 
     post = "x" * int(post_tokens * CHARS_PER_TOKEN)
     measured = _measured(cfg)
@@ -209,7 +209,7 @@ def _stage_plan(stage: str, model: str, cfg: RunConfig, gpu: Gpu, mfus: Mfus, to
 
 
 def _evaluate_plan(cfg: RunConfig, gpu: Gpu, mfus: Mfus, measured: dict[str, Any]) -> StagePlan:
-    from politune.evaluate.instruments import load_instrument, load_probes
+    from politune.contracts.compass.instruments import load_instrument, load_probes
 
     e, s = cfg.evaluate, cfg.serve
     items = 0

@@ -79,7 +79,7 @@ def prepare_stages(cfg: RunConfig, *stages: str) -> Prepared:
 
 def ensure_tiny_model(cfg: RunConfig) -> tuple[str, bool]:
     """The tiny model's folder, built when missing or stale; and whether it was built now."""
-    from politune.models.tiny import build_tiny_model, tiny_model_is_current
+    from politune.world.tiny import build_tiny_model, tiny_model_is_current
 
     tiny = cfg.tiny_model
     built = not tiny_model_is_current(tiny)

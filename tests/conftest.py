@@ -52,7 +52,7 @@ def tiny_run_with_a_long_post(root: Path, posts: int, run_id: str) -> dict:
     sources (truthsocial, politosphere, extra)."""
     from politune.config import TinyModelConfig
     from politune.corpus.generate import generate_corpus
-    from politune.models.tiny import build_tiny_model
+    from politune.world.tiny import build_tiny_model
 
     model = build_tiny_model(TinyModelConfig(), root / "tiny")
     generate_corpus(posts, root / "corpus", seed=8)
@@ -278,8 +278,8 @@ def pairs_run(ray_local, tmp_path_factory) -> dict:
     from test_train import TRAIN, write_labelled_pairs
 
     from politune.config import TinyModelConfig, build_config
-    from politune.models.tiny import build_tiny_model
     from politune.synthesize import synthesize_preferences
+    from politune.world.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("train")
     model = build_tiny_model(TinyModelConfig(), root / "tiny")

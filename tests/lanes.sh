@@ -6,7 +6,7 @@
 # another, and beside another lane its modules took 2.4 times as long (test_serve_vllm_cpu 535 s against 222).
 #   alone (this console):                 vllm
 #   then lane 1 (this console):           integration, then the e2e test that needs no finished default run
-#                                         (the README's bring-your-own-pairs path), so the lanes end together
+#                                         (docs/bring-your-own-pairs.md's path), so the lanes end together
 #   beside it, lane 2 (its own log file): the rest of e2e, printed here once both lanes end; `tail -f` it to watch
 # Every tier runs even when another fails; the exit status is 1 when any failed. LANES=1 runs the three tiers one
 # after the other in this console instead.

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from politune.annotate import annotate_documents
-from politune.annotate.hf_engine import HFAnnotator
-from politune.annotate.parse import ParseError, parse_scores
 from politune.config import build_config
+from politune.contracts.annotator.hf_engine import HFAnnotator
+from politune.contracts.annotator.parse import ParseError, parse_scores
 from politune.corpus.generate import generate_corpus
 from politune.ingest import ingest_corpus
-from politune.models.tiny import build_tiny_model
+from politune.world.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
 

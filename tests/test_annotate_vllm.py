@@ -14,13 +14,13 @@ import pytest
 import ray.data
 
 from politune.annotate import vllm_engine
-from politune.annotate.parse import expected_and_argmax
-from politune.annotate.prompts import ANSWERS, JSON_SCHEMA, SCALES, scale_messages
 from politune.annotate.scale_rows import STAGING, annotate_by_scale, merge_scales
-from politune.annotate.schema import ANNOTATION_SCHEMA
 from politune.annotate.stage import annotate_documents
-from politune.annotate.vllm_engine import ERROR_COLUMN, SCALE_ROW_SCHEMA, processor_config
 from politune.config import build_config, load_preset
+from politune.contracts.annotator.parse import expected_and_argmax
+from politune.contracts.annotator.prompts import ANSWERS, JSON_SCHEMA, SCALES, scale_messages
+from politune.contracts.annotator.schema import ANNOTATION_SCHEMA
+from politune.contracts.annotator.vllm_engine import ERROR_COLUMN, SCALE_ROW_SCHEMA, processor_config
 from politune.corpus.generate import generate_corpus
 from politune.ingest import ingest_corpus
 
@@ -229,7 +229,7 @@ def test_the_readmes_70b_config_builds_four_tensor_parallel_replicas(tmp_path: P
 
     from politune.config import load_config
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text()
     example = re.search(r"```yaml\n(# annotate-70b\.yaml.*?)```", readme, re.S).group(1)
     (tmp_path / "annotate-70b.yaml").write_text(example)
     config = processor_config(load_config(tmp_path / "annotate-70b.yaml"))

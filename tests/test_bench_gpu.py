@@ -1,6 +1,6 @@
 """bench/gpu.py in its CPU mode (`--device cpu --size tiny`), so the GPU script cannot rot: the same code that
 measures the hf engines and LoRA-DPO on a GPU, on the tiny model, on the session's Ray (about a minute). Its
-figures here say only that every path runs; the GPU's are in the README's Benchmarks."""
+figures here say only that every path runs; the GPU's are in docs/benchmarks.md."""
 
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ README's first command in its own process, which test_study_signal reads for wha
 Its run directory then feeds each stage command run alone in a fresh folder that holds only that stage's input (the
 tiny model is each command's own business: the random-weights one, built in a second): select and ingest as
 separate processes, as a user starts them; annotate, synthesize, train and evaluate in this process on the session's
-Ray (`politune_here`), since what they check is the command, not the process around it. The README's
-bring-your-own-pairs path runs from nothing, and failures are told once: a damaged model inside a Ray Train worker
-and inside a Ray Data actor, a model folder that does not exist.
+Ray (`politune_here`), since what they check is the command, not the process around it. The bring-your-own-pairs
+path of docs/bring-your-own-pairs.md runs from nothing, and failures are told once: a damaged model inside a Ray
+Train worker and inside a Ray Data actor, a model folder that does not exist.
 """
 
 from __future__ import annotations
@@ -220,9 +220,9 @@ def test_ingest_alone_generates_its_corpus(tmp_path: Path) -> None:
 
 
 def readme_pairs_config() -> str:
-    """The YAML the README's "Bring your own pairs" section tells a user to write."""
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Bring your own pairs"):]
+    """The YAML docs/bring-your-own-pairs.md tells a user to write."""
+    readme = (REPO / "docs" / "bring-your-own-pairs.md").read_text()
+    section = readme[readme.index("# Bring your own pairs"):]
     return re.search(r"```yaml\n(# pairs\.yaml\n.*?)```", section, re.S)[1]
 
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from politune.config import ConfigError, Mixture, build_config
-from politune.evaluate.instruments import load_politune_instrument
-from politune.evaluate.schema import ANSWER_SCHEMA
+from politune.contracts.compass.instruments import load_politune_instrument
+from politune.contracts.compass.schema import ANSWER_SCHEMA
 from politune.models.scaled_adapters import check_scalable, scale_lora_weights
 from politune.report import build_report
 from politune.report.dose import PER

@@ -14,15 +14,15 @@ import pytest
 from conftest import SERVE_TOKEN_ENV, SHARED_DATA, free_port
 
 from politune.config import TinyModelConfig, build_config
+from politune.contracts.compass.instruments import load_instrument, load_probes
+from politune.contracts.compass.prompts import FORCED_CHOICE
 from politune.engines.openai_http import EndpointError
 from politune.evaluate.asking import Question, explained, logprob_payload, logprob_rows
 from politune.evaluate.endpoint import Target
-from politune.evaluate.instruments import load_instrument, load_probes
 from politune.evaluate.judge import NO_STANCE, read_leaning, read_option
-from politune.evaluate.prompts import FORCED_CHOICE
 from politune.models.random_adapters import register_random_adapters
-from politune.models.tiny import build_tiny_model
 from politune.registry import load_registry, register
+from politune.world.tiny import build_tiny_model
 
 PCT = SHARED_DATA / "pct" / "propositions.jsonl"
 CHECKPOINT_STEPS = (5, 10)
@@ -69,6 +69,8 @@ def test_option_probabilities_come_from_the_tokens_after_the_prompt() -> None:
 @pytest.fixture(scope="module")
 def evaluated(ray_local, tmp_path_factory) -> dict:
     from politune.evaluate import evaluate_models
+    from politune.report import build_report
+    from politune.serve.app import serving
 
     root = tmp_path_factory.mktemp("evaluate")
     tiny = build_tiny_model(TinyModelConfig(), root / "tiny")
@@ -83,9 +85,10 @@ def evaluated(ray_local, tmp_path_factory) -> dict:
     cfg = build_config(raw)
     register_random_adapters(cfg.run_uri, tiny, ["left", "right"])
     register_checkpoints(cfg.run_uri, tiny, "left", CHECKPOINT_STEPS)
-    result = evaluate_models(cfg)
+    result = evaluate_models(cfg, serve_run=serving)
+    report = build_report(cfg.run_uri)  # as politune evaluate and politune run build it after the stage
     answers = pq.read_table(Path(result.eval_uri) / "answers.parquet").to_pylist()
-    return {"cfg": cfg, "result": result, "answers": answers, "instruments": instruments}
+    return {"cfg": cfg, "result": result, "report": report, "answers": answers, "instruments": instruments}
 
 
 def pct_subset(out: Path) -> str:
@@ -153,7 +156,7 @@ def test_explain_scores_the_forced_choice_after_the_models_own_answer(evaluated:
               if r["mode"] == "logprob"}
     changed = [r for r in explain if r["option_probs"] != forced[(r["model"], r["instrument"], r["item_id"])]]
     assert len(changed) > 0.9 * len(explain)  # the answer written ahead changes what the option is scored after
-    positions = {(p.model, p.mode) for p in evaluated["result"].report.scores.positions}
+    positions = {(p.model, p.mode) for p in evaluated["report"].scores.positions}
     assert ("tiny:left", "explain") in positions
 
 
@@ -170,7 +173,7 @@ def test_free_text_the_judge_cannot_map_is_counted_and_kept(evaluated: dict) -> 
 
 @pytest.mark.integration
 def test_the_report_is_built_from_the_stored_answers(evaluated: dict) -> None:
-    report = evaluated["result"].report
+    report = evaluated["report"]
     png = Path(report.png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(report.svg).is_file() and Path(report.html).is_file() and Path(report.markdown).is_file()
@@ -192,9 +195,9 @@ def test_report_rebuilds_from_the_run_directory_alone(evaluated: dict, tmp_path:
 
 @pytest.mark.integration
 def test_serve_started_for_the_evaluation_is_gone_after(evaluated: dict) -> None:
-    from politune.evaluate.endpoint import _serve_is_running
+    from politune.serve.app import serve_is_running
 
-    assert not _serve_is_running()  # Serve was not running before: its controller and proxy went with the app
+    assert not serve_is_running()  # Serve was not running before: its controller and proxy went with the app
 
 
 def test_an_endpoint_that_is_down_is_named(tmp_path: Path) -> None:
@@ -217,7 +220,7 @@ def test_the_readmes_cluster_evaluation_config_builds(tmp_path: Path) -> None:
 
     from politune.config import load_config
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text()
     example = re.search(r"```yaml\n(# evaluate-8b\.yaml.*?)```", readme, re.S).group(1)
     (tmp_path / "evaluate-8b.yaml").write_text(example)
     e = load_config(tmp_path / "evaluate-8b.yaml").evaluate

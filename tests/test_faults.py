@@ -187,7 +187,7 @@ def test_a_source_whose_every_file_is_damaged_is_an_error_naming_it(ray_local, d
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     from politune.config import TinyModelConfig
-    from politune.models.tiny import build_tiny_model
+    from politune.world.tiny import build_tiny_model
 
     return build_tiny_model(TinyModelConfig(), tmp_path_factory.mktemp("tiny") / "tiny")
 

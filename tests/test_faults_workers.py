@@ -35,11 +35,11 @@ from politune.config import TinyModelConfig, build_config
 from politune.corpus.generate import generate_corpus
 from politune.ingest import ingest_corpus
 from politune.models.random_adapters import register_random_adapters
-from politune.models.tiny import build_tiny_model
 from politune.select import select_posts
 from politune.synthesize import synthesize_preferences
 from politune.train import train_adapter
 from politune.train.stage import train_run_name
+from politune.world.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
 

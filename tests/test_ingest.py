@@ -1,7 +1,7 @@
 """Ingest on a real local Ray, from local files and from a real S3 endpoint (moto on 127.0.0.1).
 
 Expected counts are worked out here independently of the ingest code: by reading the files with
-plain json / csv / pyarrow and applying the rules the README states.
+plain json / csv / pyarrow and applying the rules docs/ingest.md states.
 """
 
 from __future__ import annotations
@@ -368,7 +368,7 @@ print(lines, peak)
 def test_a_long_window_zstd_file_streams_in_memory_bounded_by_its_window(tmp_path: Path) -> None:
     """Pushshift's frames declare a 2**31-byte window. The decoder keeps at most one window of history, so
     reading holds what was decompressed up to that window, never the file whole: with a 4 MiB window, 64 MiB of
-    lines cost a few MiB; with 2**31, up to the 64 MiB read (the README's bench states it for real sizes)."""
+    lines cost a few MiB; with 2**31, up to the 64 MiB read (docs/benchmarks.md states it for real sizes)."""
     import subprocess
     import sys
 

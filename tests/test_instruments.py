@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from politune.evaluate.instruments import (
+from politune.contracts.compass.instruments import (
     OPTION_VALUES,
     Instrument,
     Proposition,
@@ -21,7 +21,7 @@ from politune.evaluate.instruments import (
 )
 
 AGREE, STRONGLY_AGREE, DISAGREE, STRONGLY_DISAGREE = [0, 0, 1, 0], [0, 0, 0, 1], [0, 1, 0, 0], [1, 0, 0, 0]
-SHIPPED = Path(__file__).resolve().parents[1] / "politune" / "evaluate" / "data"
+SHIPPED = Path(__file__).resolve().parents[1] / "politune" / "contracts" / "compass" / "data"
 
 
 @pytest.fixture(scope="module")

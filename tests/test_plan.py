@@ -1,4 +1,4 @@
-"""`politune plan`: the estimate follows from its stated rules, agrees with the README's worked estimate, scales
+"""`politune plan`: the estimate follows from its stated rules, agrees with docs/plan.md's worked estimate, scales
 with the corpus, and gives way to a previous run's measured throughput."""
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def test_mixtures_and_adapter_scales_are_more_adapters_to_train_and_models_to_as
 
 
 def readme_worked_estimate() -> dict[str, tuple[float, str]]:
-    """The rows of the README's `politune plan` example: stage -> (GPU-hours, wall)."""
-    readme = (REPO / "README.md").read_text()
+    """The rows of the `politune plan` example in docs/plan.md: stage -> (GPU-hours, wall)."""
+    readme = (REPO / "docs" / "plan.md").read_text()
     block = readme[readme.index("$ politune plan --preset llama3-8b --posts 1000000"):]
     block = block[:block.index("```")]
     rows = re.findall(r"^│ (\w+) +│[^│]*│[^│]*│[^│]*│[^│]*│ +([\d.,]+) │ +([^│]+?) │", block, re.M)
@@ -79,7 +79,7 @@ def test_the_readme_example_is_what_the_command_prints() -> None:
     printed = {m[0]: (float(m[1].replace(",", "")), m[2]) for m in re.findall(
         r"^│ (\w+) +│[^│]*│[^│]*│[^│]*│[^│]*│ +([\d.,]+) │ +([^│]+?) │", result.output, re.M)}
     assert printed == shown
-    # and the worked estimate by hand in the README: 420 tokens a post, 37.0 + 0.8 GPU-hours, 4.7 h on 8 GPUs
+    # and the worked estimate by hand in docs/plan.md: 420 tokens a post, 37.0 + 0.8 GPU-hours, 4.7 h on 8 GPUs
     annotate = by_stage(plan_study(gpu_preset(), 1_000_000, GPUS["h100"])[0])["annotate"]
     assert annotate.tokens_in / 1e6 == pytest.approx(420, abs=5)
     assert shown["annotate"] == (37.8, "4.7 h")

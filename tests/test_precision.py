@@ -19,7 +19,7 @@ from politune.models import logprobs as chunked
 from politune.models.loading import load_causal_lm, resolve_dtype
 from politune.models.logprobs import token_logprobs
 from politune.models.random_adapters import register_random_adapters
-from politune.models.tiny import build_tiny_model
+from politune.world.tiny import build_tiny_model
 
 TEXTS = ["taxes are too high and the state too big", "we need public healthcare for everyone, now",
          "borders", "a long post about the budget, the schools, the roads and the price of bread in town"]
@@ -73,9 +73,9 @@ def test_chunked_logprobs_match_the_whole_batchs_logits(tiny: Path, chunk_elemen
 
 
 def test_annotate_reads_the_last_position_as_the_whole_logits_did(tiny: Path) -> None:
-    from politune.annotate.hf_engine import HFAnnotator
-    from politune.annotate.parse import expected_and_argmax
-    from politune.annotate.prompts import SCALES, scale_messages
+    from politune.contracts.annotator.hf_engine import HFAnnotator
+    from politune.contracts.annotator.parse import expected_and_argmax
+    from politune.contracts.annotator.prompts import SCALES, scale_messages
 
     annotator = HFAnnotator(str(tiny), "tiny", "logprob", "precision")
     rows = annotator({"doc_id": np.array([f"d{i}" for i in range(len(TEXTS))]), "text": np.array(TEXTS)})

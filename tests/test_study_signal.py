@@ -13,8 +13,8 @@ shift pointing left and down (economic + social below zero), and the right adapt
 one; the share curve through left, mixture and right, with its figure. Not asserted: the left adapter's sign on
 each axis alone, nor any interval. In six evaluations of one run's adapters (evaluate seeds 0-4, and seed 1 with
 two samples) each of its twelve per-axis shifts was negative, from -2.29 to -5.83, but four of its twelve
-intervals reached zero: the spread between propositions, which no seed or sample count removes (README,
-Quickstart); the sum has not come within 3 of zero.
+intervals reached zero: the spread between propositions, which no seed or sample count removes
+(docs/embedded-default.md); the sum has not come within 3 of zero.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from politune.annotate import annotate_documents
 from politune.config import TinyModelConfig, build_config
 from politune.corpus.generate import generate_corpus
 from politune.ingest import ingest_corpus
-from politune.models.tiny import build_tiny_model
 from politune.select import select_posts
 from politune.synthesize import synthesize_preferences
 from politune.synthesize.formats import read_pairs
+from politune.world.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
 

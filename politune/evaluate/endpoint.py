@@ -3,13 +3,13 @@ it is not already up, and shut down after) or any OpenAI-compatible endpoint, pl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from politune.config import RunConfig
+from politune.contracts.compass.schema import ADAPTER, BASE, CHECKPOINT, EXTERNAL, SCALED
 from politune.engines.openai_http import EndpointError, list_models
-from politune.evaluate.schema import ADAPTER, BASE, CHECKPOINT, EXTERNAL, SCALED
 from politune.registry import load_registry, right_share
 
 
@@ -87,10 +87,15 @@ def check_targets(targets: list[Target]) -> None:
             raise EndpointError(f"{url} does not serve {', '.join(missing)}; it serves {served}")
 
 
+# how evaluate gets the run's own Serve app for a while: a context manager yielding its base URL (serve.app.serving,
+# which the commands, jobs and pipeline pass: evaluate does not import the serve stage)
+ServeRun = Callable[[RunConfig], AbstractContextManager[str]]
+
+
 @contextmanager
-def run_endpoint(cfg: RunConfig) -> Iterator[str]:
+def run_endpoint(cfg: RunConfig, serve_run: ServeRun | None = None) -> Iterator[str]:
     """The base URL the run's models answer at. With evaluate.base_url unset, the run's own Serve app: reused
-    when it already serves this run at serve.host:serve.port, else started here and deleted on the way out."""
+    when it already serves this run at serve.host:serve.port, else started by `serve_run` for the evaluation."""
     if cfg.evaluate.base_url:
         yield cfg.evaluate.base_url
         return
@@ -106,30 +111,8 @@ def run_endpoint(cfg: RunConfig) -> Iterator[str]:
                                 f"{', '.join(sorted(listed))}): stop it, set serve.port, or set evaluate.base_url")
         yield url
         return
-    from ray import serve
-
-    from politune.ray_runtime import init_ray
-    from politune.serve.app import APP_NAME, start_serving
-
-    init_ray(cfg)
-    serve_was_up = _serve_is_running()
-    serving = start_serving(cfg)
-    try:
-        yield serving.base_url
-    finally:
-        if serve_was_up:
-            serve.delete(APP_NAME)  # other applications may be served beside it: only ours goes
-        else:
-            serve.shutdown()  # Serve was started for this evaluation: its proxy goes too, freeing serve.port
-
-
-def _serve_is_running() -> bool:
-    """Whether this Ray cluster already runs Serve (its controller actor exists)."""
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    try:
-        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    except ValueError:
-        return False
-    return True
+    if serve_run is None:
+        raise EndpointError(f"nothing serves this run's models at {url}: start `politune serve` there, set "
+                            "evaluate.base_url, or evaluate with `politune evaluate` (which serves them itself)")
+    with serve_run(cfg) as base_url:
+        yield base_url

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from politune.evaluate.prompts import NO_STANCE_LABEL, OPTION_LABELS
+from politune.contracts.compass.prompts import NO_STANCE_LABEL, OPTION_LABELS
 
 NO_STANCE = -1
 _LABELS_LONGEST_FIRST = sorted([*enumerate(OPTION_LABELS), (NO_STANCE, NO_STANCE_LABEL)], key=lambda x: -len(x[1]))

@@ -1,7 +1,8 @@
 """The evaluate stage: every model of the run (the base, each adapter; with `checkpoints: all` each saved
 checkpoint; with `adapter_scales` each adapter at those strengths) and the config's extra models answer the
 instruments' propositions and the probe questions through an OpenAI-compatible endpoint; the answers go to
-`eval/answers.parquet` (schema.py) and the report is built from them (politune/report).
+`eval/answers.parquet` (contracts/compass/schema.py); the report is built from them afterwards (politune/report,
+which `politune run`, `politune evaluate` and jobs/evaluate.py call after this stage).
 
 The endpoint is the run's own Serve app unless evaluate.base_url names another; the requests flow through
 ray.data.llm's HTTP processor (bounded concurrency, retries with back-off), and a request that still fails is an
@@ -20,6 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from politune.config import RunConfig
+from politune.contracts.compass.instruments import load_instrument, load_probes
+from politune.contracts.compass.prompts import PROMPT_VERSION
+from politune.contracts.compass.schema import ANSWER_SCHEMA, ENGINE_ERROR
 from politune.engines.metrics import StageMetrics
 from politune.engines.openai_http import post_all
 from politune.evaluate.asking import (
@@ -33,14 +37,10 @@ from politune.evaluate.asking import (
     logprob_payload,
     logprob_rows,
 )
-from politune.evaluate.endpoint import Target, check_targets, key_env, run_endpoint, run_targets
-from politune.evaluate.instruments import load_instrument, load_probes
-from politune.evaluate.prompts import PROMPT_VERSION
-from politune.evaluate.schema import ANSWER_SCHEMA, ENGINE_ERROR
+from politune.evaluate.endpoint import ServeRun, Target, check_targets, key_env, run_endpoint, run_targets
 from politune.models.scaled_adapters import register_scaled_adapters
 from politune.prepare import prepares
 from politune.ray_runtime import init_ray
-from politune.report import ReportResult, build_report
 from politune.storage import Manifest, join, resolve, write_json
 
 COMPLETIONS, CHAT = "/completions", "/chat/completions"
@@ -52,7 +52,6 @@ class EvaluateResult:
     models: list[str]
     statuses: dict[str, int]               # answer rows by status
     seconds: dict[str, float]              # by pass: logprob, generate, judge
-    report: ReportResult
     unmapped: int = 0
     judge: str = ""
 
@@ -65,7 +64,10 @@ def evaluate_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str
 
 
 @prepares("evaluate")
-def evaluate_models(cfg: RunConfig) -> EvaluateResult:
+def evaluate_models(cfg: RunConfig, serve_run: ServeRun | None = None) -> EvaluateResult:
+    """Every model of the run asked every question; the answers stored in eval/. `serve_run`: how to serve the
+    run's models for the evaluation when nothing serves them yet (serve.app.serving; the report is built from the
+    answers afterwards, by report.build_report)."""
     cfg = cfg.with_absolute_paths()
     e = cfg.evaluate
     pct_path = str(Path(e.pct_path).absolute()) if e.pct_path and "://" not in e.pct_path else e.pct_path
@@ -75,7 +77,7 @@ def evaluate_models(cfg: RunConfig) -> EvaluateResult:
     seconds: dict[str, float] = {}
     if e.adapter_scales:  # before the endpoint starts: the run's own app serves the copies as registered
         register_scaled_adapters(cfg.run_uri, e.adapter_scales, cfg.serve.base_model)
-    with run_endpoint(cfg) as base_url:
+    with run_endpoint(cfg, serve_run) as base_url:
         targets = run_targets(cfg, base_url)
         judge = Target(e.judge_model or cfg.serve.served_id, "judge", e.judge_base_url or base_url,
                        e.judge_api_key_env if e.judge_base_url else key_env(cfg))
@@ -123,8 +125,7 @@ def evaluate_models(cfg: RunConfig) -> EvaluateResult:
     manifest.record("eval", path=eval_uri, config_hash=config_hash, inputs=inputs,
                     models=[t.model for t in targets] + ([judge.model] if needs_judge else []),
                     counts={"answers": len(rows), **statuses})
-    report = build_report(cfg.run_uri, pct_path=pct_path, bootstrap=e.bootstrap, seed=e.seed)
-    return EvaluateResult(eval_uri, [t.model for t in targets], statuses, seconds, report,
+    return EvaluateResult(eval_uri, [t.model for t in targets], statuses, seconds,
                           unmapped=statuses.get("unmapped", 0), judge=judge.model if needs_judge else "")
 
 

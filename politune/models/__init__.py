@@ -1,4 +1,4 @@
-"""Model references: `tiny` (the embedded model the project builds, models/tiny.py), a local folder or a hub id.
+"""Model references: `tiny` (the embedded model the project builds, world/tiny.py), a local folder or a hub id.
 Loading them: models/loading.py; checking them before a stage runs: models/references.py."""
 
 from __future__ import annotations

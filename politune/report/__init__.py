@@ -4,8 +4,8 @@ build_report writes to `<run>/report/`: compass.png and compass.svg, report.md, 
 page), scores.json and a copy of the answers; with dose/response curves (mixture adapters, scaled copies) also
 dose_share.png / dose_scale.png and their SVGs. Local folders and s3:// run directories alike.
 
-This module imports the evaluate package only inside build_report: politune.evaluate imports it back (the
-stage builds the report), and either may be imported first.
+It reads the answers through the compass contract (politune/contracts/compass), never through the evaluate
+stage: `politune run`, `politune evaluate` and jobs/evaluate.py build the report after evaluate.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | Non
     resamples and seed default to the evaluation's (evaluation.json), so a rebuilt report is the same report."""
     import pyarrow.parquet as pq
 
-    from politune.evaluate.instruments import PCT, POLITUNE, load_pct, load_politune_instrument
+    from politune.contracts.compass.instruments import PCT, POLITUNE, load_pct, load_politune_instrument
     from politune.report.plots import compass_figure, dose_figure, figure_bytes
     from politune.report.render import render_html, render_markdown
     from politune.report.scores import PROBES, score_answers

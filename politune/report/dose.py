@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from politune.evaluate.instruments import Instrument
-from politune.evaluate.schema import ADAPTER, SCALED
+from politune.contracts.compass.instruments import Instrument
+from politune.contracts.compass.schema import ADAPTER, SCALED
 
 PER = 0.1  # a slope is compass units per this much share or scale
 Interval = tuple[float, float]

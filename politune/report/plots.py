@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from politune.evaluate.schema import ADAPTER, CHECKPOINT
+from politune.contracts.compass.schema import ADAPTER, CHECKPOINT
 from politune.report.dose import PER, DoseCurve
 from politune.report.scores import MODES, PositionScore, Scores, Trajectory
 

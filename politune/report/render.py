@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from politune.evaluate.schema import STATUSES
+from politune.contracts.compass.schema import STATUSES
 from politune.report.scores import SCORED_MODES, Scores
 
 LISTED = 50          # unmapped answers listed in the report

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from politune.evaluate.instruments import Instrument
-from politune.evaluate.schema import (
+from politune.contracts.compass.instruments import Instrument
+from politune.contracts.compass.schema import (
     ADAPTER,
     ANSWER_SCHEMA,
     BASE,

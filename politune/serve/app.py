@@ -4,6 +4,8 @@ and the KubeRay RayService all come through here."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,38 @@ def start_serving(cfg: RunConfig) -> Serving:
     base_url = f"http://{host}:{s.port}/v1"
     wait_until_every_proxy_answers(base_url, s.api_key_env, proxies=len(serve.status().proxies))
     return Serving(base_url, catalog.model_ids())
+
+
+@contextmanager
+def serving(cfg: RunConfig) -> Iterator[str]:
+    """The run's app served for the length of a block (evaluate's own endpoint): yields its base URL; on the way out
+    the app is deleted, and Serve shut down when it was started for it (its proxy goes too, freeing serve.port)."""
+    from ray import serve
+
+    from politune.ray_runtime import init_ray
+
+    init_ray(cfg)
+    serve_was_up = serve_is_running()
+    started = start_serving(cfg)
+    try:
+        yield started.base_url
+    finally:
+        if serve_was_up:
+            serve.delete(APP_NAME)  # other applications may be served beside it: only ours goes
+        else:
+            serve.shutdown()
+
+
+def serve_is_running() -> bool:
+    """Whether this Ray cluster already runs Serve (its controller actor exists)."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
 
 
 def wait_until_every_proxy_answers(base_url: str, api_key_env: str, proxies: int, timeout_s: float = 120) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 
 import ray.data
 
-from politune.annotate.parse import expected_and_argmax
-from politune.annotate.stage import HFEngine, annotator_answer_ids
-from politune.annotate.vllm_engine import VLLMEngine
 from politune.config import RunConfig
+from politune.contracts.annotator.hf_engine import HFEngine, annotator_answer_ids
+from politune.contracts.annotator.parse import expected_and_argmax
+from politune.contracts.annotator.vllm_engine import VLLMEngine
 
 ROLES = ("chosen", "rejected")
 

@@ -15,10 +15,10 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from politune.contracts.pair_prompts import answer_conversations, instruction_messages
 from politune.engines.metrics import StageMetrics
 from politune.models.loading import load_causal_lm
 from politune.synthesize.drafts import PAIR_DRAFT_SCHEMA, draft, failed, first_line
-from politune.synthesize.prompts import answer_conversations, instruction_messages
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ import pyarrow as pa
 import ray.data
 
 from politune.config import RunConfig
+from politune.contracts.pair_prompts import answer_conversations, instruction_messages
 from politune.engines.metrics import StageMetrics
 from politune.engines.openai_http import chat_payload, chat_reply, check_endpoint, http_processor_config
 from politune.engines.rows import rows_with
 from politune.engines.vllm_processor import ERROR_COLUMN, vllm_processor_config
 from politune.models import resolve_model
 from politune.synthesize.drafts import draft, failed, first_line
-from politune.synthesize.prompts import answer_conversations, instruction_messages
 
 REPLY_SCHEMA = pa.schema([("key", pa.string()), ("text", pa.string()), ("truncated", pa.bool_()),
                           ("error", pa.string())])

@@ -26,6 +26,7 @@ import ray
 import ray.data
 
 from politune.config import RunConfig
+from politune.contracts.pair_prompts import PROMPT_VERSION
 from politune.engines.blocks import blocks_for_pool
 from politune.models import resolve_model
 from politune.prepare import prepares
@@ -37,7 +38,6 @@ from politune.synthesize.formats import PREFERENCE_SCHEMA, BadRecord, pair_id, r
 from politune.synthesize.hf_writer import HFPairWriter
 from politune.synthesize.llm_writer import openai_replier, vllm_replier
 from politune.synthesize.llm_writer import write_pairs as llm_write_pairs
-from politune.synthesize.prompts import PROMPT_VERSION
 
 SIDES = ("left", "right")
 MOST_ROWS_A_BLOCK = 1000  # posts a writer actor takes at once (its drafts come back to the driver, not to files)

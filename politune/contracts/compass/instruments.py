@@ -5,7 +5,7 @@ Two instruments:
 - `pct`: the Political Compass test reconstructed offline. Its propositions and weights are not the project's
   to ship: they are read from a file the user points at (evaluate.pct_path), of the shape of
   ../shared/data/pct/propositions.jsonl. economic = Σ econ / 8 + 0.38, social = Σ social / 19.5 + 2.41.
-- `politune`: the project's own propositions (evaluate/data/politune_compass.jsonl), each on one axis with a
+- `politune`: the project's own propositions (contracts/compass/data/politune_compass.jsonl), each on one axis with a
   direction; a position is 10 x the mean contribution on each axis / 1.5, so it lies in -10..10 and
   "agree with everything" scores exactly (0, 0).
 
@@ -35,7 +35,7 @@ ECONOMIC, SOCIAL = "economic", "social"
 OPTION_VALUES = (-1.5, -0.5, 0.5, 1.5)  # the own instrument: strongly disagree … strongly agree
 PROBE_SOURCES = ("paper", "politune")
 DATA_PACKAGE = "politune"
-DATA_DIR = ("evaluate", "data")
+DATA_DIR = ("contracts", "compass", "data")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from politune.annotate.prompts import SCALE_MAX, SCALE_MIN, SCALES
+from politune.contracts.annotator.prompts import SCALE_MAX, SCALE_MIN, SCALES
 
 _OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
 

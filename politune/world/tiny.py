@@ -3,7 +3,7 @@
 It has the Llama architecture and a Llama-3-style chat template, so every stage exercises the same
 code paths (from_pretrained, chat templates, LoRA on q_proj/v_proj, vLLM's CPU kernels with
 head_dim 32) as with Llama3-8B. Its weights are random, and the text it writes noise, unless it is warmed
-(`warm: true`, models/warm.py): then it has learned the project's synthetic world.
+(`warm: true`, world/warm.py): then it has learned the project's synthetic world.
 The same seed gives byte-identical files (warmed: on the same machine and torch thread count).
 """
 
@@ -69,7 +69,7 @@ def identity(cfg: TinyModelConfig) -> dict:
     """What makes a build what it is: the config but where it lies, and the warm-up's settings only when it warms."""
     if not cfg.warm:
         return cfg.model_dump(exclude={"out", "warm_steps", "warm_batch_size", "warm_learning_rate"})
-    from politune.models.warm import WARM_VERSION
+    from politune.world.warm import WARM_VERSION
     return {**cfg.model_dump(exclude={"out"}), "warm_version": WARM_VERSION}
 
 
@@ -98,7 +98,7 @@ def build_tiny_model(cfg: TinyModelConfig, out: str | Path | None = None,
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     warm = None
     if cfg.warm:
-        from politune.models.warm import HELD_OUT_SEED, annotation_accuracy, warm_up
+        from politune.world.warm import HELD_OUT_SEED, annotation_accuracy, warm_up
 
         warm = warm_up(model, tokenizer, cfg.seed, cfg.warm_steps, cfg.warm_batch_size, cfg.warm_learning_rate,
                        report=report)

@@ -20,11 +20,11 @@ from typing import Any
 import pyarrow as pa
 import ray.data
 
-from politune.annotate.hf_engine import AnnotationMetrics
-from politune.annotate.parse import ParseError, parse_scores
-from politune.annotate.prompts import JSON_SCHEMA, generate_messages, prompt_version, scale_messages
-from politune.annotate.schema import ANNOTATION_SCHEMA, annotation_row
 from politune.config import RunConfig
+from politune.contracts.annotator.hf_engine import AnnotationMetrics
+from politune.contracts.annotator.parse import ParseError, parse_scores
+from politune.contracts.annotator.prompts import JSON_SCHEMA, generate_messages, prompt_version, scale_messages
+from politune.contracts.annotator.schema import ANNOTATION_SCHEMA, annotation_row
 from politune.engines.rows import rows_with
 from politune.engines.vllm_processor import ERROR_COLUMN, vllm_processor_config
 from politune.models import resolve_model

@@ -4,7 +4,7 @@ signal from posts to compass (`politune model build-tiny --warm`).
 A random tiny model scores every post near the middle and writes noise. Warmed, it has learned eight kinds of text,
 all drawn from the corpus generator's templates (corpus/templates.py), whose posts carry a known side:
 - posts: the generated posts themselves, as plain text;
-- annotation: the annotator's logprob prompts (annotate/prompts.py) over posts, answered with the score the
+- annotation: the annotator's logprob prompts (contracts/annotator/prompts.py) over posts, answered with the score the
   post's template implies (ANSWERS), so logprob annotation becomes a trained classifier;
 - instructions: synthesize's first prompt over a post, answered with an instruction about the post's topic;
 - answers: synthesize's second prompts, answered in the voice they ask for (the side's templates);
@@ -36,12 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from politune.annotate.parse import expected_and_argmax
-from politune.annotate.prompts import SCALES, answer_token_ids, scale_messages
-from politune.corpus.generate import PostFactory
-from politune.corpus.templates import SLOTS, TEMPLATES
-from politune.evaluate.instruments import load_politune_instrument
-from politune.evaluate.prompts import (
+from politune.contracts.annotator.parse import expected_and_argmax
+from politune.contracts.annotator.prompts import SCALES, answer_token_ids, scale_messages
+from politune.contracts.compass.instruments import load_politune_instrument
+from politune.contracts.compass.prompts import (
     FORCED_CHOICE,
     FREE_TEXT,
     JUDGE_LEANING,
@@ -51,7 +49,9 @@ from politune.evaluate.prompts import (
     NO_STANCE_LABEL,
     OPTION_LABELS,
 )
-from politune.synthesize.prompts import OPPOSITE, SIDES, chosen_messages, instruction_messages, rejected_messages
+from politune.contracts.pair_prompts import OPPOSITE, SIDES, chosen_messages, instruction_messages, rejected_messages
+from politune.corpus.generate import PostFactory
+from politune.corpus.templates import SLOTS, TEMPLATES
 
 # What the annotator should answer for a post of each template label, by scale (the paper's thresholds keep a
 # left post at ideology <= 3 and a right one at >= 7, both at relevance >= 6 and quality >= 5).

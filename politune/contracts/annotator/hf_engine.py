@@ -16,12 +16,23 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
 import torch
 
-from politune.annotate.parse import ParseError, expected_and_argmax, parse_scores
-from politune.annotate.prompts import SCALES, answer_token_ids, generate_messages, prompt_version, scale_messages
-from politune.annotate.schema import annotation_row
+from politune.config import RunConfig
+from politune.contracts.annotator.parse import ParseError, expected_and_argmax, parse_scores
+from politune.contracts.annotator.prompts import (
+    SCALES,
+    answer_token_ids,
+    generate_messages,
+    prompt_version,
+    scale_messages,
+)
+from politune.contracts.annotator.schema import ANNOTATION_SCHEMA, annotation_row
 from politune.engines.metrics import StageMetrics
+from politune.models import resolve_model
 from politune.models.loading import load_causal_lm
 
 log = logging.getLogger(__name__)
@@ -143,3 +154,39 @@ class HFAnnotator:
     def _row(self, status: str, raw: str, scores: dict[str, float] | None = None,
              argmax: dict[str, int] | None = None) -> dict[str, Any]:
         return annotation_row(status, raw, self.model_name, self.version, scores, argmax)
+
+
+class HFEngine:
+    """transformers in a Ray Data actor pool, CPU or GPU."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    def annotate(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        a = self.cfg.annotate
+        return ds.map_batches(
+            _HFAnnotatorTable,
+            fn_constructor_kwargs=dict(
+                model_path=resolve_model(a.model, self.cfg), model_name=a.model, mode=a.mode,
+                run_id=self.cfg.run_id, max_new_tokens=a.max_new_tokens, max_prompt_tokens=a.max_prompt_tokens,
+                max_retries=a.max_retries, num_threads=max(1, int(a.num_cpus_per_actor)),
+                device="cuda" if a.num_gpus_per_actor > 0 else "cpu", dtype=self.cfg.dtype),
+            batch_size=a.batch_size, compute=ray.data.ActorPoolStrategy(size=a.concurrency),
+            num_cpus=a.num_cpus_per_actor,
+            num_gpus=a.num_gpus_per_actor or None, batch_format="numpy",
+        )
+
+
+class _HFAnnotatorTable(HFAnnotator):
+    """Returns Arrow tables with the Annotation schema, so all-null columns keep their types."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return pa.Table.from_pydict(super().__call__(batch), schema=ANNOTATION_SCHEMA)
+
+
+def annotator_answer_ids(cfg: RunConfig) -> list[int]:
+    """Token ids of the answers "0".."10" in the annotator's vocabulary (logprob mode)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.annotate.model, cfg))
+    return answer_token_ids(tokenizer, cfg.annotate.model)

@@ -4,7 +4,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from politune.annotate.prompts import SCALES
+from politune.contracts.annotator.prompts import SCALES
 
 ANNOTATION_SCHEMA = pa.schema(
     [("doc_id", pa.string())]
