@@ -80,8 +80,9 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
 
     from politune.config import build_config
     from politune.engines.progress import open_board
-    from politune.pipeline import BUILDERS
     from politune.ray_runtime import init_ray
+    from politune.stages import build
+    from politune.stages import stage as stage_named
 
     cfg = build_config(spec["config"])
     stage = spec["stage"]
@@ -111,7 +112,7 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    BUILDERS[stage](cfg)
+    build(stage_named(stage), cfg)
     seconds = time.perf_counter() - start
     stop.set()
     sampler.join()

@@ -5,11 +5,7 @@
 
 import sys
 
-from politune.annotate import annotate_documents
-from politune.command import run_command
-from politune.console import job_arguments, print_annotate
+from politune.command import stage_job
 
 if __name__ == "__main__":
-    args = job_arguments(__doc__)
-    sys.exit(run_command(("annotate",), lambda cfg: print_annotate(annotate_documents(cfg)),
-                         args.config, args.preset, args.set, verbose=args.verbose))
+    sys.exit(stage_job("annotate", __doc__))

@@ -8,17 +8,7 @@ With evaluate.base_url unset, the job starts the run's Serve app, evaluates thro
 
 import sys
 
-from politune.command import run_command
-from politune.console import job_arguments, print_evaluate, print_report
-from politune.pipeline import evaluate_and_report
-
-
-def evaluate(cfg) -> None:
-    evaluated, report = evaluate_and_report(cfg)
-    print_evaluate(evaluated)
-    print_report(report)
-
+from politune.command import stage_job
 
 if __name__ == "__main__":
-    args = job_arguments(__doc__)
-    sys.exit(run_command(("evaluate",), evaluate, args.config, args.preset, args.set, verbose=args.verbose))
+    sys.exit(stage_job("evaluate", __doc__))

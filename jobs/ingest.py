@@ -5,11 +5,7 @@
 
 import sys
 
-from politune.command import run_command
-from politune.console import job_arguments, print_ingest
-from politune.ingest import ingest_corpus
+from politune.command import stage_job
 
 if __name__ == "__main__":
-    args = job_arguments(__doc__)
-    sys.exit(run_command(("ingest",), lambda cfg: print_ingest(ingest_corpus(cfg)),
-                         args.config, args.preset, args.set, verbose=args.verbose))
+    sys.exit(stage_job("ingest", __doc__))

@@ -5,11 +5,7 @@
 
 import sys
 
-from politune.command import run_command
-from politune.console import job_arguments, print_select
-from politune.select import select_posts
+from politune.command import stage_job
 
 if __name__ == "__main__":
-    args = job_arguments(__doc__)
-    sys.exit(run_command(("select",), lambda cfg: print_select(select_posts(cfg)),
-                         args.config, args.preset, args.set, verbose=args.verbose))
+    sys.exit(stage_job("select", __doc__))

@@ -5,11 +5,7 @@
 
 import sys
 
-from politune.command import run_command
-from politune.console import job_arguments, print_synthesize
-from politune.synthesize import synthesize_preferences
+from politune.command import stage_job
 
 if __name__ == "__main__":
-    args = job_arguments(__doc__)
-    sys.exit(run_command(("synthesize",), lambda cfg: print_synthesize(synthesize_preferences(cfg)),
-                         args.config, args.preset, args.set, verbose=args.verbose))
+    sys.exit(stage_job("synthesize", __doc__))

@@ -7,11 +7,7 @@ Submitting the same job again after it was killed resumes from its last checkpoi
 
 import sys
 
-from politune.command import run_command
-from politune.console import job_arguments, print_train
-from politune.train import train_adapters
+from politune.command import stage_job
 
 if __name__ == "__main__":
-    args = job_arguments(__doc__, sides=True)
-    sys.exit(run_command(("train",), lambda cfg: print_train(train_adapters(cfg, args.side)), args.config,
-                         args.preset, args.set, verbose=args.verbose))
+    sys.exit(stage_job("train", __doc__))

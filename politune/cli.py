@@ -12,6 +12,8 @@ import typer
 import yaml
 
 from politune.config import PRESETS, ConfigError, RunConfig, load_config, resolve_config
+from politune.stage import Stage
+from politune.stages import PIPELINE
 
 app = typer.Typer(help="Measure and steer the political leaning of LLMs, on Ray.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -75,88 +77,32 @@ def run(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetO
     _run(stages, run_all, config, preset, set_, verbose, announce=False, name="run")
 
 
-@app.command()
-def ingest(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
-           verbose: bool = VerboseOpt) -> None:
-    """Read the configured sources into documents/ and quarantine/ under the run directory."""
-    def run_ingest(cfg: RunConfig) -> None:
-        from politune.console import print_ingest
-        from politune.ingest import ingest_corpus
-
-        print_ingest(ingest_corpus(cfg))
-
-    _run(("ingest",), run_ingest, config, preset, set_, verbose)
+SideOpt = typer.Option([], "--side", help="left, right or a train.mixtures name (repeatable; default: train.sides, "
+                       "then train.mixtures).")
 
 
-@app.command()
-def annotate(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
-             verbose: bool = VerboseOpt) -> None:
-    """Score every document for ideology, relevance and quality with the configured LLM (resumable)."""
-    def run_annotate(cfg: RunConfig) -> None:
-        from politune.annotate import annotate_documents
-        from politune.console import print_annotate
+def _stage_command(stage: Stage) -> None:
+    """`politune <stage>`: the stage's builder on the config, then the stages that follow it; each result's summary."""
+    def run_stage(cfg: RunConfig, **options: Any) -> None:
+        from politune.console import print_outputs
+        from politune.stages import run_stage as run
 
-        print_annotate(annotate_documents(cfg))
+        print_outputs(run(stage, cfg, **options))
 
-    _run(("annotate",), run_annotate, config, preset, set_, verbose)
-
-
-@app.command("select")
-def select_(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
-            verbose: bool = VerboseOpt) -> None:
-    """Choose each side's training posts from the annotations (thresholds, quantiles or source)."""
-    def run_select(cfg: RunConfig) -> None:
-        from politune.console import print_select
-        from politune.select import select_posts
-
-        print_select(select_posts(cfg))
-
-    _run(("select",), run_select, config, preset, set_, verbose)
+    if stage.sides:
+        def command(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+                    side: list[str] = SideOpt, verbose: bool = VerboseOpt) -> None:
+            _run((stage.name,), lambda cfg: run_stage(cfg, sides=side or None), config, preset, set_, verbose)
+    else:
+        def command(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
+                    verbose: bool = VerboseOpt) -> None:
+            _run((stage.name,), run_stage, config, preset, set_, verbose)
+    command.__doc__ = stage.help
+    app.command(stage.name)(command)
 
 
-@app.command()
-def synthesize(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
-               verbose: bool = VerboseOpt) -> None:
-    """Each side's preference pairs (written from the selected posts, or imported), cleaned and split."""
-    def run_synthesize(cfg: RunConfig) -> None:
-        from politune.console import print_synthesize
-        from politune.synthesize import synthesize_preferences
-
-        print_synthesize(synthesize_preferences(cfg))
-
-    _run(("synthesize",), run_synthesize, config, preset, set_, verbose)
-
-
-@app.command()
-def train(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
-          side: list[str] = typer.Option([], "--side", help="left, right or a train.mixtures name (repeatable; "
-                                         "default: train.sides, then train.mixtures)."),
-          verbose: bool = VerboseOpt) -> None:
-    """Train one LoRA adapter a side and one a mixture (DPO or SFT) under Ray Train and register it; resumes a killed
-    run."""
-    def run_train(cfg: RunConfig) -> None:
-        from politune.console import print_train
-        from politune.train import train_adapters
-
-        print_train(train_adapters(cfg, side or None))
-
-    _run(("train",), run_train, config, preset, set_, verbose)
-
-
-@app.command()
-def evaluate(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = SetOpt,
-             verbose: bool = VerboseOpt) -> None:
-    """Place every model of the run on the compass (propositions, probes, judge) through its Serve app or any
-    OpenAI-compatible endpoint; writes eval/answers.parquet and the report."""
-    def run_evaluate(cfg: RunConfig) -> None:
-        from politune.console import print_evaluate, print_report
-        from politune.pipeline import evaluate_and_report
-
-        evaluated, report = evaluate_and_report(cfg)
-        print_evaluate(evaluated)
-        print_report(report)
-
-    _run(("evaluate",), run_evaluate, config, preset, set_, verbose)
+for _stage in PIPELINE:
+    _stage_command(_stage)
 
 
 @app.command()
@@ -168,11 +114,12 @@ def report(
     seed: int = typer.Option(None, help="The bootstrap's seed (default: the evaluation's)."),
 ) -> None:
     """Rebuild a run's report (compass plot, tables, HTML) from its stored answers; no model is asked."""
-    from politune.console import print_report
+    from politune import report as report_stage
+    from politune.console import print_summary
     from politune.report import build_report
 
     try:
-        print_report(build_report(run_dir, pct_path=pct_path, bootstrap=bootstrap, seed=seed))
+        print_summary(report_stage.STAGE, build_report(run_dir, pct_path=pct_path, bootstrap=bootstrap, seed=seed))
     except (FileNotFoundError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
@@ -189,14 +136,11 @@ def serve(config: str = ConfigOpt, preset: str = PresetOpt, set_: list[str] = Se
         import signal
         import time
 
-        from politune.serve.app import APP_NAME, start_serving
+        from politune.serve.app import APP_NAME, serve_summary, start_serving
 
         serving = start_serving(cfg)
-        typer.echo(f"serving at {serving.base_url}  (backend {cfg.serve.backend}, run {cfg.run_uri})")
-        for model_id in serving.model_ids:
-            typer.echo(f"  model: {model_id}")
-        typer.echo(f'probe:   politune probe "What do you think of taxes?" --url {serving.base_url} '
-                   f"--model {serving.model_ids[-1]}")
+        for line in serve_summary(serving):
+            typer.echo(line)
         if os.environ.get("RAY_ADDRESS") or cfg.ray.address:
             typer.echo(f"deployed as Serve application {APP_NAME!r}; it keeps running on the cluster")
             return

@@ -18,7 +18,7 @@ import typer
 from politune.config import ConfigError, RunConfig, resolve_config
 from politune.failures import StageFailed
 from politune.models.references import ModelReferenceError
-from politune.prepare import Prepared, prepare_stages
+from politune.prepare import Prepared
 from politune.storage import StorageUnavailable
 
 EXIT_FAILED, EXIT_BAD_CONFIG = 1, 2
@@ -44,6 +44,8 @@ def run_command(stages: Sequence[str] | Callable[[RunConfig], Sequence[str]], ru
         return EXIT_BAD_CONFIG
     name = name or "/".join(stages) or "run"
     try:
+        from politune.stages import prepare_stages
+
         prepared = prepare_stages(cfg, *stages)
         if announce:
             _announce(prepared)
@@ -55,6 +57,19 @@ def run_command(stages: Sequence[str] | Callable[[RunConfig], Sequence[str]], ru
         _error(message)
         return EXIT_FAILED
     return 0
+
+
+def stage_job(name: str, description: str) -> int:
+    """jobs/<stage>.py: the job's arguments (the CLI's), then the stage and the stages that follow it, each result's
+    summary printed; returns the exit code."""
+    from politune.console import job_arguments, print_outputs
+    from politune.stages import run_stage, stage
+
+    s = stage(name)
+    args = job_arguments(description, sides=s.sides)
+    options = {"sides": args.side} if s.sides else {}
+    return run_command((name,), lambda cfg: print_outputs(run_stage(s, cfg, **options)), args.config, args.preset,
+                       args.set, verbose=args.verbose)
 
 
 def failure_message(stage: str, err: BaseException) -> str | None:

@@ -18,44 +18,19 @@ figures (throughput, tokens, steps).
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from politune.annotate import AnnotateResult, annotate_documents
-from politune.annotate.stage import annotate_identity
+from politune import stages as registry
 from politune.config import RunConfig
-from politune.evaluate import EvaluateResult, evaluate_models
-from politune.evaluate.stage import evaluate_identity
 from politune.failures import StageFailed
-from politune.ingest import IngestResult, ingest_corpus
-from politune.ingest.stage import ingest_identity
 from politune.models import model_revision
-from politune.prepare import model_fields, pipeline_stages, prepare_stages
-from politune.report import ReportResult, build_report
-from politune.select import SelectResult, select_posts
-from politune.select.stage import select_identity
-from politune.serve.app import serving
+from politune.stage import Stage
 from politune.stage_watch import StageWatch
+from politune.stages import pipeline_stages, prepare_stages
 from politune.storage import Manifest
-from politune.synthesize import SynthesizeResult, synthesize_preferences
-from politune.synthesize.stage import synthesize_identity
-from politune.train import TrainResult, train_adapters
-from politune.train.stage import train_identity
-
-Identity = Callable[[RunConfig, Manifest], dict[str, tuple[str, dict[str, str]]]]
-IDENTITIES: dict[str, Identity] = {
-    "ingest": ingest_identity, "annotate": annotate_identity, "select": select_identity,
-    "synthesize": synthesize_identity, "train": train_identity, "evaluate": evaluate_identity,
-}
-BUILDERS: dict[str, Callable[[RunConfig], Any]] = {
-    "ingest": ingest_corpus, "annotate": annotate_documents, "select": select_posts,
-    "synthesize": synthesize_preferences, "train": train_adapters,
-    "evaluate": functools.partial(evaluate_models, serve_run=serving),  # the run's own app, started for it
-}
 
 
 @dataclass
@@ -65,13 +40,7 @@ class PipelineResult:
     corpus: dict[str, Any] | None
     served_id: str  # the id `politune serve` gives the base model
     serve_url: str  # and where it serves it
-    ingest: IngestResult | None = None  # None: skipped, or not a stage of this run (it imports its pairs)
-    annotate: AnnotateResult | None = None
-    select: SelectResult | None = None
-    synthesize: SynthesizeResult | None = None
-    train: dict[str, TrainResult] = field(default_factory=dict)
-    evaluate: EvaluateResult | None = None
-    report: ReportResult | None = None  # built from evaluate's answers, when evaluate ran
+    outputs: dict[str, Any] = field(default_factory=dict)  # stage -> its result, for the stages that ran (and report)
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why, in the order of the stages
     adapters: list[str] = field(default_factory=list)  # every adapter the manifest records, trained now or before
 
@@ -83,7 +52,7 @@ def serve_url(cfg: RunConfig) -> str:
 def is_done(cfg: RunConfig, stage: str, manifest: Manifest) -> bool:
     """Whether the manifest records every artifact of `stage` as made with this config from today's inputs."""
     try:
-        made_of = IDENTITIES[stage](cfg, manifest)
+        made_of = registry.stage(stage).identity(cfg, manifest)
     except FileNotFoundError:  # ingest's sources are not there (yet): nothing to compare with
         return False
     return all(manifest.is_current(artifact, *identity) for artifact, identity in made_of.items())
@@ -131,35 +100,39 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, only: str | None
         if stage not in forced | known_due and is_done(cfg, stage, manifest):
             result.skipped[stage] = _done_since(manifest, stage)
             continue
-        setattr(result, stage, _run_stage(stage, cfg))
-        if stage == "evaluate":
-            result.report = build_report(cfg.run_uri)
+        s = registry.stage(stage)
+        result.outputs[stage] = _run_stage(s, cfg)
+        for follows in s.then:  # evaluate: the report
+            result.outputs[follows] = build(registry.stage(follows), cfg)
     result.adapters = sorted(a.removeprefix("adapter:") for a in Manifest(cfg.run_uri).data["artifacts"]
                              if a.startswith("adapter:"))
     return result
 
 
-def evaluate_and_report(cfg: RunConfig) -> tuple[EvaluateResult, ReportResult]:
-    """`politune evaluate` and jobs/evaluate.py: the run's models evaluated through its own app (or
-    evaluate.base_url), then the report built from their answers."""
-    evaluated = evaluate_models(cfg, serve_run=serving)
-    return evaluated, build_report(cfg.run_uri)
+def build(s: Stage, cfg: RunConfig) -> Any:
+    """One stage's builder (stages.build), apart so that a test can stand in for it."""
+    return registry.build(s, cfg)
 
 
-def _run_stage(stage: str, cfg: RunConfig) -> Any:
+def _run_stage(s: Stage, cfg: RunConfig) -> Any:
     started_at, start = datetime.now(timezone.utc), time.perf_counter()
-    watch = StageWatch(stage, cfg.run_id)
+    watch = StageWatch(s.name, cfg.run_id)
     try:
         with watch:
-            output = BUILDERS[stage](cfg)
+            output = build(s, cfg)
     except Exception as err:
-        raise StageFailed(stage) from err
+        raise StageFailed(s.name) from err
     seconds = time.perf_counter() - start
-    figures = stage_figures(stage, output, seconds)
-    watch.console.print(" · ".join([f"{stage + ':':<11} done in {seconds:.0f} s", *figure_words(figures)]))
-    models = {ref: model_revision(ref, cfg) for _, ref in model_fields(cfg, stage)}
-    Manifest(cfg.run_uri).record_stage(stage, started_at=started_at, seconds=seconds, models=models, figures=figures)
+    figures = stage_figures(s, output, seconds)
+    watch.console.print(" · ".join([f"{s.name + ':':<11} done in {seconds:.0f} s", *figure_words(figures)]))
+    models = {ref: model_revision(ref, cfg) for _, ref in s.model_fields(cfg)}
+    Manifest(cfg.run_uri).record_stage(s.name, started_at=started_at, seconds=seconds, models=models, figures=figures)
     return output
+
+
+def stage_figures(s: Stage, output: Any, seconds: float) -> dict[str, Any]:
+    """A stage's own figures for the manifest: how much it did and how fast."""
+    return s.figures(output, seconds)
 
 
 def figure_words(figures: dict[str, Any]) -> list[str]:
@@ -179,29 +152,3 @@ def _done_since(manifest: Manifest, stage: str) -> str:
     record = manifest.stage(stage)
     when = f" (ran {datetime.fromisoformat(record['finished_at']):%Y-%m-%d %H:%M %Z})" if record else ""
     return f"done{when}; config and inputs unchanged"
-
-
-def stage_figures(stage: str, output: Any, seconds: float) -> dict[str, Any]:
-    """A stage's own figures for the manifest: how much it did and how fast."""
-
-    def per_s(n: float) -> float | None:
-        return round(n / seconds, 2) if seconds > 0 else None
-
-    if stage == "ingest":
-        rows = output.totals["read"]
-        return {"rows_read": rows, "rows_per_s": per_s(rows)}
-    if stage == "annotate":
-        return {"documents_scored": output.annotated_now, "documents_per_s": per_s(output.annotated_now)}
-    if stage == "select":
-        return {"posts_selected": sum(output.kept.values())}
-    if stage == "synthesize":
-        pairs = sum(c.read for c in output.sides.values())
-        return {"pairs_written": pairs, "pairs_per_s": per_s(pairs)}
-    if stage == "train":
-        steps = sum(r.metrics.get("global_step", 0) or 0 for r in output.values())
-        return {"adapters": [r.adapter.name for r in output.values()], "steps": steps, "steps_per_s": per_s(steps),
-                "train_seconds": {r.adapter.name: r.metrics.get("train_runtime") for r in output.values()}}
-    if stage == "evaluate":
-        answers = sum(output.statuses.values())
-        return {"answers": answers, "answers_per_s": per_s(answers), "seconds_by_mode": output.seconds}
-    return {}

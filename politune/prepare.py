@@ -5,9 +5,9 @@
   model, a hub id must be cached or reachable; otherwise the error names the config field.
 - Ingest generates the sample corpus when the config asks for one (`corpus:`) and it is not there yet.
 
-Each stage builder is wrapped in `@prepares(stage)`, so a command, a job or a caller of the Python API stands on
-its own; `politune run` prepares every stage it will run before the first one starts. Preparing what is already
-there costs a file read or two.
+Each stage builder is wrapped in `@prepares(its model fields)`, so a command, a job or a caller of the Python API
+stands on its own; `politune run` prepares every stage it will run before the first one starts (stages.py).
+Preparing what is already there costs a file read or two.
 """
 
 from __future__ import annotations
@@ -22,33 +22,7 @@ from typing import Any, TypeVar
 from politune.config import TINY_MODEL, RunConfig
 from politune.models.references import check_local_model, check_model_reference
 
-STAGES = ("ingest", "annotate", "select", "synthesize", "train", "serve", "evaluate")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def pipeline_stages(cfg: RunConfig) -> tuple[str, ...]:
-    """The stages `politune run` runs for this config, in order (a run that imports its pairs starts at synthesize;
-    serving is part of evaluate, which starts the run's app)."""
-    if cfg.synthesize.source == "released":
-        return ("synthesize", "train", "evaluate")
-    return ("ingest", "annotate", "select", "synthesize", "train", "evaluate")
-
-
-def model_fields(cfg: RunConfig, stage: str) -> list[tuple[str, str]]:
-    """The (config field, model reference) pairs a stage loads on this side of an HTTP endpoint."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    s = cfg.synthesize
-    if stage == "annotate":
-        return [("annotate.model", cfg.annotate.model)]
-    if stage == "synthesize" and s.source == "generate":
-        writer = [] if s.engine == "openai" else [("synthesize.model", s.model)]  # openai: the endpoint's model
-        return writer + ([("annotate.model", cfg.annotate.model)] if s.consistency_check else [])
-    if stage == "train":
-        return [("train.base_model", cfg.train.base_model)]
-    if stage == "serve" or (stage == "evaluate" and not cfg.evaluate.base_url):  # evaluate starts the run's app
-        return [("serve.base_model", cfg.serve.base_model)]
-    return []
 
 
 @dataclass
@@ -60,10 +34,10 @@ class Prepared:
     models: dict[str, str] = field(default_factory=dict)  # config field -> what from_pretrained loads
 
 
-def prepare_stages(cfg: RunConfig, *stages: str) -> Prepared:
-    """Make ready what `stages` need (see the module's doc); raises ModelReferenceError naming the field."""
+def prepare(cfg: RunConfig, fields: list[tuple[str, str]], sample_corpus: bool = False) -> Prepared:
+    """Make ready the models `fields` name ((config field, model reference) pairs) and, with `sample_corpus`, the
+    sample corpus the config asks for (see the module's doc); raises ModelReferenceError naming the field."""
     prepared = Prepared()
-    fields = [pair for stage in stages for pair in model_fields(cfg, stage)]
     for name, ref in fields:  # every reference is checked before anything is built
         if ref != TINY_MODEL:
             prepared.models[name] = check_model_reference(name, ref)
@@ -72,7 +46,7 @@ def prepare_stages(cfg: RunConfig, *stages: str) -> Prepared:
         for name, ref in fields:
             if ref == TINY_MODEL:
                 prepared.models[name] = prepared.tiny_model
-    if "ingest" in stages and cfg.corpus is not None:
+    if sample_corpus and cfg.corpus is not None:
         prepared.corpus, prepared.corpus_generated = ensure_corpus(cfg)
     return prepared
 
@@ -104,12 +78,14 @@ def ensure_corpus(cfg: RunConfig) -> tuple[dict[str, Any], bool]:
     return generate_corpus(c.n, c.out, seed=c.seed, fmt=c.format, rows_per_file=c.rows_per_file), True
 
 
-def prepares(*stages: str) -> Callable[[F], F]:
-    """Decorate a stage builder whose first argument is the RunConfig: prepare `stages` before it runs."""
+def prepares(model_fields: Callable[[RunConfig], list[tuple[str, str]]],
+             sample_corpus: bool = False) -> Callable[[F], F]:
+    """Decorate a stage builder whose first argument is the RunConfig: prepare the models `model_fields(cfg)` names
+    (and the sample corpus, with `sample_corpus`) before it runs."""
     def decorate(build: F) -> F:
         @functools.wraps(build)
         def run(cfg: RunConfig, *args: Any, **kwargs: Any) -> Any:
-            prepare_stages(cfg, *stages)
+            prepare(cfg, model_fields(cfg), sample_corpus)
             return build(cfg, *args, **kwargs)
         return run  # type: ignore[return-value]
     return decorate

@@ -11,11 +11,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from politune.stages import PIPELINE
 from politune.storage import exists, join, read_json, resolve
-
-# stage -> the artifact whose record means it is done ("adapter:" for train: any adapter)
-STAGE_ARTIFACTS = {"ingest": "documents", "annotate": "annotations", "select": "selected",
-                   "synthesize": "preferences", "train": "adapter:", "evaluate": "eval"}
 
 
 @dataclass
@@ -60,12 +57,12 @@ def read_run(root: str, run_id: str) -> RunSummary:
         raise FileNotFoundError(f"no run {run_id!r} in {root} (no {manifest_uri}); `politune runs` lists them")
     manifest = read_json(manifest_uri)
     artifacts = manifest.get("artifacts", {})
-    done = [stage for stage, artifact in STAGE_ARTIFACTS.items()
-            if any(a == artifact or (artifact.endswith(":") and a.startswith(artifact)) for a in artifacts)]
+    done = [s.name for s in PIPELINE  # a stage is done while the manifest records its artifact (its done_when)
+            if any(a == s.done_when or (s.done_when.endswith(":") and a.startswith(s.done_when)) for a in artifacts)]
     adapters = sorted(a.removeprefix("adapter:") for a in artifacts if a.startswith("adapter:"))
     written = [e.get("written_at", "") for e in artifacts.values()]
     scores_uri = join(uri, "report", "scores.json")
-    positions = _positions(read_json(scores_uri)) if "evaluate" in done and exists(scores_uri) else []
+    positions = _positions(read_json(scores_uri)) if "eval" in artifacts and exists(scores_uri) else []
     return RunSummary(run_id, uri, done, adapters, positions, max(written, default=""), manifest)
 
 

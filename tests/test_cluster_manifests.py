@@ -72,7 +72,7 @@ def test_every_rayjob_runs_a_job_file_with_a_config_that_resolves(path: Path) ->
 
 
 def test_there_is_a_rayjob_for_the_pipeline_and_for_every_stage_on_one_run() -> None:
-    from politune.prepare import pipeline_stages
+    from politune.stages import pipeline_stages
 
     scripts = {job_config(p)[0]: job_config(p)[1] for p in RAYJOBS if "pipeline" not in p.name}
     _, pipeline = job_config(REPO / "cluster" / "rayjob-pipeline.yaml")

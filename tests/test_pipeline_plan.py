@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from politune.config import build_config
-from politune.pipeline import IDENTITIES, is_done, planned_stages
-from politune.prepare import pipeline_stages
+from politune.pipeline import is_done, planned_stages
+from politune.stages import pipeline_stages
+from politune.stages import stage as stage_named
 from politune.storage import Manifest
 
 STAGES = ("ingest", "annotate", "select", "synthesize", "train", "evaluate")
@@ -26,7 +27,7 @@ def record_done(cfg, *stages: str) -> None:
     """Record each stage's artifacts in the manifest as that stage does once it has written them."""
     for stage in stages:
         manifest = Manifest(cfg.run_uri)
-        for artifact, (config_hash, inputs) in IDENTITIES[stage](cfg, manifest).items():
+        for artifact, (config_hash, inputs) in stage_named(stage).identity(cfg, manifest).items():
             manifest.record(artifact, config_hash=config_hash, inputs=inputs, counts={}, path=artifact)
 
 
@@ -141,9 +142,9 @@ def test_a_due_ingest_lists_the_sources_once_before_it_runs(tmp_path: Path, monk
     monkeypatch.setattr(pipeline, "stage_figures", lambda stage, output, seconds: {})
     monkeypatch.setattr(pipeline, "model_revision", lambda ref, cfg: "stand-in")
     ran = []
-    monkeypatch.setattr(pipeline, "BUILDERS", {stage: (lambda cfg, stage=stage: ran.append(stage) or
-                                                       record_done(cfg, stage)) for stage in STAGES})
+    monkeypatch.setattr(pipeline, "build", lambda s, cfg: ran.append(s.name) or (record_done(cfg, s.name)
+                                                                                 if s.identity else None))
     pipeline.run_pipeline(cfg)
-    assert ran == list(STAGES)
+    assert ran == [*STAGES, "report"]  # and the report after evaluate
     assert listed == ["posts", "posts"]  # the plan's check, then the stand-in recording (the real ingest's own)
-    assert pipeline.run_pipeline(cfg).skipped.keys() == set(STAGES) and ran == list(STAGES)
+    assert pipeline.run_pipeline(cfg).skipped.keys() == set(STAGES) and ran == [*STAGES, "report"]

@@ -17,7 +17,7 @@ from conftest import free_port
 
 from politune.config import load_preset
 from politune.models.references import ModelReferenceError, check_hub_model, check_model_reference
-from politune.prepare import model_fields, pipeline_stages, prepare_stages
+from politune.stages import model_fields, pipeline_stages, prepare_stages
 
 
 def local_cfg(tmp_path: Path, *overrides: str):

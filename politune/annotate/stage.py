@@ -56,7 +56,12 @@ def annotate_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str
     return {"annotations": (cfg.section_hash("annotate", "dtype"), {"documents": manifest.fingerprint("documents")})}
 
 
-@prepares("annotate")
+def annotate_models(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The model annotate loads: (config field, reference)."""
+    return [("annotate.model", cfg.annotate.model)]
+
+
+@prepares(annotate_models)
 def annotate_documents(cfg: RunConfig) -> AnnotateResult:
     annotations_uri = join(cfg.run_uri, "annotations")
     with outages_named("annotate", "annotations", annotations_uri, "scores only the documents not yet scored"):

@@ -63,7 +63,12 @@ def evaluate_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str
     return {"eval": (cfg.section_hash("evaluate", "dtype"), {"serve.base_model": cfg.serve.base_model, **adapters})}
 
 
-@prepares("evaluate")
+def evaluate_models_loaded(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The model evaluate loads on this side of an endpoint: the served base, when it starts the run's own app."""
+    return [] if cfg.evaluate.base_url else [("serve.base_model", cfg.serve.base_model)]
+
+
+@prepares(evaluate_models_loaded)
 def evaluate_models(cfg: RunConfig, serve_run: ServeRun | None = None) -> EvaluateResult:
     """Every model of the run asked every question; the answers stored in eval/. `serve_run`: how to serve the
     run's models for the evaluation when nothing serves them yet (serve.app.serving; the report is built from the

@@ -61,7 +61,7 @@ class IngestResult:
         return {k: sum(c[k] for c in self.counts.values()) for k in keys}
 
 
-@prepares("ingest")
+@prepares(lambda cfg: [], sample_corpus=True)
 def ingest_corpus(cfg: RunConfig) -> IngestResult:
     if not cfg.sources:
         raise ValueError("ingest needs sources: the config lists none (sources: [{name, paths, shape}])")

@@ -14,6 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from politune.config import RunConfig
+from politune.stage import Stage
+
 if TYPE_CHECKING:
     from politune.report.scores import Scores
 
@@ -159,3 +162,20 @@ def _write(uri: str, data: bytes) -> None:
 
 
 __all__ = ["ReportResult", "build_report"]
+
+
+def report_summary(result: ReportResult) -> list[str]:
+    """What the console prints of a report: where each model stands, and where the report went."""
+    from rich.markup import escape
+
+    return [*(escape(line) for line in result.summary_lines()), f"report:     {result.html}",
+            f"compass:    {result.png}"]
+
+
+def _report_run(cfg: RunConfig) -> ReportResult:
+    return build_report(cfg.run_uri)  # the PCT file, resamples and seed the evaluation recorded
+
+
+# run after evaluate (its `then`); `politune report RUN_DIR` rebuilds one from a run directory alone
+STAGE = Stage(name="report", help="Rebuild a run's report from its stored answers alone (no model is asked).",
+              reads=("eval",), writes=("report",), section="evaluate", build=_report_run, summary=report_summary)

@@ -40,9 +40,24 @@ def build_app(args: dict[str, Any]) -> Application:
 class Serving:
     base_url: str         # what an OpenAI client takes as base_url
     model_ids: list[str]
+    backend: str = ""     # serve.backend
+    run_uri: str = ""     # the run whose adapters it serves
 
 
-@prepares("serve")
+def serve_summary(serving: Serving) -> list[str]:
+    """Where the app serves, what, and how to ask it."""
+    return [f"serving at {serving.base_url}  (backend {serving.backend}, run {serving.run_uri})",
+            *(f"  model: {model_id}" for model_id in serving.model_ids),
+            f'probe:   politune probe "What do you think of taxes?" --url {serving.base_url} '
+            f"--model {serving.model_ids[-1]}"]
+
+
+def serve_models(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The model the run's app loads: (config field, reference)."""
+    return [("serve.base_model", cfg.serve.base_model)]
+
+
+@prepares(serve_models)
 def start_serving(cfg: RunConfig) -> Serving:
     """Deploy the app on the configured Ray (a local one on 127.0.0.1 unless RAY_ADDRESS is set), its HTTP proxy
     bound to serve.host:serve.port; returns once every replica is up."""
@@ -58,7 +73,7 @@ def start_serving(cfg: RunConfig) -> Serving:
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
     base_url = f"http://{host}:{s.port}/v1"
     wait_until_every_proxy_answers(base_url, s.api_key_env, proxies=len(serve.status().proxies))
-    return Serving(base_url, catalog.model_ids())
+    return Serving(base_url, catalog.model_ids(), s.backend, cfg.run_uri)
 
 
 @contextmanager

@@ -72,7 +72,17 @@ def synthesize_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[s
     return {"preferences": (cfg.section_hash("synthesize", "dtype"), inputs)}
 
 
-@prepares("synthesize")
+def synthesize_models(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The models synthesize loads (config field, reference): the writer and the consistency check's annotator;
+    none when it imports pairs, and no writer when an OpenAI-compatible endpoint writes (its model is its own)."""
+    s = cfg.synthesize
+    if s.source != "generate":
+        return []
+    writer = [] if s.engine == "openai" else [("synthesize.model", s.model)]
+    return writer + ([("annotate.model", cfg.annotate.model)] if s.consistency_check else [])
+
+
+@prepares(synthesize_models)
 def synthesize_preferences(cfg: RunConfig) -> SynthesizeResult:
     out_uri = join(cfg.run_uri, "preferences")
     with outages_named("synthesize", "preferences", out_uri, "writes the pairs again"):

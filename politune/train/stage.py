@@ -65,7 +65,12 @@ def _made_of(cfg: RunConfig, manifest: Manifest) -> tuple[str, dict[str, str]]:
     return cfg.section_hash("train", "dtype"), {"preferences": manifest.fingerprint("preferences")}
 
 
-@prepares("train")
+def train_models(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The model train loads: (config field, reference)."""
+    return [("train.base_model", cfg.train.base_model)]
+
+
+@prepares(train_models)
 def train_adapter(cfg: RunConfig, side: str) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
