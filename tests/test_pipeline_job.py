@@ -37,7 +37,8 @@ def job_config(tmp_path: Path, port: int) -> Path:
            "sources": [{"name": "truthsocial", "paths": [str(corpus / "truthsocial")], "shape": "truthsocial"},
                        {"name": "politosphere", "paths": [str(corpus / "politosphere")], "shape": "politosphere"}],
            # two Train workers, one a node (STRICT_SPREAD): the run must use both nodes
-           "train": {"num_workers": 2, "placement_strategy": "STRICT_SPREAD", "save_steps": 2, "max_steps": 6},
+           # (16 steps: the stop, sent once two saves are on disk, must land before the remaining 12 are done)
+           "train": {"num_workers": 2, "placement_strategy": "STRICT_SPREAD", "save_steps": 2, "max_steps": 16},
            # what is checked is the job's wiring: few posts a side, short drafts and answers
            "select": {"max_per_side": 40}, "synthesize": {"max_new_tokens": 16},
            "serve": {"port": port},
@@ -101,9 +102,12 @@ def watch(head, job_id: str, timeout_s: float, until: Callable[[], bool] | None 
         for key, value in stage_items(head.metrics).items():
             seen[key] = max(seen.get(key, 0), value)
         status = job_status(head, job_id)
-        if status in ("SUCCEEDED", "FAILED", "STOPPED") or (until is not None and until()):
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             return status, seen
-        time.sleep(2)
+        for _ in range(8):  # `until` (a look at the files) four times a second, the job's status every 2 s
+            if until is not None and until():
+                return status, seen
+            time.sleep(0.25)
     return "TIMEOUT", seen
 
 
@@ -162,12 +166,12 @@ def test_the_study_as_a_submitted_job_on_two_nodes_stopped_while_training_and_re
         registry = json.loads((tmp_path / "runs" / "job" / "adapters" / "registry.json").read_text())["adapters"]
         m = registry["left"]["metrics"]
         assert m["resumed_from_step"] >= 2 and m["resumed_from_step"] % 2 == 0  # a save of the stopped job, not 0
-        assert m["global_step"] == 6
+        assert m["global_step"] == 16
         # the steps saved before the stop and after it, each once, every one a registered adapter (the stopped
         # job's workers may outlive its driver a moment and save one more step: kept as well)
         run_uri = str(tmp_path / "runs" / "job")
         saved = assert_checkpoints_registered(run_uri, "left", save_steps=2)
-        assert [c.step for c in saved] == [2, 4, 6]
+        assert [c.step for c in saved] == list(range(2, 17, 2))
         assert saved_before_stop and saved_before_stop <= {f"step-{c.step}" for c in saved}
         assert_checkpoint_folders(run_uri, saved)
         assert len(actor_nodes(head)) == 2  # Train workers (and Ray Data's actors) on both nodes
