@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import ray.data
 
-from politune.annotate import vllm_engine
 from politune.annotate.scale_rows import STAGING, annotate_by_scale, merge_scales
 from politune.annotate.stage import annotate_documents
 from politune.config import build_config, load_preset
+from politune.contracts.annotator import vllm_engine
 from politune.contracts.annotator.parse import expected_and_argmax
 from politune.contracts.annotator.prompts import ANSWERS, JSON_SCHEMA, SCALES, scale_messages
 from politune.contracts.annotator.schema import ANNOTATION_SCHEMA
