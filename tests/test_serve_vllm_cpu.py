@@ -163,7 +163,7 @@ def test_evaluate_places_base_and_adapters_by_forced_choice_through_it(server: S
     import pyarrow.parquet as pq
 
     from politune.config import build_config
-    from politune.evaluate import evaluate_models
+    from politune.stages import run_stage, stage
     from politune.storage import resolve
 
     monkeypatch.setenv("EVAL_TEST_TOKEN", TOKEN)
@@ -171,16 +171,16 @@ def test_evaluate_places_base_and_adapters_by_forced_choice_through_it(server: S
     cfg = build_config({"run_id": run_id, "storage_root": storage_root, "tiny_model": {"out": str(server.tiny_dir)},
                         "evaluate": {"base_url": server.url, "api_key_env": "EVAL_TEST_TOKEN", "modes": ["logprob"],
                                      "phrasings": 1, "probes": False, "bootstrap": 100}})
-    result = evaluate_models(cfg)
+    [(_, result), (_, report)] = run_stage(stage("evaluate"), cfg)  # as `politune evaluate`: then the report
     assert sorted(result.models) == ["tiny", "tiny:left", "tiny:right"]
-    assert result.statuses == {"ok": 3 * 64}
     fs, path = resolve(f"{server.run_uri}/eval/answers.parquet")
     rows = pq.read_table(path, filesystem=fs).to_pylist()
+    assert result.statuses == {"ok": 3 * 64}, next(r["error"] for r in rows if r["error"])[-3000:]
     by_model = {m: [r["option_probs"] for r in rows if r["model"] == m] for m in result.models}
     assert by_model["tiny"] != by_model["tiny:left"] != by_model["tiny:right"]
     assert all(abs(sum(p) - 1) < 1e-6 for probs in by_model.values() for p in probs)
-    png_fs, png_path = resolve(result.report.png)
-    assert result.report.png.startswith("s3://") and png_fs.get_file_info(png_path).size > 1000
+    png_fs, png_path = resolve(report.png)
+    assert report.png.startswith("s3://") and png_fs.get_file_info(png_path).size > 1000
 
 
 def test_concurrent_requests_for_base_and_adapters_each_get_their_own_model(server: Server) -> None:
