@@ -173,7 +173,9 @@ def report_summary(result: ReportResult) -> list[str]:
 
 
 def _report_run(cfg: RunConfig) -> ReportResult:
-    return build_report(cfg.run_uri)  # the PCT file, resamples and seed the evaluation recorded
+    # the run directory as an absolute path, as evaluate has it (the console prints where the report went); the PCT
+    # file, resamples and seed are those the evaluation recorded
+    return build_report(cfg.with_absolute_paths().run_uri)
 
 
 # run after evaluate (its `then`); `politune report RUN_DIR` rebuilds one from a run directory alone
