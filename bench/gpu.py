@@ -14,7 +14,10 @@ In one run:
 5. LoRA-DPO on the paper's recipe (LoRA r16 alpha32 on q, v and the MLP, max_length 1024, an effective batch of 64
    pairs) through plain TRL (the trainer a Ray worker builds, in this process) and through Ray Train (1 worker):
    tokens/s (TRL's own count over its train_runtime), 6 x parameters FLOPs a token as a share of the ceiling,
-   peak memory, and Ray Train / plain TRL.
+   peak memory, and Ray Train / plain TRL;
+6. with --sweep, the training levers (LEVERS: Liger's kernels and flash-attention against sdpa, larger per-device
+   batches at the same effective batch, activation checkpointing) in short plain-TRL runs, each as a share of the
+   ceiling; with --profile, plain TRL under torch's profiler, its time summarised by kernel.
 
 It prints a table and writes JSON (`--json`; on a GPU with the 8B shape, bench/results/gpu.json by default: what
 `politune plan` reads its measured MFUs from). Not measured here: the Serve hf app under concurrency (bench/serve.py
@@ -27,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from datetime import date
@@ -46,8 +50,17 @@ SHAPES = {  # LlamaConfig fields
            "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192, "rope_theta": 500000.0},
 }
 # per size: posts annotated and written, annotate batch, training steps, per-device batch x accumulation = 64 pairs
-WORK = {"8b": {"posts": 1024, "pairs_posts": 64, "batch": 64, "steps": 6, "per_device": 4, "accumulation": 16},
-        "tiny": {"posts": 128, "pairs_posts": 16, "batch": 32, "steps": 2, "per_device": 8, "accumulation": 8}}
+WORK = {"8b": {"posts": 1024, "pairs_posts": 64, "batch": 64, "steps": 6, "per_device": 4, "accumulation": 16,
+               "sweep_steps": 3},
+        "tiny": {"posts": 128, "pairs_posts": 16, "batch": 32, "steps": 2, "per_device": 8, "accumulation": 8,
+                 "sweep_steps": 1}}
+# --sweep: the training levers compared, each a plain-TRL run at the same effective batch; (name, per-device batch
+# multiple, train-section changes). The recipe's own run (kernels auto) is the first row.
+LEVERS = [("recipe (kernels auto)", 1, {}),
+          ("no GPU kernels (sdpa, no Liger)", 1, {"liger_kernels": False, "attn_implementation": "sdpa"}),
+          ("2 x per-device batch", 2, {}),
+          ("4 x per-device batch", 4, {}),
+          ("4 x per-device batch, checkpointing", 4, {"gradient_checkpointing": True})]
 
 
 def matmul_ceiling(device: str, dtype: torch.dtype) -> float:
@@ -161,21 +174,73 @@ def train_config(workdir: Path, model: Path, size: str, device: str) -> dict[str
                       "lora": {"rank": 16, "alpha": 32}, "cpus_per_worker": 1 if not use_gpu else 4}}
 
 
-def bench_plain_trl(raw: dict[str, Any], workdir: Path, device: str) -> dict[str, Any]:
-    from politune.train.worker import build_trainer
+def bench_plain_trl(raw: dict[str, Any], workdir: Path, device: str, profile: bool = False) -> dict[str, Any]:
+    """One plain-TRL run of the trainer a Ray worker builds; with `profile`, under torch's profiler, and the
+    time summarised by kernel (`profile_summary`)."""
+    from politune.train.worker import build_trainer, gpu_kernels
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    trainer, _, _ = build_trainer(build_config(raw), "left", str(workdir / "plain"), [])
-    output = trainer.train()
+    cfg = build_config(raw)
+    trainer, _, _ = build_trainer(cfg, "left", str(workdir / "plain"), [])
+    if profile:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.startswith("cuda"):
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as profiler:
+            output = trainer.train()
+    else:
+        output = trainer.train()
     tokens = max(e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    attention, liger = gpu_kernels(cfg.train)
     result = {"tokens": tokens, "train_runtime": output.metrics["train_runtime"], "steps": trainer.state.global_step,
-              "losses": losses, "peak_memory_gb": peak_memory_gb(device)}
+              "losses": losses, "peak_memory_gb": peak_memory_gb(device), "attn_implementation": attention,
+              "liger_kernels": liger, "per_device_batch_size": cfg.train.per_device_batch_size,
+              "gradient_accumulation_steps": cfg.train.gradient_accumulation_steps}
+    if profile:
+        result["profile"] = profile_summary(profiler, device)
     del trainer
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return result
+
+
+def profile_summary(profiler: Any, device: str, top: int = 15) -> dict[str, Any]:
+    """Where a profiled run's time went: the kernels (on a GPU; CPU ops on a CPU) that took the most self time,
+    each with its share of all of it, and the share of the matrix multiplications (gemm) among them."""
+    on_gpu = device.startswith("cuda")
+    events = [e for e in profiler.key_averages()
+              if (e.device_type == torch.autograd.DeviceType.CUDA) == on_gpu or not on_gpu]
+    self_us = (lambda e: e.self_device_time_total) if on_gpu else (lambda e: e.self_cpu_time_total)
+    total = sum(self_us(e) for e in events) or 1
+    ranked = sorted(events, key=self_us, reverse=True)
+    return {"measured": "device kernels" if on_gpu else "CPU operators", "total_s": total / 1e6,
+            "matmul_share": sum(self_us(e) for e in events if MATMUL_KERNEL.search(e.key)) / total,
+            "top": [{"name": e.key[:120], "self_s": self_us(e) / 1e6, "share": self_us(e) / total, "calls": e.count}
+                    for e in ranked[:top]]}
+
+
+# cuBLAS/cuBLASLt kernel names (gemm, nvjet, xmma, cutlass) and torch's matmul operators on a CPU
+MATMUL_KERNEL = re.compile(r"gemm|nvjet|xmma|cutlass|aten::(?:mm|addmm_?|bmm|baddbmm)$", re.IGNORECASE)
+
+
+def sweep_levers(raw: dict[str, Any], workdir: Path, device: str, size: str) -> list[dict[str, Any]]:
+    """LEVERS, each a plain-TRL run of the size's sweep_steps at the recipe's effective batch; a lever that runs out
+    of GPU memory is recorded as such."""
+    w, rows = WORK[size], []
+    for name, multiple, changes in LEVERS:
+        per_device = w["per_device"] * multiple
+        lever = {**raw, "train": {**raw["train"], **changes, "max_steps": w["sweep_steps"],
+                                  "per_device_batch_size": per_device,
+                                  "gradient_accumulation_steps": max(1, w["per_device"] * w["accumulation"]
+                                                                     // per_device)}}
+        try:
+            rows.append({"lever": name, **bench_plain_trl(lever, workdir, device)})
+        except torch.OutOfMemoryError as err:
+            rows.append({"lever": name, "error": f"out of GPU memory: {str(err).splitlines()[0]}"})
+            torch.cuda.empty_cache()
+    return rows
 
 
 def bench_ray_train(raw: dict[str, Any]) -> dict[str, Any]:
@@ -189,12 +254,24 @@ def bench_ray_train(raw: dict[str, Any]) -> dict[str, Any]:
             "losses": [e["loss"] for e in log if "loss" in e], "wall": time.perf_counter() - start}
 
 
+def shares(run: dict[str, Any], params: float, ceiling: float) -> None:
+    """A training run's tokens/s, its TFLOP/s at 6 x parameters FLOPs a token, and that as a share of the ceiling."""
+    run["tokens_per_s"] = run["tokens"] / run["train_runtime"]
+    run["tflops"] = 6 * params * run["tokens_per_s"] / 1e12
+    run["share_of_ceiling"] = run["tflops"] / ceiling
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", choices=["8b", "tiny"], default="8b")
     parser.add_argument("--dtype", default="auto", help="the config's dtype: auto, float32, bfloat16, float16")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray Train run")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also compare the training levers (LEVERS: kernels, per-device batch, checkpointing) in "
+                        "short plain-TRL runs (about 4 more minutes on the 8B shape)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run plain TRL under torch's profiler and summarise where its time went, by kernel")
     parser.add_argument("--json", type=Path, default=None,
                         help=f"where to write the figures (default on a GPU with --size 8b: {RESULTS})")
     args = parser.parse_args(argv)
@@ -223,15 +300,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from politune.synthesize import synthesize_preferences
 
         synthesize_preferences(build_config(raw))
-        runs = {"plain_trl": bench_plain_trl(raw, workdir, args.device)}
+        runs: dict[str, Any] = {"plain_trl": bench_plain_trl(raw, workdir, args.device, profile=args.profile)}
         if not args.no_ray:
             runs["ray_train"] = bench_ray_train(raw)
         for run in runs.values():
-            run["tokens_per_s"] = run["tokens"] / run["train_runtime"]
-            run["tflops"] = 6 * params * run["tokens_per_s"] / 1e12
-            run["share_of_ceiling"] = run["tflops"] / figures["ceiling_tflops"]
+            shares(run, params, figures["ceiling_tflops"])
         if "ray_train" in runs:
             runs["ray_over_plain"] = runs["ray_train"]["tokens_per_s"] / runs["plain_trl"]["tokens_per_s"]
+        if args.sweep:
+            runs["levers"] = sweep_levers(raw, workdir, args.device, args.size)
+            for run in runs["levers"]:
+                if "error" not in run:
+                    shares(run, params, figures["ceiling_tflops"])
         figures["train"] = runs
     print_table(figures)
     if out_json:
@@ -270,6 +350,22 @@ def print_table(f: dict[str, Any]) -> None:
     if "ray_over_plain" in t:
         print(f"\nRay Train / plain TRL: {t['ray_over_plain']:.2f}")
     print("training loss, plain TRL:", " ".join(f"{x:.3f}" for x in t["plain_trl"]["losses"]))
+    if "levers" in t:
+        print(f"\n{'lever (plain TRL, same effective batch)':<40} {'batch x acc':>11} {'tokens/s':>10} "
+              f"{'of ceiling':>11} {'peak GB':>8}")
+        for r in t["levers"]:
+            if "error" in r:
+                print(f"{r['lever']:<40} {r['error']}")
+                continue
+            peak = f"{r['peak_memory_gb']:.1f}" if r.get("peak_memory_gb") else ""
+            batch = f"{r['per_device_batch_size']} x {r['gradient_accumulation_steps']}"
+            print(f"{r['lever']:<40} {batch:>11} {r['tokens_per_s']:>10,.0f} {r['share_of_ceiling']:>11.1%} {peak:>8}")
+    if "profile" in t["plain_trl"]:
+        p = t["plain_trl"]["profile"]
+        print(f"\nwhere plain TRL's time went ({p['measured']}, {p['total_s']:.1f} s; "
+              f"matmuls {p['matmul_share']:.0%}):")
+        for k in p["top"]:
+            print(f"  {k['share']:>6.1%} {k['self_s']:>8.2f} s {k['calls']:>7} calls  {k['name']}")
 
 
 if __name__ == "__main__":

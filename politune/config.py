@@ -349,6 +349,15 @@ class TrainConfig(Section):
             raise ValueError(f"{strategy} shards the model over GPUs: set use_gpu: true, or use ddp on CPU")
         return strategy
 
+    @model_validator(mode="after")
+    def _gpu_kernels_need_gpus(self) -> TrainConfig:
+        for field, value in (("liger_kernels", self.liger_kernels is True),
+                             ("attn_implementation", self.attn_implementation == "flash_attention_2")):
+            if value and not self.use_gpu:
+                raise ValueError(f"{field}: {getattr(self, field)} runs GPU kernels: set use_gpu: true, or "
+                                 f"{field}: auto")
+        return self
+
     beta: float = Field(0.1, gt=0, description="dpo: strength of the pull toward the reference.")
     loss_type: str = Field("sigmoid", description="dpo: TRL's loss_type (sigmoid is the paper's DPO).")
     learning_rate: float = Field(5e-4, gt=0)
@@ -361,6 +370,13 @@ class TrainConfig(Section):
     num_epochs: float = Field(1, gt=0)
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides num_epochs when set.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on big bases.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="The base's attention kernel: auto is flash_attention_2 on a GPU where the flash-attn "
+        "package is installed, sdpa (PyTorch's fused attention) elsewhere.")
+    liger_kernels: bool | Literal["auto"] = Field(
+        "auto", description="Liger's Triton kernels for the base's layers (RMSNorm, RoPE, SwiGLU; TRL's "
+        "use_liger_kernel without its fused cross-entropy, which TRL's DPO replaces by its own chunked LM head): auto "
+        "is on when use_gpu and `pip install liger-kernel` are both true. GPU only.")
     logging_steps: int = Field(10, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="Evaluate on the eval split every N steps; null: "
                                    "only before and after training.")

@@ -21,7 +21,7 @@ def test_the_gpu_bench_runs_on_cpu_and_leaves_the_plans_mfus_assumed(ray_local, 
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "gpu.json"
-    figures = bench.main(["--device", "cpu", "--size", "tiny", "--json", str(out)])
+    figures = bench.main(["--device", "cpu", "--size", "tiny", "--json", str(out), "--sweep", "--profile"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(figures))
     assert figures["dtype"] == "float32" and figures["ceiling_tflops"] > 0 and figures["parameters"] > 2e5
     annotate = figures["annotate"]
@@ -33,4 +33,13 @@ def test_the_gpu_bench_runs_on_cpu_and_leaves_the_plans_mfus_assumed(ray_local, 
         assert run["steps"] == bench.WORK["tiny"]["steps"] and run["tokens"] > 0 and 0 < run["share_of_ceiling"] < 1
         assert len(run["losses"]) == run["steps"]
     assert figures["train"]["ray_over_plain"] == pytest.approx(ray["tokens_per_s"] / plain["tokens_per_s"])
+    levers = figures["train"]["levers"]
+    assert [r["lever"] for r in levers] == [name for name, _, _ in bench.LEVERS]
+    for row, (_, multiple, _) in zip(levers, bench.LEVERS, strict=True):
+        assert row["per_device_batch_size"] * row["gradient_accumulation_steps"] == 64  # the recipe's effective batch
+        assert row["per_device_batch_size"] == 8 * multiple and row["steps"] == 1 and row["share_of_ceiling"] > 0
+        assert (row["attn_implementation"], row["liger_kernels"]) == ("sdpa", False)  # no GPU kernels on a CPU
+    profile = plain["profile"]
+    assert 0 < profile["matmul_share"] < 1 and "aten::mm" in [k["name"] for k in profile["top"]]
+    assert sum(k["share"] for k in profile["top"]) <= 1 + 1e-9
     assert measured_mfus(out).source("train") == "assumed"  # a CPU run is no GPU's measurement

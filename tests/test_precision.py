@@ -150,3 +150,33 @@ def test_the_trainer_names_nccl_inside_a_process_group_only() -> None:
         assert trainer_kwargs(t, "/tmp/out", torch.bfloat16)["ddp_backend"] == "nccl"
     finally:
         dist.destroy_process_group()
+
+
+def test_gpu_kernels_are_chosen_by_what_is_installed_and_refused_where_they_cannot_run(monkeypatch) -> None:
+    """auto: flash-attention and Liger on a GPU where their packages are, sdpa and no Liger on CPU; by name on CPU a
+    config error; by name where the package is missing an error saying what to install."""
+    import importlib.util
+
+    from politune.config import ConfigError
+    from politune.train import worker
+    from politune.train.worker import gpu_kernels, training_args
+
+    gpu, cpu = load_preset("llama3-8b").train, load_preset("local").train
+    assert gpu_kernels(cpu) == ("sdpa", False)
+    installed = {"flash_attn": False, "liger_kernel": False}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(worker.importlib.util, "find_spec", lambda name, *a: (
+        (object() if installed[name] else None) if name in installed else real(name, *a)))
+    assert gpu_kernels(gpu) == ("sdpa", False)
+    installed.update(flash_attn=True, liger_kernel=True)
+    assert gpu_kernels(gpu) == ("flash_attention_2", True) and gpu_kernels(cpu) == ("sdpa", False)
+    installed.update(flash_attn=False, liger_kernel=False)
+    with pytest.raises(ValueError, match="pip install liger-kernel"):
+        gpu_kernels(gpu.model_copy(update={"liger_kernels": True}))
+    with pytest.raises(ValueError, match="pip install flash-attn"):
+        gpu_kernels(gpu.model_copy(update={"attn_implementation": "flash_attention_2"}))
+    for field, value in (("liger_kernels", True), ("attn_implementation", "flash_attention_2")):
+        with pytest.raises(ConfigError, match=f"{field}: .* runs GPU kernels: set use_gpu: true"):
+            load_preset("local", overrides=[f"train.{field}={value if value is not True else 'true'}"])
+    args = training_args(cpu, "/tmp/out", torch.float32, liger=True)
+    assert args.use_liger_kernel and args.liger_kernel_config == {"fused_linear_cross_entropy": False}

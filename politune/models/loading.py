@@ -32,14 +32,16 @@ def resolve_dtype(setting: str | torch.dtype, device: str) -> torch.dtype:
 
 
 def load_causal_lm(
-    name_or_path: str, dtype: str | torch.dtype = torch.float32, device: str = "cpu"
+    name_or_path: str, dtype: str | torch.dtype = torch.float32, device: str = "cpu",
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model and its tokenizer, in `dtype` (a torch dtype or the config's setting, resolve_dtype) on `device`,
-    ready for inference."""
+    ready for inference; `attn_implementation` as transformers names it (None: its default, sdpa where it can)."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.pad_token is None:  # Llama3 ships without one
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype, device)).to(device)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype, device), **kwargs).to(device)
     model.eval()
     return model, tokenizer
 

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -142,10 +143,32 @@ def trainer_kwargs(t: TrainConfig, output_dir: str, dtype: torch.dtype) -> dict[
     return common
 
 
-def training_args(t: TrainConfig, output_dir: str, dtype: torch.dtype) -> Any:
+def training_args(t: TrainConfig, output_dir: str, dtype: torch.dtype, liger: bool = False) -> Any:
     from trl import DPOConfig, SFTConfig
 
-    return (DPOConfig if t.method == "dpo" else SFTConfig)(**trainer_kwargs(t, output_dir, dtype))
+    kwargs = trainer_kwargs(t, output_dir, dtype)
+    if liger:  # the layer kernels only: TRL's DPO computes its log-probabilities with its own chunked LM head
+        kwargs.update(use_liger_kernel=True, liger_kernel_config={"fused_linear_cross_entropy": False})
+    return (DPOConfig if t.method == "dpo" else SFTConfig)(**kwargs)
+
+
+def gpu_kernels(t: TrainConfig) -> tuple[str, bool]:
+    """(attention implementation, Liger's kernels on) for the train section, from its settings and what this worker
+    has installed: auto picks flash_attention_2 and Liger on a GPU where their packages are, sdpa and no Liger
+    elsewhere. Asking for either by name where its package is missing is an error that says what to install."""
+    has = {name: importlib.util.find_spec(name) is not None for name in ("flash_attn", "liger_kernel")}
+    if t.attn_implementation == "auto":
+        attention = "flash_attention_2" if t.use_gpu and has["flash_attn"] else "sdpa"
+    else:
+        attention = t.attn_implementation
+    if attention == "flash_attention_2" and not has["flash_attn"]:
+        raise ValueError("train.attn_implementation: flash_attention_2 needs the flash-attn package on every "
+                         "training worker (pip install flash-attn), or set it to sdpa or auto")
+    liger = t.use_gpu and has["liger_kernel"] if t.liger_kernels == "auto" else bool(t.liger_kernels)
+    if liger and not has["liger_kernel"]:
+        raise ValueError("train.liger_kernels: true needs the liger-kernel package on every training worker "
+                         "(pip install liger-kernel, or politune[gpu]), or set it to auto or false")
+    return attention, liger
 
 
 def lora_config(t: TrainConfig) -> Any:
@@ -165,7 +188,9 @@ def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[An
     t = cfg.train
     device = "cuda" if t.use_gpu else "cpu"  # the trainer moves the model there; loaded on CPU first
     dtype = resolve_dtype(cfg.dtype, device)
-    model, tokenizer = load_causal_lm(model_path or resolve_model(t.base_model, cfg), dtype=dtype)
+    attention, liger = gpu_kernels(t)
+    model, tokenizer = load_causal_lm(model_path or resolve_model(t.base_model, cfg), dtype=dtype,
+                                      attn_implementation=attention)
     mixture = t.mixture(side)
     if mixture is None:
         train_rows = read_split(cfg.run_uri, side, "train")
@@ -179,9 +204,9 @@ def build_trainer(cfg: RunConfig, side: str, output_dir: str, callbacks: list[An
     datasets = {split: Dataset.from_dict(as_messages(rows, t.method)) if rows else None
                 for split, rows in (("train", train_rows), ("eval", eval_rows))}
     trainer_class = DPOTrainer if t.method == "dpo" else SFTTrainer
-    trainer = trainer_class(model=model, args=training_args(t, output_dir, dtype), train_dataset=datasets["train"],
-                            eval_dataset=datasets["eval"] if t.eval_steps else None, processing_class=tokenizer,
-                            peft_config=lora_config(t), callbacks=callbacks)
+    trainer = trainer_class(model=model, args=training_args(t, output_dir, dtype, liger),
+                            train_dataset=datasets["train"], eval_dataset=datasets["eval"] if t.eval_steps else None,
+                            processing_class=tokenizer, peft_config=lora_config(t), callbacks=callbacks)
     return trainer, tokenizer, held_out
 
 
@@ -221,7 +246,9 @@ def _train(config: dict[str, Any], rank: int) -> None:
     else:
         output = trainer.train()
     metrics: dict[str, Any] = {"resumed_from_step": resumed_from_step, "global_step": trainer.state.global_step,
-                               "train_runtime": output.metrics.get("train_runtime"), "worker_nodes": worker_nodes()}
+                               "train_runtime": output.metrics.get("train_runtime"), "worker_nodes": worker_nodes(),
+                               "attn_implementation": model.config._attn_implementation,
+                               "liger_kernels": trainer.args.use_liger_kernel}
     if rank == 0:
         model = trainer.accelerator.unwrap_model(trainer.model)
         metrics.update(before)
