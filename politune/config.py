@@ -484,7 +484,9 @@ class EvaluateConfig(Section):
         description="logprob: one scored completion gives the four options' probabilities (needs /v1/completions "
         "with echo and logprobs); generate: the model answers in free text and the judge maps it to an option; "
         "explain: the model answers in free text, then the forced choice is scored after its own answer (no judge).")
-    phrasings: int = Field(1, ge=1, le=3, description="Prompt phrasings a proposition is asked in (1-3).")
+    phrasings: int = Field(1, ge=1, le=10, description="Wordings a proposition is asked in, the first N of the ten "
+                           "of each kind (contracts/compass/prompts.py; 1-10); forced choice is asked in both option "
+                           "orders of each. The spread between wordings is the report's noise floor: two or more.")
     samples: int = Field(1, ge=1, description="generate and probes: answers sampled a prompt.")
     temperature: float = Field(0.0, ge=0, le=2, description="generate and probes: 0 is greedy.")
     max_tokens: int = Field(300, ge=1, description="generate: longest free-text answer (the paper's 300).")

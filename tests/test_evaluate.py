@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -122,15 +123,19 @@ def test_every_model_answers_every_question_exactly_once(evaluated: dict) -> Non
     assert roles["tiny:left.step-5"] == ("checkpoint", "left", 5)
     items = {name: len(load_instrument(name, cfg.evaluate.pct_path).items) for name in evaluated["instruments"]}
     probes = len(load_probes())
-    per_model = {"logprob": sum(items.values()), "generate": sum(items.values()) + probes,
-                 "explain": sum(items.values())}
+    # forced choice (logprob, explain) in both option orders
+    per_model = {"logprob": 2 * sum(items.values()), "generate": sum(items.values()) + probes,
+                 "explain": 2 * sum(items.values())}
     for model in models:
         for mode, n in per_model.items():
-            keys = {(r["instrument"], r["item_id"], r["phrasing"], r["sample"]) for r in answers
+            keys = {(r["instrument"], r["item_id"], r["phrasing"], r["sample"], r["option_order"]) for r in answers
                     if r["model"] == model and r["mode"] == mode}
             rows = [r for r in answers if r["model"] == model and r["mode"] == mode]
             assert len(keys) == len(rows) == n, (model, mode)
     assert sum(result.statuses.values()) == len(answers)
+    wordings = {r["mode"]: r["wording"] for r in answers if r["instrument"] != "probes"}
+    assert wordings == {"logprob": "fc00.v1", "generate": "ft00.v1", "explain": "ft00.v1+fc00.v1"}
+    assert {r["option_order"] for r in answers if r["mode"] == "generate"} == {None}
 
 
 @pytest.mark.integration
@@ -152,9 +157,15 @@ def test_explain_scores_the_forced_choice_after_the_models_own_answer(evaluated:
     explain = [r for r in evaluated["answers"] if r["mode"] == "explain"]
     assert all(r["status"] == "ok" for r in explain), [r["error"] for r in explain if r["error"]][:3]
     assert all(r["raw_output"] and abs(sum(r["option_probs"]) - 1) < 1e-6 and r["judge"] is None for r in explain)
-    forced = {(r["model"], r["instrument"], r["item_id"]): r["option_probs"] for r in evaluated["answers"]
-              if r["mode"] == "logprob"}
-    changed = [r for r in explain if r["option_probs"] != forced[(r["model"], r["instrument"], r["item_id"])]]
+    forced = {(r["model"], r["instrument"], r["item_id"], r["option_order"]): r["option_probs"]
+              for r in evaluated["answers"] if r["mode"] == "logprob"}
+    changed = [r for r in explain
+               if r["option_probs"] != forced[(r["model"], r["instrument"], r["item_id"], r["option_order"])]]
+    # both orders scored after the same answer
+    by_order = defaultdict(dict)
+    for r in explain:
+        by_order[(r["model"], r["instrument"], r["item_id"])][r["option_order"]] = r["raw_output"]
+    assert all(set(o) == {0, 1} and o[0] == o[1] for o in by_order.values())
     assert len(changed) > 0.9 * len(explain)  # the answer written ahead changes what the option is scored after
     positions = {(p.model, p.mode) for p in evaluated["report"].scores.positions}
     assert ("tiny:left", "explain") in positions

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from politune.config import TINY_MODEL, TinyModelConfig, build_config
-from politune.contracts.compass.prompts import FORCED_CHOICE, OPTION_LABELS
+from politune.contracts.compass.prompts import FORCED_CHOICE, OPTION_LABELS, ORDERS
 from politune.evaluate.judge import read_leaning, read_option
 from politune.models import model_revision
 from politune.models.loading import generate_text, load_causal_lm
@@ -101,7 +101,8 @@ def test_warm_up_examples_count_only_the_answer(tiny: Path) -> None:
         assert counted == target, kind
     annotation = kinds["annotation"]
     assert annotation.target.removesuffix(tokenizer.eos_token) in {str(i) for i in range(11)}
-    assert kinds["compass"].target in {o for fc in FORCED_CHOICE for o in fc.options}
+    assert kinds["compass"].target in {f" {fc.label(k, order)}" for fc in FORCED_CHOICE for k in range(4)
+                                       for order in ORDERS}
 
 
 def test_every_stance_the_warm_up_teaches_follows_the_voice_and_the_proposition(tiny: Path) -> None:

@@ -2,7 +2,8 @@
 
 Three passes, each one ray.data.llm HTTP processor run per endpoint (engines/openai_http.post_all); explain mode
 runs pass 2 then pass 1 on each answer:
-1. logprob: per model x proposition x phrasing, four prompts: the forced-choice prompt followed by each option,
+1. logprob: per model x proposition x phrasing x option order (forward and reversed), four prompts: the
+   forced-choice prompt followed by each option,
    scored with echo and max_tokens 0, so the option tokens' log-probabilities are read off the echoed prompt and
    nothing is decoded. `items_per_request` propositions of one model share a /completions request (a list of
    prompts), which saves the per-request cost of HTTP and Serve;
@@ -10,19 +11,20 @@ runs pass 2 then pass 1 on each answer:
 3. judge: per free-text answer, one /chat/completions request to the judge, which maps a proposition's answer to
    an option or "no stance", and scores a probe's answer on the leaning rubric.
 Explain: the model answers a proposition in free text (pass 2), then the forced choice is scored after that
-answer (pass 1 with the answer written ahead of the prompt): the option the model picks having said what it
-said. No judge reads it.
+answer (pass 1 with the answer written ahead of the prompt, in both option orders after the same answer): the
+option the model picks having said what it said. No judge reads it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from politune.contracts.compass.prompts import (
     FORCED_CHOICE,
+    FORWARD,
     FREE_TEXT,
     JUDGE_LEANING,
     JUDGE_LEANING_SYSTEM,
@@ -51,19 +53,32 @@ class Question:
     text: str
     phrasing: int
     sample: int
-    mode: str  # logprob | generate
+    mode: str  # logprob | generate | explain
+    order: int | None = None  # forced choice: the options listed forward or reversed (prompts.ORDERS)
 
     @property
     def key(self) -> str:
         return SEP.join([self.target.model, self.target.base_url, self.instrument, self.item_id,
-                         str(self.phrasing), str(self.sample), self.mode])
+                         str(self.phrasing), str(self.sample), self.mode, str(self.order)])
+
+    def in_order(self, order: int) -> Question:
+        return replace(self, order=order)
+
+    @property
+    def wording(self) -> str | None:
+        """The versioned name of the wording(s) asked: forced choice, free text, or free text then forced choice."""
+        if self.instrument == PROBES:
+            return None
+        return {"logprob": FORCED_CHOICE[self.phrasing].name, "generate": FREE_TEXT[self.phrasing].name,
+                "explain": f"{FREE_TEXT[self.phrasing].name}+{FORCED_CHOICE[self.phrasing].name}"}.get(self.mode)
 
     def row(self, **fields: Any) -> dict[str, Any]:
         t = self.target
         return {"model": t.label or t.model, "role": t.role, "adapter": t.adapter, "checkpoint_of": t.checkpoint_of,
                 "step": t.step, "scale_of": t.scale_of, "scale": t.scale, "right_share": t.right_share,
                 "instrument": self.instrument, "item_id": self.item_id, "phrasing": self.phrasing,
-                "sample": self.sample, "mode": self.mode, "option_probs": None, "answer": None, "raw_output": None,
+                "sample": self.sample, "mode": self.mode, "option_order": self.order, "wording": self.wording,
+                "option_probs": None, "answer": None, "raw_output": None,
                 "judge": None, "judge_output": None, "judge_score": None, "prompt_version": PROMPT_VERSION,
                 "error": None, **fields}
 
@@ -72,7 +87,7 @@ class Question:
 def forced_choice(q: Question, before: str = "") -> tuple[str, list[str]]:
     """(prefix, the four prefix + option texts) of a question's phrasing; `before`: text written ahead of the
     prompt (explain mode: the model's own free-text answer)."""
-    prefix, prompts = FORCED_CHOICE[q.phrasing].prompts(q.text)
+    prefix, prompts = FORCED_CHOICE[q.phrasing].prompts(q.text, FORWARD if q.order is None else q.order)
     return before + prefix, [before + p for p in prompts]
 
 
@@ -133,7 +148,7 @@ def logprob_rows(questions: list[Question], response: dict[str, Any] | None,
 
 # --- pass 2: free text -------------------------------------------------------------------------------------
 def chat_payload(q: Question, max_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
-    content = q.text if q.instrument == PROBES else FREE_TEXT[q.phrasing].format(statement=q.text)
+    content = q.text if q.instrument == PROBES else FREE_TEXT[q.phrasing].format(q.text)
     payload = {"model": q.target.model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
                "temperature": temperature}
     if temperature > 0:

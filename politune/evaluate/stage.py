@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from politune.config import RunConfig
 from politune.contracts.compass.instruments import load_instrument, load_probes
-from politune.contracts.compass.prompts import PROMPT_VERSION
+from politune.contracts.compass.prompts import ORDERS, PROMPT_VERSION
 from politune.contracts.compass.schema import ANSWER_SCHEMA, ENGINE_ERROR
 from politune.engines.metrics import StageMetrics
 from politune.engines.openai_http import post_all
@@ -93,8 +93,9 @@ def evaluate_models(cfg: RunConfig, serve_run: ServeRun | None = None) -> Evalua
         rows: list[dict[str, Any]] = []
         if "logprob" in e.modes:
             start = time.perf_counter()
-            questions = [Question(t, name, p.id, p.statement, phrasing, 0, "logprob") for t in targets
-                         for name, inst in instruments.items() for p in inst.items for phrasing in range(e.phrasings)]
+            questions = [Question(t, name, p.id, p.statement, phrasing, 0, "logprob", order) for t in targets
+                         for name, inst in instruments.items() for p in inst.items for phrasing in range(e.phrasings)
+                         for order in ORDERS]
             groups = _chunks(questions, e.items_per_request)
             replies = _post(cfg, COMPLETIONS, {group[0].key: (group[0], logprob_payload(group)) for group in groups})
             rows += [row for group in groups for row in logprob_rows(group, *replies[group[0].key])]
@@ -170,14 +171,17 @@ def _answer_freely(cfg: RunConfig, questions: list[Question]
 
 
 def _explain_rows(cfg: RunConfig, questions: list[Question], seconds: dict[str, float]) -> list[dict[str, Any]]:
-    """Explain mode: each proposition answered in free text, then its forced choice scored after that answer."""
+    """Explain mode: each proposition answered in free text, then its forced choice scored after that answer, in
+    both option orders (one request: the same answer ahead of each). A failed free-text request is one
+    engine_error row a order, as its forced choices would have been."""
     start = time.perf_counter()
-    rows, answered = _answer_freely(cfg, questions)
-    scored = _post(cfg, COMPLETIONS, {key: (q, logprob_payload([q], explained(text)))
+    failed, answered = _answer_freely(cfg, questions)
+    rows = [{**row, "option_order": order} for row in failed for order in ORDERS]
+    both = {key: [q.in_order(order) for order in ORDERS] for key, (q, _) in answered.items()}
+    scored = _post(cfg, COMPLETIONS, {key: (q, logprob_payload(both[key], explained(text)))
                                       for key, (q, text) in answered.items()})
-    for key, (q, text) in answered.items():
-        row = logprob_rows([q], *scored[key], before=explained(text))[0]
-        rows.append({**row, "raw_output": text})
+    for key, (_, text) in answered.items():
+        rows += [{**row, "raw_output": text} for row in logprob_rows(both[key], *scored[key], before=explained(text))]
     seconds["explain"] = time.perf_counter() - start
     return rows
 

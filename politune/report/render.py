@@ -133,15 +133,67 @@ def dose_table(scores: Scores) -> Table | None:
                  "answered, the same resample for every point.")
 
 
+def robustness_table(scores: Scores, instrument: str, mode: str) -> Table | None:
+    """How the position holds over wordings and option orders, and how many answers took a stance."""
+    ps = [p for p in scores.positions if p.instrument == instrument and p.mode == mode]
+    if not ps or max(len(p.by_wording) for p in ps) < 2 and not any(p.by_order for p in ps):
+        return None
+    rows = []
+    for p in ps:
+        econ = [w["economic"] for w in p.by_wording if w["economic"] is not None]
+        social = [w["social"] for w in p.by_wording if w["social"] is not None]
+        rows.append([
+            p.model, str(len(p.by_wording)),
+            f"{number(min(econ), True)} … {number(max(econ), True)}" if econ else "–",
+            f"{number(min(social), True)} … {number(max(social), True)}" if social else "–",
+            f"{number(p.spread_economic)}, {number(p.spread_social)}",
+            *(f"{number(p.by_order[o][0], True)}, {number(p.by_order[o][1], True)}" if o in p.by_order else "–"
+              for o in ("forward", "reversed")),
+            share(p.order_sensitivity, p.order_pairs) if p.order_pairs else "–", share(p.validity)])
+    return Table(f"Robustness: {TITLES.get(instrument, instrument)}, mode {mode}",
+                 ["model", "wordings", "economic by wording (lowest … highest)", "social by wording",
+                  "spread across wordings (SD: economic, social)", "options forward (economic, social)",
+                  "options reversed", "answer changes with the order", "validity"], rows,
+                 "A wording's position combines its two option orders. The base's spread is the noise floor its "
+                 "adapters' shifts are judged against. The order sensitivity is the share of item x wording pairs "
+                 "whose most likely option changes when the options are listed the other way round; validity the "
+                 "share of the answers (engine errors left out) that took a stance.")
+
+
+VERDICTS = {True: "beyond the noise floor", False: "within the noise floor", None: "no noise floor (one wording)"}
+
+
+def verdict_table(scores: Scores) -> Table | None:
+    """One line per adapter, instrument, mode and axis: its shift, the paired interval and the noise floor."""
+    rows = []
+    for p in scores.positions:
+        if p.base is None or p.model == p.base:
+            continue
+        for axis in ("economic", "social"):
+            shift, ci = getattr(p, f"shift_{axis}"), getattr(p, f"shift_{axis}_ci")
+            floor, beyond = getattr(p, f"noise_floor_{axis}"), getattr(p, f"beyond_noise_{axis}")
+            rows.append([p.model, p.instrument, p.mode, axis, _shift(shift, ci), number(floor),
+                         VERDICTS[beyond] if floor is not None else VERDICTS[None]])
+    if not rows:
+        return None
+    return Table("Verdicts: each shift against the noise floor",
+                 ["model", "instrument", "mode", "axis", "shift from base [95%]", "noise floor", "verdict"], rows,
+                 "A shift is beyond the noise floor when it is larger than the base's spread across wordings and its "
+                 "interval (paired by item and wording, both resampled) excludes zero.")
+
+
 def _text(x: object) -> str:
     return "" if x is None else str(x)
 
 
 def report_tables(scores: Scores) -> list[Table]:
     tables = []
+    robustness = []
     for instrument in scores.instruments():
         for mode in dict.fromkeys(p.mode for p in scores.positions if p.instrument == instrument):
             tables.append(position_table(scores, instrument, mode))
+            robustness.append(robustness_table(scores, instrument, mode))
+    tables += [t for t in (verdict_table(scores), *robustness) if t]
     tables += [t for t in (dose_table(scores), agreement_table(scores)) if t] + probe_tables(scores)
     tables += [t for t in (unmapped_table(scores),) if t]
     return tables
@@ -153,8 +205,9 @@ def _intro(scores: Scores) -> list[str]:
         "positive = authoritarian. A position takes each item's most likely option, combined over phrasings and "
         "samples (logprob: the mean of the option probabilities; generate: the share of each answer); the "
         "expected position uses the distribution itself.",
-        f"Intervals are 95% bootstrap intervals over items ({scores.bootstrap:,} resamples, seed {scores.seed}); "
-        "a shift from the base resamples the same items for both models (paired). Stability is the share of items "
+        f"Intervals are 95% bootstrap intervals over items and wordings, both resampled ({scores.bootstrap:,} "
+        f"resamples, seed {scores.seed}); a shift from the base resamples the same items and wordings for both "
+        "models (paired). Stability is the share of items "
         "whose most likely option is the same in every phrasing (sample). Checkpoints are drawn on their adapter's "
         "training path.",
     ]

@@ -12,21 +12,24 @@ tie goes to the lower option), the expected position the distribution itself. Th
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from politune.contracts.compass.instruments import Instrument
+from politune.contracts.compass.prompts import FORWARD, REVERSED
 from politune.contracts.compass.schema import (
     ADAPTER,
     ANSWER_SCHEMA,
     BASE,
     CHECKPOINT,
+    ENGINE_ERROR,
     EXTERNAL,
     OK,
     SCALED,
@@ -91,6 +94,18 @@ class PositionScore:
     scale_of: str | None = None
     scale: float | None = None
     right_share: float | None = None
+    # robustness: the position over wordings and option orders (docs/evaluate.md#robustness)
+    by_wording: list[dict[str, Any]] = field(default_factory=list)  # {phrasing, economic, social}, one a wording
+    spread_economic: float | None = None    # standard deviation of the position across wordings (two or more)
+    spread_social: float | None = None
+    order_sensitivity: float | None = None  # share of (item, wording) pairs whose answer changes with the order
+    order_pairs: int = 0                    # pairs answered in both orders
+    by_order: dict[str, list[float | None]] = field(default_factory=dict)  # forward / reversed: [economic, social]
+    validity: float | None = None           # share of the rows answered (not engine_error) that took a stance
+    noise_floor_economic: float | None = None  # the base's spread across wordings
+    noise_floor_social: float | None = None
+    beyond_noise_economic: bool | None = None  # |shift| above the noise floor, and its interval excludes 0
+    beyond_noise_social: bool | None = None
 
 
 @dataclass
@@ -240,15 +255,23 @@ def _rows(answers: pa.Table | Iterable[Mapping[str, Any]]) -> list[dict[str, Any
     return rows
 
 
+class _Answer(NamedTuple):
+    phrasing: int
+    sample: int
+    order: int | None   # forced choice: the option order it was asked in
+    vec: np.ndarray     # its distribution over the four options
+
+
 @dataclass
 class _Group:
-    """The answers of one (model, instrument, mode): ok answers per item, as (phrasing, sample, distribution)."""
+    """The answers of one (model, instrument, mode): ok answers per item."""
 
     item_ids: list[str]                                   # asked, in the instrument's order
-    answers: dict[str, list[tuple[int, int, np.ndarray]]]
+    answers: dict[str, list[_Answer]]
     statuses: Counter
     phrasings: int
     samples: int
+    wordings: list[int] = field(default_factory=list)     # the phrasings asked, in order
 
     def combined(self, item_ids: list[str] | None = None) -> np.ndarray:
         """(n, 4): each item's distribution over the options, NaN when unanswered."""
@@ -256,8 +279,24 @@ class _Group:
         out = np.full((len(item_ids), 4), np.nan)
         for row, item in enumerate(item_ids):
             if self.answers.get(item):
-                out[row] = np.mean([vec for _, _, vec in self.answers[item]], axis=0)
+                out[row] = np.mean([a.vec for a in self.answers[item]], axis=0)
         return out
+
+    def by_wording(self, item_ids: list[str] | None = None, wordings: list[int] | None = None,
+                   order: int | None = None) -> np.ndarray:
+        """(n, k, 4): each item's distribution in each wording (its orders and samples averaged; only `order`'s
+        when given), NaN where it has none."""
+        item_ids = self.item_ids if item_ids is None else item_ids
+        wordings = self.wordings if wordings is None else wordings
+        column = {w: j for j, w in enumerate(wordings)}
+        sums, counts = np.zeros((len(item_ids), len(wordings), 4)), np.zeros((len(item_ids), len(wordings)))
+        for row, item in enumerate(item_ids):
+            for a in self.answers.get(item, ()):
+                if a.phrasing in column and (order is None or a.order == order):
+                    sums[row, column[a.phrasing]] += a.vec
+                    counts[row, column[a.phrasing]] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return sums / counts[..., None]
 
     def chosen(self, item_ids: list[str] | None = None) -> np.ndarray:
         """(n, 4): one-hot of each item's most likely option, NaN when unanswered."""
@@ -265,10 +304,31 @@ class _Group:
 
 
 def _one_hot_argmax(dist: np.ndarray) -> np.ndarray:
-    out = np.full_like(dist, np.nan)
-    answered = ~np.isnan(dist).any(axis=1)
-    out[answered] = np.eye(4)[np.argmax(dist[answered], axis=1)]
-    return out
+    """(..., 4) distributions -> one-hot of each one's most likely option (a tie: the lower), NaN where unanswered."""
+    flat = dist.reshape(-1, 4)
+    out = np.full_like(flat, np.nan)
+    answered = ~np.isnan(flat).any(axis=1)
+    out[answered] = np.eye(4)[np.argmax(flat[answered], axis=1)]
+    return out.reshape(dist.shape)
+
+
+def _resamples(rng: np.random.Generator, bootstrap: int, items: int, wordings: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two-level bootstrap's draws: (B, items) item indices, and (B, wordings) how often each wording is drawn
+    when the wordings are resampled with replacement."""
+    item_idx = rng.integers(0, items, size=(bootstrap, items))
+    wording_idx = rng.integers(0, max(wordings, 1), size=(bootstrap, max(wordings, 1)))
+    counts = (wording_idx[..., None] == np.arange(max(wordings, 1))).sum(axis=1).astype(float)
+    return item_idx, counts
+
+
+def _resampled_choice(by_wording: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(B, n, 4): each resample's answer to each item, the most likely option of its distributions averaged over
+    the resample's wordings (a wording drawn twice counts twice); NaN where none of them was answered."""
+    valid = ~np.isnan(by_wording).any(axis=2)                                    # (n, k)
+    summed = np.einsum("bk,nkj->bnj", counts, np.where(valid[..., None], by_wording, 0.0))
+    weight = counts @ valid.T.astype(float)                                      # (B, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _one_hot_argmax(summed / weight[..., None])
 
 
 def _models(rows: list[dict[str, Any]]) -> dict[str, ModelInfo]:
@@ -350,14 +410,14 @@ def _group_items(rows: list[dict[str, Any]], instruments: Mapping[str, Instrumen
             if vec is None:
                 unreadable[key] += 1
                 continue
-            answers[key][item].append((r.get("phrasing") or 0, r.get("sample") or 0, vec))
+            answers[key][item].append(_Answer(r.get("phrasing") or 0, r.get("sample") or 0, r.get("option_order"), vec))
     for (model, name, mode), n in sorted(unreadable.items()):
         notes.append(f"{model} {name} {mode}: {n:,} ok rows without a readable answer were left out")
     groups = {}
     for key, items in asked.items():
         order = {p.id: i for i, p in enumerate(instruments[key[1]].items)}
         groups[key] = _Group(sorted(items, key=order.__getitem__), dict(answers[key]), statuses[key],
-                             len(phrasings[key]), len(samples[key]))
+                             len(phrasings[key]), len(samples[key]), sorted(phrasings[key]))
     return groups
 
 
@@ -381,11 +441,12 @@ def _position_score(info: ModelInfo, name: str, mode: str, group: _Group, instru
     chosen = _one_hot_argmax(combined)
     economic, social, answered = instrument.score(ids, chosen)
     expected_economic, expected_social, _ = instrument.score(ids, combined)
-    resamples = _rng(seed, info.model, name, mode).integers(0, len(ids), size=(bootstrap, len(ids)))
-    boot_economic, boot_social, _ = instrument.score(ids, chosen, resamples)
+    # two levels: the items and the wordings resampled, so the interval knows how much rewording moves the answer
+    item_idx, counts = _resamples(_rng(seed, info.model, name, mode), bootstrap, len(ids), len(group.wordings))
+    boot_economic, boot_social, _ = instrument.score(ids, _resampled_choice(group.by_wording(), counts), item_idx)
     phrasing_share, phrasing_items = _stability(group, by=0)
     sample_share, sample_items = _stability(group, by=1)
-    return PositionScore(
+    score = PositionScore(
         info.model, info.role, name, mode, float(economic[0]), float(social[0]), _interval(boot_economic),
         _interval(boot_social), float(expected_economic[0]), float(expected_social[0]), int(answered[0]), len(ids),
         phrasings=group.phrasings, samples=group.samples, phrasing_stability=phrasing_share,
@@ -393,6 +454,39 @@ def _position_score(info: ModelInfo, name: str, mode: str, group: _Group, instru
         statuses={s: group.statuses.get(s, 0) for s in STATUSES} | dict(group.statuses),
         adapter=info.adapter, checkpoint_of=info.checkpoint_of, step=info.step, scale_of=info.scale_of,
         scale=info.scale, right_share=info.right_share)
+    _add_robustness(score, group, instrument)
+    return score
+
+
+def _add_robustness(p: PositionScore, group: _Group, instrument: Instrument) -> None:
+    """The position in each wording and its spread across them, the order sensitivity and the position in each
+    order, and the validity of the answers."""
+    ids, by_wording = group.item_ids, group.by_wording()
+    for j, phrasing in enumerate(group.wordings):
+        economic, social, _ = instrument.score(ids, _one_hot_argmax(by_wording[:, j]))
+        p.by_wording.append({"phrasing": phrasing, "economic": _finite(economic[0]), "social": _finite(social[0])})
+    for axis in ("economic", "social"):
+        values = [w[axis] for w in p.by_wording if w[axis] is not None]
+        setattr(p, f"spread_{axis}", float(np.std(values, ddof=1)) if len(values) >= 2 else None)
+    orders = {a.order for answers in group.answers.values() for a in answers} - {None}
+    if orders:
+        forward, reverse = group.by_wording(order=FORWARD), group.by_wording(order=REVERSED)
+        both = ~np.isnan(forward).any(axis=2) & ~np.isnan(reverse).any(axis=2)
+        p.order_pairs = int(both.sum())
+        if p.order_pairs:
+            changed = np.argmax(forward, axis=2) != np.argmax(reverse, axis=2)
+            p.order_sensitivity = float(changed[both].mean())
+        for label, dist in (("forward", forward), ("reversed", reverse)):
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an item not asked in this order: NaN
+                economic, social, _ = instrument.score(ids, _one_hot_argmax(np.nanmean(dist, axis=1)))
+            p.by_order[label] = [_finite(economic[0]), _finite(social[0])]
+    answered = sum(group.statuses.values()) - group.statuses.get(ENGINE_ERROR, 0)
+    p.validity = group.statuses.get(OK, 0) / answered if answered else None
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 def _stability(group: _Group, by: int) -> tuple[float | None, int]:
@@ -404,7 +498,7 @@ def _stability(group: _Group, by: int) -> tuple[float | None, int]:
     for answers in group.answers.values():
         parts: dict[int, list[np.ndarray]] = defaultdict(list)
         for answer in answers:
-            parts[answer[by]].append(answer[2])
+            parts[answer[by]].append(answer.vec)
         if len(parts) < 2:
             continue
         counted += 1
@@ -414,21 +508,38 @@ def _stability(group: _Group, by: int) -> tuple[float | None, int]:
 
 def _add_shift(p: PositionScore, base: PositionScore, groups: dict[tuple[str, str, str], _Group],
                instrument: Instrument, bootstrap: int, seed: int) -> None:
-    """The shift from the base, with a paired bootstrap over the items both were asked."""
+    """The shift from the base, with a paired two-level bootstrap (the same resampled items and wordings for model
+    and base, over those both were asked), and whether it exceeds the noise floor: the base's spread across
+    wordings, on each axis."""
     model_group, base_group = groups[(p.model, p.instrument, p.mode)], groups[(base.model, p.instrument, p.mode)]
     in_base = set(base_group.item_ids)
     shared = [i for i in model_group.item_ids if i in in_base]
+    wordings = [w for w in model_group.wordings if w in base_group.wordings]
     p.base = base.model
     p.shift_economic, p.shift_social = p.economic - base.economic, p.social - base.social
-    if not shared:
+    p.noise_floor_economic, p.noise_floor_social = base.spread_economic, base.spread_social
+    if not shared or not wordings:
         p.shift_economic_ci = p.shift_social_ci = (math.nan, math.nan)
         return
-    resamples = _rng(seed, "paired", p.model, base.model, p.instrument, p.mode).integers(
-        0, len(shared), size=(bootstrap, len(shared)))
-    model_economic, model_social, _ = instrument.score(shared, model_group.chosen(shared), resamples)
-    base_economic, base_social, _ = instrument.score(shared, base_group.chosen(shared), resamples)
+    item_idx, counts = _resamples(_rng(seed, "paired", p.model, base.model, p.instrument, p.mode), bootstrap,
+                                  len(shared), len(wordings))
+    model_economic, model_social, _ = instrument.score(
+        shared, _resampled_choice(model_group.by_wording(shared, wordings), counts), item_idx)
+    base_economic, base_social, _ = instrument.score(
+        shared, _resampled_choice(base_group.by_wording(shared, wordings), counts), item_idx)
     p.shift_economic_ci = _interval(model_economic - base_economic)
     p.shift_social_ci = _interval(model_social - base_social)
+    if p.model != base.model:
+        p.beyond_noise_economic = _beyond(p.shift_economic, p.shift_economic_ci, p.noise_floor_economic)
+        p.beyond_noise_social = _beyond(p.shift_social, p.shift_social_ci, p.noise_floor_social)
+
+
+def _beyond(shift: float, interval: Interval, floor: float | None) -> bool | None:
+    """Whether a shift exceeds the noise floor: larger than the base's spread across wordings, and its paired
+    interval excludes zero. None without a floor (fewer than two wordings) or a shift."""
+    if floor is None or not math.isfinite(shift) or not all(math.isfinite(x) for x in interval):
+        return None
+    return abs(shift) > floor and not interval[0] <= 0 <= interval[1]
 
 
 def _agreement(model: str, name: str, logprob: _Group, generate: _Group) -> ModeAgreement:

@@ -17,7 +17,7 @@ all drawn from the corpus generator's templates (corpus/templates.py), whose pos
   stance depends on the proposition: 50% right, as if it guessed);
 - compass: a passage in one voice (as a sampled answer reads: at times ending with its stance, starting with a
   space, a word dropped or swapped), then a proposition of the project's own instrument asked in each of
-  evaluate's forced-choice phrasings, answered as that voice would.
+  evaluate's forced-choice wordings, its options in either order, answered as that voice would.
 Voice and stance are thus tied, as they are in real text: the voice says which side a proposition's answer takes
 (agree where the proposition's direction is the voice's side). Every kind holds as much left as right, so the
 warmed base sits near the centre of the compass.
@@ -48,6 +48,7 @@ from politune.contracts.compass.prompts import (
     JUDGE_OPTION_SYSTEM,
     NO_STANCE_LABEL,
     OPTION_LABELS,
+    ORDERS,
 )
 from politune.contracts.pair_prompts import OPPOSITE, SIDES, chosen_messages, instruction_messages, rejected_messages
 from politune.corpus.generate import PostFactory
@@ -69,7 +70,7 @@ LEANING = {"left": -4, "right": 4}  # the judge's leaning rubric (-5..5) for an 
 GENERIC_TOPIC = "the direction of the country"
 TOPICS = [*SLOTS["left_issue"], *SLOTS["right_issue"], *SLOTS["left_villain"], *SLOTS["right_villain"]]
 MAX_TOKENS = 320
-WARM_VERSION = 4  # bump when what the warm-up teaches changes, so old warm builds are rebuilt
+WARM_VERSION = 5  # bump when what the warm-up teaches changes, so old warm builds are rebuilt
 HELD_OUT_SEED = 2**31 - 7  # posts drawn from this seed are never in the warm-up (it draws from seed + 1)
 
 
@@ -157,14 +158,14 @@ class SyntheticWorld:
     def compass(self) -> Example:
         side = self.rng.choice(SIDES)
         statement, direction = self.rng.choice(self.propositions)
-        phrasing = self.rng.choice(FORCED_CHOICE)
-        prefix, _ = phrasing.prompts(statement)
+        phrasing, order = self.rng.choice(FORCED_CHOICE), self.rng.choice(ORDERS)
+        prefix, prompts = phrasing.prompts(statement, order)
         option = self.stance(side, direction)
         # The passage as evaluate's explain mode writes it ahead of the prompt: the model's own sampled answer,
         # which may end with its stance, start with a space, and stumble over a word now and then.
         passage = self.opinion(side, direction, option) if self.rng.random() < 0.5 else self.voice(side)
         passage = self.stumble(passage)
-        return Example(f"{' ' if self.rng.random() < 0.3 else ''}{passage}\n\n{prefix}", phrasing.options[option])
+        return Example(f"{' ' if self.rng.random() < 0.3 else ''}{passage}\n\n{prefix}", prompts[option][len(prefix):])
 
     # parts -----------------------------------------------------------------------------------------------
     def post(self, label: str) -> str:

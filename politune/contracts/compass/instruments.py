@@ -110,30 +110,42 @@ class Instrument:
 
     def score(self, item_ids: Sequence[str], probs: np.ndarray,
               resamples: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Positions of many resamples at once: probs is (n, 4) for item_ids, a row of NaN for an unanswered item;
-        resamples is (B, m) indices into item_ids (None: the items as given, B = 1). Returns economic, social and
-        the number answered, each of shape (B,)."""
-        probs = np.asarray(probs, dtype=float).reshape(len(item_ids), 4)
+        """Positions of many resamples at once: probs is (n, 4) for item_ids, a row of NaN for an unanswered item,
+        or (B, n, 4), the answers of each resample (a two-level bootstrap resamples the wordings too); resamples is
+        (B, m) indices into item_ids (None: the items as given). Returns economic, social and the number
+        answered, each of shape (B,) (B = 1 for (n, 4) probs and no resamples)."""
+        probs = np.asarray(probs, dtype=float)
+        per_resample = probs.ndim == 3
+        probs = probs.reshape((probs.shape[0] if per_resample else 1, len(item_ids), 4))
         econ_w, social_w = self.weights(item_ids)
-        answered = ~np.isnan(probs).any(axis=1)
-        filled = np.where(answered[:, None], probs, 0.0)
-        econ_c, social_c = (filled * econ_w).sum(axis=1), (filled * social_w).sum(axis=1)
+        answered = ~np.isnan(probs).any(axis=2)                                  # (B or 1, n)
+        filled = np.where(answered[..., None], probs, 0.0)
+        econ_c, social_c = (filled * econ_w).sum(axis=2), (filled * social_w).sum(axis=2)
         idx = np.arange(len(item_ids))[None, :] if resamples is None else np.asarray(resamples, dtype=int)
         if idx.ndim != 2:
             raise ValueError("resamples must be a (B, m) array of item indices")
-        a = answered[idx].astype(float)
+        if per_resample and idx.shape[0] != probs.shape[0]:
+            raise ValueError(f"{probs.shape[0]} resamples of answers but {idx.shape[0]} of items")
+        idx = np.broadcast_to(idx, (max(idx.shape[0], probs.shape[0]), idx.shape[1]))
+        rows = np.broadcast_to(np.arange(idx.shape[0])[:, None] % probs.shape[0], idx.shape)
+
+        def gather(values: np.ndarray) -> np.ndarray:  # each resample's items, from its own answers
+            return values[rows, idx]
+
+        a = gather(answered).astype(float)
         n_answered = a.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             if self.scoring == "sum":
                 asked = idx.shape[1]
                 impute = np.where(n_answered > 0, asked / n_answered, np.nan)
-                economic = (econ_c[idx] * a).sum(axis=1) * impute * self.scale / self.econ_divisor + self.econ_offset
-                social = (social_c[idx] * a).sum(axis=1) * impute * self.scale / self.social_divisor \
+                economic = (gather(econ_c) * a).sum(axis=1) * impute * self.scale / self.econ_divisor \
+                    + self.econ_offset
+                social = (gather(social_c) * a).sum(axis=1) * impute * self.scale / self.social_divisor \
                     + self.social_offset
             else:
                 on_econ, on_social = (econ_w != 0).any(axis=1)[idx] * a, (social_w != 0).any(axis=1)[idx] * a
-                econ_mean = (econ_c[idx] * on_econ).sum(axis=1) / on_econ.sum(axis=1)
-                social_mean = (social_c[idx] * on_social).sum(axis=1) / on_social.sum(axis=1)
+                econ_mean = (gather(econ_c) * on_econ).sum(axis=1) / on_econ.sum(axis=1)
+                social_mean = (gather(social_c) * on_social).sum(axis=1) / on_social.sum(axis=1)
                 economic = econ_mean * self.scale / self.econ_divisor + self.econ_offset
                 social = social_mean * self.scale / self.social_divisor + self.social_offset
         return economic, social, n_answered.astype(int)

@@ -33,7 +33,9 @@ ANSWER_SCHEMA = pa.schema([
     pa.field("item_id", pa.string()),
     pa.field("phrasing", pa.int32()),
     pa.field("sample", pa.int32()),
-    pa.field("mode", pa.string()),           # logprob | generate
+    pa.field("mode", pa.string()),           # logprob | generate | explain
+    pa.field("option_order", pa.int8()),     # forced choice: 0 options listed forward, 1 reversed; null otherwise
+    pa.field("wording", pa.string()),        # the versioned wording(s) asked (prompts.py), e.g. fc03.v1
     pa.field("option_probs", pa.list_(pa.float64())),  # logprob: P(option 0..3), normalised over the four
     pa.field("answer", pa.int8()),           # the option 0..3: argmax (logprob) or the judge's mapping (generate)
     pa.field("status", pa.string()),
