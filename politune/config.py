@@ -479,11 +479,13 @@ class EvaluateConfig(Section):
     pct_path: str | None = Field(
         None, description="pct: JSONL of the test's 62 propositions with their answer weights (id, statement, econ, "
         "social); its texts are not shipped with PoliTune.")
-    modes: list[Literal["logprob", "generate", "explain"]] = Field(
+    modes: list[Literal["logprob", "generate", "generate_forced", "explain"]] = Field(
         default_factory=lambda: ["logprob"], min_length=1,
         description="logprob: one scored completion gives the four options' probabilities (needs /v1/completions "
-        "with echo and logprobs); generate: the model answers in free text and the judge maps it to an option; "
-        "explain: the model answers in free text, then the forced choice is scored after its own answer (no judge).")
+        "with echo and logprobs); generate: the model answers in free text, unforced, and the judge maps it to an "
+        "option or no stance; generate_forced: the same with an explicit instruction to take one of the four "
+        "options (validity unforced against forced); explain: the model answers in free text, then the forced "
+        "choice is scored after its own answer (no judge).")
     phrasings: int = Field(1, ge=1, le=10, description="Wordings a proposition is asked in, the first N of the ten "
                            "of each kind (contracts/compass/prompts.py; 1-10); forced choice is asked in both option "
                            "orders of each. The spread between wordings is the report's noise floor: two or more.")
@@ -512,6 +514,19 @@ class EvaluateConfig(Section):
     judge_api_key_env: str = Field("POLITUNE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     judge_max_tokens: int = Field(8, ge=1, description="The judge's longest reply: a rubric label or a score (a "
                                   "tokenizer that splits \"strongly disagree\" finely needs more than 8).")
+    forced_choice_format: Literal["plain", "chat"] = Field(
+        "plain", description="Forced choice (logprob, explain) as plain text, which every completions endpoint "
+        "takes, or inside the base model's chat template (the wording as a user message, each option's label "
+        "scored as the assistant's reply), as an instruction-tuned model is used. Extra models are asked in plain "
+        "text.")
+    issues: int = Field(0, ge=0, le=30, description="The open-ended issue set: the first N of its 30 issues "
+                        "(contracts/compass/data/issues.jsonl), each asked as a neutral, a pro and a con writing "
+                        "request; the judge labels each text's stance (for, against, neutral, refusal). 0: none.")
+    judge_check: bool = Field(True, description="Before it judges anything, score the judge on the project's "
+                              "labelled answers (contracts/compass/data/judge_check.jsonl) of each rubric it will "
+                              "use; its accuracy goes in the report.")
+    judge_min_accuracy: float = Field(0.8, ge=0, le=1, description="A judge whose check accuracy is below this on a "
+                                      "rubric is named in the console and the report as not to be trusted.")
     items_per_request: int = Field(
         1, ge=1, le=16, description="logprob: propositions of one model scored in one /completions request (4 "
         "prompts each); fewer requests, less HTTP overhead. A failed request fails its propositions.")

@@ -222,17 +222,43 @@ def _evaluate_plan(cfg: RunConfig, gpu: Gpu, mfus: Mfus, measured: dict[str, Any
     copies = len([s for s in e.adapter_scales if s != 1])
     models = 1 + adapters * (1 + (4 if e.checkpoints == "all" else 0) + copies)  # checkpoints: about 4 saves
     question = 40 + CHAT_OVERHEAD_TOKENS
-    tokens_in = models * items * e.phrasings * question * len(e.modes)
-    tokens_out = models * items * e.phrasings * e.samples * e.max_tokens if "generate" in e.modes else 0
+    asked = models * items * e.phrasings             # (model, proposition, wording) triples
+    free = asked * e.samples                         # free-text answers of a mode that writes one
+    # forced choice: each of the four options scored in each of the two option orders (prompt tokens only)
+    forced = 2 * 4 * question
+    tokens_in = tokens_out = 0.0
+    questions = 0
+    if "logprob" in e.modes:
+        tokens_in += asked * forced
+        questions += 2 * asked
+    for mode in ("generate", "generate_forced", "explain"):
+        if mode in e.modes:
+            tokens_in += free * question
+            tokens_out += free * e.max_tokens
+            questions += free
+    if "explain" in e.modes:  # the forced choice after the model's own answer, in both orders
+        tokens_in += free * 2 * 4 * (question + e.max_tokens)
+        questions += 2 * free
+    judged_modes = len({"generate", "generate_forced"} & set(e.modes))
+    judged = judged_modes * free * e.max_tokens
     if e.probes:
-        probes = len(load_probes())
-        tokens_in += models * probes * e.samples * question
-        tokens_out += models * probes * e.samples * e.probe_max_tokens
-    judged = tokens_out  # the judge reads each free-text answer and writes a score
-    tokens_in += judged
+        probes = models * len(load_probes()) * e.samples
+        tokens_in += probes * question
+        tokens_out += probes * e.probe_max_tokens
+        judged += probes * e.probe_max_tokens
+        questions += probes
+    if e.issues:  # the issue set: three writing requests an issue, each text read by the judge
+        texts = models * e.issues * 3 * e.samples
+        tokens_in += texts * question
+        tokens_out += texts * e.probe_max_tokens
+        judged += texts * e.probe_max_tokens
+        questions += 2 * texts
+    tokens_in += judged  # the judge reads each free-text answer (generate, probes, issues), writes a label or score
+    questions += judged_modes * free + (probes if e.probes else 0)
     gpus = s.max_replicas * s.tensor_parallel_size * s.pipeline_parallel_size if s.backend == "vllm" else 0
     return _stage_plan("evaluate", s.base_model, cfg, gpu, mfus, tokens_in, tokens_out, gpus, measured, None, "",
-                       note=f"{models} models x {items} propositions x {e.phrasings} phrasing(s)")
+                       note=f"{models} models x {items} propositions x {e.phrasings} wording(s), forced choice in "
+                       f"both option orders: {questions:,} questions with the judge's")
 
 
 def _measured(cfg: RunConfig) -> dict[str, Any]:

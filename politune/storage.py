@@ -167,7 +167,10 @@ class Manifest:
         models: list[str] | None = None,
         counts: dict[str, Any],
         path: str,
+        complete: bool = True,
     ) -> dict[str, Any]:
+        """`complete` False: some of the artifact's rows failed (and are recorded as failures); such an artifact is
+        never current, so its stage runs again and redoes what failed."""
         entry = {
             "path": path,
             "config_hash": config_hash,
@@ -177,6 +180,8 @@ class Manifest:
             "counts": counts,
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if not complete:
+            entry["complete"] = False
         self.data["artifacts"][artifact] = entry
         write_json(self.uri, self.data)
         return entry
@@ -211,9 +216,10 @@ class Manifest:
         return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:16]
 
     def is_current(self, name: str, config_hash: str, inputs: dict[str, str]) -> bool:
-        """Whether the artifact is recorded as made with this config hash from these inputs."""
+        """Whether the artifact is recorded as made, completely, with this config hash from these inputs."""
         entry = self.artifact(name)
-        return entry is not None and entry["config_hash"] == config_hash and entry["inputs"] == inputs
+        return (entry is not None and entry["config_hash"] == config_hash and entry["inputs"] == inputs
+                and entry.get("complete", True))
 
     def record_stage(self, stage: str, *, started_at: datetime, seconds: float, models: dict[str, str],
                      figures: dict[str, Any]) -> None:

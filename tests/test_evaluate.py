@@ -18,7 +18,7 @@ from politune.config import TinyModelConfig, build_config
 from politune.contracts.compass.instruments import load_instrument, load_probes
 from politune.contracts.compass.prompts import FORCED_CHOICE
 from politune.engines.openai_http import EndpointError
-from politune.evaluate.asking import Question, explained, logprob_payload, logprob_rows
+from politune.evaluate.asking import ChatFormat, Question, forced_choice, logprob_payload, logprob_rows
 from politune.evaluate.endpoint import Target
 from politune.evaluate.judge import NO_STANCE, read_leaning, read_option
 from politune.models.random_adapters import register_random_adapters
@@ -40,6 +40,28 @@ def test_the_judges_labels_are_read_and_anything_else_is_unmapped() -> None:
     assert read_option("") is None and read_option(None) is None
     assert read_leaning("-3") == -3 and read_leaning(" +2\n") == 2 and read_leaning("0") == 0
     assert read_leaning("7") is None and read_leaning("left") is None and read_leaning(None) is None
+
+
+def test_the_chat_format_asks_the_wording_as_a_message_and_scores_each_label_as_the_reply(tmp_path: Path) -> None:
+    tiny = build_tiny_model(TinyModelConfig(), tmp_path / "tiny")
+    chat = ChatFormat.for_model(str(tiny))
+    target = Target("tiny", "base", "http://h/v1", "K")
+    q = Question(target, "politune", "e01", "Taxes are too high.", 1, 0, "logprob", 1)  # letters, reversed
+    prefix, prompts = forced_choice(q, chat=chat)
+    rendered = chat.tokenizer.apply_chat_template([{"role": "user", "content": FORCED_CHOICE[1].chat_question(
+        q.text, 1)}], add_generation_prompt=True, tokenize=False)
+    assert rendered.endswith(prefix) and "A) strongly agree" in prefix and "Reply with the letter" in prefix
+    assert [p[len(prefix):] for p in prompts] == ["D", "C", "B", "A"]  # by option: strongly disagree is D here
+    # one start-of-text token once the server tokenizes the prompt as a completions prompt (adding its own if the
+    # tokenizer does)
+    tokenizer = chat.tokenizer
+    assert tokenizer(prefix)["input_ids"].count(tokenizer.bos_token_id) == 1
+    words = Question(target, "politune", "e01", "Taxes are too high.", 2, 0, "explain", 0)
+    prefix, prompts = forced_choice(words, answer=" Cut them. ", chat=chat)
+    assert prefix.index("Taxes are too high.") < prefix.index("Cut them.") < prefix.rindex("Taxes are too high.")
+    assert prompts[3].endswith("Strongly agree")
+    rows = logprob_rows([q], None, "down", chat=chat)
+    assert rows[0]["wording"] == "fc01.v1+chat" and rows[0]["status"] == "engine_error"
 
 
 def test_option_probabilities_come_from_the_tokens_after_the_prompt() -> None:
@@ -80,7 +102,7 @@ def evaluated(ray_local, tmp_path_factory) -> dict:
     raw = {"run_id": "ev", "storage_root": str(root / "runs"), "tiny_model": {"out": str(tiny)},
            "serve": {"port": free_port(), "api_key_env": SERVE_TOKEN_ENV, "max_batch_size": 16},
            "evaluate": {"instruments": instruments, "pct_path": pct,
-                        "modes": ["logprob", "generate", "explain"], "phrasings": 1, "max_tokens": 8,
+                        "modes": ["logprob", "generate", "explain"], "phrasings": 1, "max_tokens": 8, "issues": 2,
                         "probe_max_tokens": 8, "items_per_request": 4,
                         "checkpoints": "all", "bootstrap": 200, "concurrency": 2}}
     cfg = build_config(raw)
@@ -124,7 +146,7 @@ def test_every_model_answers_every_question_exactly_once(evaluated: dict) -> Non
     items = {name: len(load_instrument(name, cfg.evaluate.pct_path).items) for name in evaluated["instruments"]}
     probes = len(load_probes())
     # forced choice (logprob, explain) in both option orders
-    per_model = {"logprob": 2 * sum(items.values()), "generate": sum(items.values()) + probes,
+    per_model = {"logprob": 2 * sum(items.values()), "generate": sum(items.values()) + probes + 2 * 3,
                  "explain": 2 * sum(items.values())}
     for model in models:
         for mode, n in per_model.items():
@@ -133,7 +155,7 @@ def test_every_model_answers_every_question_exactly_once(evaluated: dict) -> Non
             rows = [r for r in answers if r["model"] == model and r["mode"] == mode]
             assert len(keys) == len(rows) == n, (model, mode)
     assert sum(result.statuses.values()) == len(answers)
-    wordings = {r["mode"]: r["wording"] for r in answers if r["instrument"] != "probes"}
+    wordings = {r["mode"]: r["wording"] for r in answers if r["instrument"] not in ("probes", "issues")}
     assert wordings == {"logprob": "fc00.v1", "generate": "ft00.v1", "explain": "ft00.v1+fc00.v1"}
     assert {r["option_order"] for r in answers if r["mode"] == "generate"} == {None}
 
@@ -152,7 +174,7 @@ def test_forced_choice_gives_a_distribution_and_its_argmax_and_adapters_move_it(
 @pytest.mark.integration
 def test_explain_scores_the_forced_choice_after_the_models_own_answer(evaluated: dict) -> None:
     q = Question(Target("tiny", "base", "http://x", "K"), "politune", "e01", "Taxes are too high.", 0, 0, "explain")
-    prompts = logprob_payload([q], explained(" Cut them now. "))["prompt"]
+    prompts = logprob_payload([q], " Cut them now. ")["prompt"]
     assert len(prompts) == 4 and all(p.startswith("Cut them now.\n\nStatement: Taxes are too high.") for p in prompts)
     explain = [r for r in evaluated["answers"] if r["mode"] == "explain"]
     assert all(r["status"] == "ok" for r in explain), [r["error"] for r in explain if r["error"]][:3]
@@ -180,6 +202,22 @@ def test_free_text_the_judge_cannot_map_is_counted_and_kept(evaluated: dict) -> 
     assert all(r["answer"] is None and r["judge_score"] is None and r["judge_output"] is not None for r in unmapped)
     assert evaluated["result"].unmapped == len(unmapped) == evaluated["result"].statuses["unmapped"]
     assert all(r["judge"].startswith("tiny|") for r in free)
+
+
+@pytest.mark.integration
+def test_the_issue_set_is_asked_in_three_framings_and_each_text_judged_for_its_stance(evaluated: dict) -> None:
+    issues = [r for r in evaluated["answers"] if r["instrument"] == "issues"]
+    assert {(r["item_id"], r["wording"]) for r in issues} == {(i, f"issue-{f}.v1") for i in ("i01", "i02")
+                                                             for f in ("neutral", "pro", "con")}
+    assert all(r["judge"].endswith("|stance-v1") and r["raw_output"] is not None for r in issues)
+    assert all((r["status"] == "ok") == (r["stance"] in ("for", "against", "neutral", "refusal")) for r in issues)
+    scored = {s.model: s for s in evaluated["report"].scores.issues}
+    assert set(scored) == set(evaluated["result"].models)
+    assert all(s.read + s.statuses["unmapped"] + s.statuses["engine_error"] == 6 for s in scored.values())
+    # the judge was checked on the rubrics it used before judging
+    check = evaluated["result"].judge_check
+    assert set(check["rubrics"]) == {"option", "leaning", "stance"} and check["passed"] is False  # the tiny judge
+    assert "The judge, checked" in Path(evaluated["report"].markdown).read_text()
 
 
 @pytest.mark.integration
@@ -263,3 +301,102 @@ def test_the_base_every_final_adapter_checkpoints_when_asked_and_extra_models_ar
     assert (external.base_url, external.api_key_env, external.label) == ("http://elsewhere:9/v1", "HOSTED_KEY",
                                                                        "hosted")
     assert Question(external, "politune", "e01", "s", 0, 0, "logprob").row(status="ok")["model"] == "hosted"
+
+
+class DyingEndpoint:
+    """A real TCP endpoint in front of the run's Serve app: it forwards requests to it, and after `answers` POSTs
+    it goes away (its socket closed; a request caught in flight gets its connection dropped), as an endpoint that
+    dies mid-evaluation does. `answers=None`: it stays up. It counts the POSTs it forwarded."""
+
+    def __init__(self, upstream: str, port: int, answers: int | None = None) -> None:
+        import threading
+        import urllib.request
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        endpoint, lock = self, threading.Lock()
+        self.posts, self.dead = 0, False
+
+        class Forward(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self, body: bytes | None) -> None:
+                request = urllib.request.Request(upstream.rstrip("/") + self.path.removeprefix("/v1"), data=body,
+                                                 headers={k: v for k, v in self.headers.items()
+                                                          if k.lower() in ("authorization", "content-type")})
+                try:
+                    with urllib.request.urlopen(request, timeout=120) as reply:
+                        status, payload = reply.status, reply.read()
+                except urllib.error.HTTPError as err:
+                    status, payload = err.code, err.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                self._forward(None)
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    if endpoint.dead or (answers is not None and endpoint.posts >= answers):
+                        self.close_connection = True  # past its last answer: the connection dropped
+                        return
+                    endpoint.posts += 1
+                    last = endpoint.posts == answers
+                self._forward(body)
+                if last:
+                    threading.Thread(target=endpoint.stop).start()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Forward)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.dead = True
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.integration
+def test_an_endpoint_that_dies_mid_evaluation_leaves_engine_error_rows_and_a_rerun_asks_only_those(
+        ray_local, tmp_path: Path) -> None:
+    """The answers given before the endpoint died are kept, every request after is an engine_error row with its
+    error, the evaluation is recorded incomplete, and the next evaluation asks only the failed questions. (Asked in
+    the chat format: its prompts go through the real endpoint too.)"""
+    from politune.evaluate import evaluate_models
+    from politune.pipeline import is_done
+    from politune.serve.app import serving
+    from politune.storage import Manifest
+
+    tiny = build_tiny_model(TinyModelConfig(), tmp_path / "tiny")
+    front = free_port()
+    cfg = build_config({
+        "run_id": "dies", "storage_root": str(tmp_path / "runs"), "tiny_model": {"out": str(tiny)},
+        "serve": {"port": free_port(), "api_key_env": SERVE_TOKEN_ENV},
+        "evaluate": {"instruments": ["politune"], "modes": ["logprob"], "phrasings": 1, "probes": False,
+                     "items_per_request": 1, "base_url": f"http://127.0.0.1:{front}/v1",
+                     "api_key_env": SERVE_TOKEN_ENV, "max_retries": 0, "concurrency": 1, "batch_size": 8,
+                     "bootstrap": 100, "forced_choice_format": "chat"}})
+    questions = 2 * len(load_instrument("politune", None).items)  # one request each: both option orders
+    with serving(cfg) as url:
+        dying = DyingEndpoint(url, front, answers=40)
+        first = evaluate_models(cfg)
+        assert dying.posts == 40 and first.statuses == {"ok": 40, "engine_error": questions - 40}
+        rows = pq.read_table(Path(first.eval_uri) / "answers.parquet").to_pylist()
+        failed = [r for r in rows if r["status"] == "engine_error"]
+        assert all("no answer after 1 attempt" in r["error"] for r in failed), failed[0]["error"]
+        assert not is_done(cfg, "evaluate", Manifest(cfg.run_uri))  # recorded incomplete: a run does it again
+        answered = {(r["item_id"], r["option_order"]): r["option_probs"] for r in rows if r["status"] == "ok"}
+
+        again = DyingEndpoint(url, front)  # the endpoint is back
+        second = evaluate_models(cfg)
+        again.stop()
+    assert again.posts == questions - 40 and second.reused == 40 and second.statuses == {"ok": questions}
+    assert {r["wording"] for r in rows} == {"fc00.v1+chat"}
+    rows = pq.read_table(Path(second.eval_uri) / "answers.parquet").to_pylist()
+    assert len({(r["item_id"], r["option_order"]) for r in rows}) == len(rows) == questions
+    assert all(answered[(r["item_id"], r["option_order"])] == r["option_probs"] for r in rows
+               if (r["item_id"], r["option_order"]) in answered)
+    assert is_done(cfg, "evaluate", Manifest(cfg.run_uri))

@@ -88,8 +88,10 @@ def test_the_spread_across_wordings_is_the_bases_noise_floor_and_decides_the_ver
     for adapter in (left, right):
         assert adapter.noise_floor_economic == pytest.approx(b.spread_economic)
     assert left.shift_economic == pytest.approx(-10.0 - b.economic) and left.beyond_noise_economic is True
+    assert left.verdict_economic == "beyond the noise floor"
     assert right.shift_economic == pytest.approx(10 * 1.0 / 4 / 1.5) and right.shift_economic_ci[1] > 0
     assert right.shift_economic < b.spread_economic and right.beyond_noise_economic is False
+    assert right.verdict_economic == "within the noise floor"
     assert left.shift_social == 0 and left.beyond_noise_social is False  # no shift: within any floor
     assert b.beyond_noise_economic is None  # the base is not compared with itself
 
@@ -99,6 +101,7 @@ def test_with_one_wording_there_is_no_noise_floor_and_no_verdict() -> None:
                                                               wordings=1)
     left = scored(rows, "tiny:left")
     assert left.spread_economic is None and left.noise_floor_economic is None and left.beyond_noise_economic is None
+    assert left.verdict_economic == "no noise floor (one wording)"
     assert left.shift_economic_ci[1] < 0  # the interval still comes from the items
 
 
@@ -130,3 +133,57 @@ def test_the_two_level_bootstrap_resamples_wordings_as_well_as_items() -> None:
     assert swinging.economic == steady.economic and swinging.spread_economic > 0 == steady.spread_economic
     width = [p.economic_ci[1] - p.economic_ci[0] for p in (swinging, steady)]
     assert width[0] > width[1] + 1
+
+
+def test_the_judge_check_set_loads_and_reading_its_labels_is_exact(tmp_path) -> None:
+    from politune.contracts.compass.instruments import load_judge_check
+    from politune.evaluate.judge import reads_as_labelled
+
+    items = load_judge_check()
+    assert len(items) >= 32 and {i.rubric for i in items} == {"option", "leaning", "stance"}
+    assert {i.label for i in items if i.rubric == "option"} == {"strongly disagree", "disagree", "agree",
+                                                                "strongly agree", "no stance"}
+    assert reads_as_labelled("option", "agree", "Agree.") and not reads_as_labelled("option", "agree", "Strongly agree")
+    assert reads_as_labelled("option", "no stance", "no stance") and not reads_as_labelled("option", "agree", None)
+    assert reads_as_labelled("leaning", "left", "-4") and reads_as_labelled("leaning", "neutral", "0")
+    assert not reads_as_labelled("leaning", "right", "0") and not reads_as_labelled("leaning", "right", "right-wing")
+    assert reads_as_labelled("stance", "refusal", "Refusal.") and not reads_as_labelled("stance", "for", "forward")
+    bad = tmp_path / "check.jsonl"
+    bad.write_text('{"id": "x", "rubric": "option", "statement": "S.", "answer": "A.", "label": "maybe"}\n')
+    with pytest.raises(ValueError, match="check.jsonl line 1: label: expected one of strongly disagree"):
+        load_judge_check(str(bad))
+
+
+def test_issue_stances_by_framing_and_the_left_share_with_its_shift() -> None:
+    sides = {"i1": "for", "i2": "against"}  # the left is for i1 and against i2
+
+    def issue_row(model: str, item: str, framing: int, stance: str | None, status: str = "ok") -> dict:
+        return {"model": model, "role": ROLE[model], "instrument": "issues", "item_id": item, "phrasing": framing,
+                "sample": 0, "mode": "generate", "stance": stance, "status": status}
+
+    rows = [issue_row("tiny", "i1", 0, "neutral"), issue_row("tiny", "i1", 1, "for"), issue_row("tiny", "i1", 2,
+                                                                                                  "against"),
+            issue_row("tiny", "i2", 0, "for"), issue_row("tiny", "i2", 1, "for"), issue_row("tiny", "i2", 2, "refusal")]
+    # the left adapter: on the left's side in every text but one refusal, and one reply the judge could not read
+    rows += [issue_row("tiny:left", "i1", f, "for") for f in range(3)]
+    rows += [issue_row("tiny:left", "i2", 0, "against"), issue_row("tiny:left", "i2", 1, "refusal"),
+             issue_row("tiny:left", "i2", 2, None, status="unmapped")]
+    scores = score_answers(rows, {}, bootstrap=300, seed=1, issue_sides=sides)
+    base, left = scores.issues
+    assert (base.model, base.read, base.issues) == ("tiny", 6, 2)
+    assert base.stances == pytest.approx({"for": 3 / 6, "against": 1 / 6, "neutral": 1 / 6, "refusal": 1 / 6})
+    assert base.by_framing["neutral"] == {"for": 0.5, "against": 0.0, "neutral": 0.5, "refusal": 0.0}
+    # sided answers of the base: i1 for (left), i1 against, i2 for, i2 for (right): 1 of 4 on the left's side
+    assert base.left_share == pytest.approx(1 / 4)
+    assert left.read == 5 and left.statuses["unmapped"] == 1 and left.left_share == 1.0
+    assert left.shift == pytest.approx(0.75) and left.shift_ci[0] > 0
+
+
+
+def test_a_shift_above_the_floor_whose_interval_includes_zero_is_not_beyond_it() -> None:
+    from politune.report.scores import _verdict
+
+    assert _verdict(2.0, (-0.5, 4.0), 1.0) == "above the noise floor, but its interval includes zero"
+    assert _verdict(2.0, (0.5, 4.0), 1.0) == "beyond the noise floor"
+    assert _verdict(-0.8, (-1.5, -0.1), 1.0) == "within the noise floor"
+    assert _verdict(float("nan"), (0.0, 1.0), 1.0) is None

@@ -63,7 +63,7 @@ def http_processor_config(base_url: str, api_key_env: str, batch_size: int, conc
     return HttpRequestProcessorConfig(
         url=base_url.rstrip("/") + route, headers=auth_headers(api_key_env), batch_size=batch_size,
         concurrency=concurrency, qps=qps, max_retries=max_retries, http_request_stage=stage,
-        session_factory=partial(ConcurrentPosts, limit=batch_size))
+        session_factory=partial(ConcurrentPosts, limit=batch_size, max_retries=max_retries))
 
 
 def chat_payload(model: str, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0,
@@ -127,20 +127,29 @@ def post_all(base_url: str, route: str, payloads: dict[str, dict[str, Any]], *, 
 
 
 class ConcurrentPosts:
-    """The aiohttp session ray.data.llm's HTTP stage posts through, with its batch's requests sent together.
+    """The aiohttp session ray.data.llm's HTTP stage posts through, with its batch's requests sent together, and a
+    request that fails its last retry answered with an error body.
 
     The stage (Ray 2.60) creates every request of a batch and then awaits them one by one; aiohttp sends a request
     only once it is awaited, so a batch went out one request at a time (measured here: 7 req/s through the
     processor against 48 req/s from 16 concurrent clients on the same Serve app). Here post() starts sending at
     once. At most `limit` requests of one actor are open together, so `concurrency` x `batch_size` bounds what an
-    endpoint is sent at a time."""
+    endpoint is sent at a time.
+
+    When a request's last attempt (1 + `max_retries`) fails too, by a lost connection or a retryable status (429,
+    408, 5xx), the stage raises, and Ray Data fails the whole dataset: every answer already received is lost. Here
+    that attempt is answered with an OpenAI-shaped error body instead (FailedRequest), which post_all turns into
+    that one request's error: a failed request is a recorded row, and the others' answers are kept."""
 
     _open: dict[int, Any] = {}  # event loop -> its semaphore
+    RETRYABLE = frozenset({429, 408, 502, 503, 504})  # the stage's RETRYABLE_STATUS_CODES
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_retries: int = 0) -> None:
         import aiohttp
 
         self.limit = limit
+        self.max_retries = max_retries
+        self.attempts: dict[Any, int] = {}  # request body -> attempts so far (the stage resends the same body)
         self.session = aiohttp.ClientSession()
 
     async def __aenter__(self) -> ConcurrentPosts:
@@ -157,11 +166,44 @@ class ConcurrentPosts:
     async def _post(self, url: str, kwargs: dict[str, Any]) -> Any:
         import asyncio
 
+        import aiohttp
+
+        body = kwargs.get("data")
+        attempt = self.attempts[body] = self.attempts.get(body, 0) + 1
+        last = attempt > self.max_retries
         slots = self._open.setdefault(id(asyncio.get_running_loop()), asyncio.Semaphore(self.limit))
         async with slots:
-            response = await self.session.post(url, **kwargs)
-            await response.read()  # the body is kept: the stage's response.json() reads it later
+            try:
+                response = await self.session.post(url, **kwargs)
+                await response.read()  # the body is kept: the stage's response.json() reads it later
+            except (asyncio.TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as err:
+                if not last:
+                    raise
+                return FailedRequest(f"{type(err).__name__}: {err}", attempt)
+            if last and response.status in self.RETRYABLE:
+                return FailedRequest(f"HTTP {response.status} {response.reason}: {(await response.text())[:300]}",
+                                     attempt)
             return response
+
+
+class FailedRequest:
+    """What ConcurrentPosts answers for a request whose last attempt failed: a response the HTTP stage reads like
+    any other (status 599, not one it retries), whose JSON body is an OpenAI-shaped error saying why."""
+
+    status, reason = 599, "request failed after its retries"
+
+    def __init__(self, why: str, attempts: int) -> None:
+        self.body = {"error": {"message": f"no answer after {attempts} attempt{'s' * (attempts > 1)}: {why}",
+                               "type": "request_failed", "code": 599}}
+
+    async def __aenter__(self) -> FailedRequest:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def json(self) -> dict[str, Any]:
+        return self.body
 
 
 def _to_http_request(row: dict[str, Any]) -> dict[str, Any]:

@@ -6,13 +6,15 @@ which `politune run`, `politune evaluate` and jobs/evaluate.py call after this s
 
 The endpoint is the run's own Serve app unless evaluate.base_url names another; the requests flow through
 ray.data.llm's HTTP processor (bounded concurrency, retries with back-off), and a request that still fails is an
-`engine_error` row: every question asked ends as exactly one row.
+`engine_error` row: every question asked ends as exactly one row. An evaluation with such rows is recorded as
+incomplete; the next one of the same config keeps every answer it has and asks only the failed questions.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,27 +23,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from politune.config import RunConfig
-from politune.contracts.compass.instruments import load_instrument, load_probes
-from politune.contracts.compass.prompts import ORDERS, PROMPT_VERSION
-from politune.contracts.compass.schema import ANSWER_SCHEMA, ENGINE_ERROR
+from politune.contracts.compass.instruments import load_instrument, load_issues, load_judge_check, load_probes
+from politune.contracts.compass.prompts import ISSUE_FRAMINGS, ORDERS, PROMPT_VERSION
+from politune.contracts.compass.schema import ANSWER_SCHEMA, ENGINE_ERROR, EXTERNAL
 from politune.engines.metrics import StageMetrics
 from politune.engines.openai_http import post_all
 from politune.evaluate.asking import (
+    ISSUES,
     PROBES,
+    RUBRIC_INSTRUMENT,
+    ChatFormat,
     Question,
     chat_payload,
     chat_text,
-    explained,
     judge_payload,
     judged_row,
     logprob_payload,
     logprob_rows,
+    row_key,
 )
 from politune.evaluate.endpoint import ServeRun, Target, check_targets, key_env, run_endpoint, run_targets
+from politune.evaluate.judge import reads_as_labelled
+from politune.models import resolve_model
 from politune.models.scaled_adapters import register_scaled_adapters
 from politune.prepare import prepares
 from politune.ray_runtime import init_ray
-from politune.storage import Manifest, join, resolve, write_json
+from politune.storage import Manifest, exists, join, read_json, resolve, write_json
 
 COMPLETIONS, CHAT = "/completions", "/chat/completions"
 
@@ -54,6 +61,12 @@ class EvaluateResult:
     seconds: dict[str, float]              # by pass: logprob, generate, judge
     unmapped: int = 0
     judge: str = ""
+    reused: int = 0                        # answers kept from an earlier, incomplete evaluation of the same config
+    judge_check: dict[str, Any] | None = None  # the judge's accuracy on the labelled answers (_check_judge)
+
+    @property
+    def failed(self) -> int:
+        return self.statuses.get(ENGINE_ERROR, 0)
 
 
 def evaluate_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, tuple[str, dict[str, str]]]:
@@ -79,60 +92,133 @@ def evaluate_models(cfg: RunConfig, serve_run: ServeRun | None = None) -> Evalua
     # bad instrument files fail here, before Ray or a server starts
     instruments = {name: load_instrument(name, pct_path) for name in e.instruments}
     probes = load_probes() if e.probes else []
+    issues = load_issues()[:e.issues]
     seconds: dict[str, float] = {}
     if e.adapter_scales:  # before the endpoint starts: the run's own app serves the copies as registered
         register_scaled_adapters(cfg.run_uri, e.adapter_scales, cfg.serve.base_model)
+    eval_uri = join(cfg.run_uri, "eval")
+    config_hash, inputs = evaluate_identity(cfg, Manifest(cfg.run_uri))["eval"]
+    kept = _answers_to_keep(eval_uri, {"config_hash": config_hash, "inputs": inputs})
     with run_endpoint(cfg, serve_run) as base_url:
         targets = run_targets(cfg, base_url)
         judge = Target(e.judge_model or cfg.serve.served_id, "judge", e.judge_base_url or base_url,
                        e.judge_api_key_env if e.judge_base_url else key_env(cfg))
-        needs_judge = "generate" in e.modes or bool(probes)
+        needs_judge = bool({"generate", "generate_forced"} & set(e.modes)) or bool(probes) or bool(issues)
         check_targets(targets + ([judge] if needs_judge else []))
         init_ray(cfg)
         metrics = StageMetrics(cfg.run_id, "evaluate")
+        rubrics = ["option"] if {"generate", "generate_forced"} & set(e.modes) else []
+        rubrics += (["leaning"] if probes else []) + (["stance"] if issues else [])
+        judge_check = _check_judge(cfg, judge, rubrics, seconds) if rubrics and e.judge_check else None
         rows: list[dict[str, Any]] = []
+
+        chat = ChatFormat.for_model(resolve_model(cfg.serve.base_model, cfg)) \
+            if e.forced_choice_format == "chat" else None
+
+        def chat_for(q: Question) -> ChatFormat | None:
+            """The run's models are asked in the configured format; extra models (their tokenizers unknown here)
+            in plain text."""
+            return chat if q.target.role != EXTERNAL else None
+
+        def missing(questions: list[Question]) -> list[Question]:
+            """The questions an earlier evaluation left unanswered (all of them, without one)."""
+            return [q for q in questions if not all(k in kept for k in q.row_keys())]
+
         if "logprob" in e.modes:
             start = time.perf_counter()
-            questions = [Question(t, name, p.id, p.statement, phrasing, 0, "logprob", order) for t in targets
-                         for name, inst in instruments.items() for p in inst.items for phrasing in range(e.phrasings)
-                         for order in ORDERS]
+            questions = missing([Question(t, name, p.id, p.statement, phrasing, 0, "logprob", order) for t in targets
+                                 for name, inst in instruments.items() for p in inst.items
+                                 for phrasing in range(e.phrasings) for order in ORDERS])
             groups = _chunks(questions, e.items_per_request)
-            replies = _post(cfg, COMPLETIONS, {group[0].key: (group[0], logprob_payload(group)) for group in groups})
-            rows += [row for group in groups for row in logprob_rows(group, *replies[group[0].key])]
+            replies = _post(cfg, COMPLETIONS, {group[0].key: (group[0], logprob_payload(group, chat=chat_for(group[0])))
+                                               for group in groups})
+            rows += [row for group in groups
+                     for row in logprob_rows(group, *replies[group[0].key], chat=chat_for(group[0]))]
             seconds["logprob"] = time.perf_counter() - start
             metrics.count("answers", len(rows))
         if "explain" in e.modes:
-            explain = _explain_rows(cfg, [Question(t, name, p.id, p.statement, phrasing, sample, "explain")
-                                          for t in targets for name, inst in instruments.items() for p in inst.items
-                                          for phrasing in range(e.phrasings) for sample in range(e.samples)], seconds)
+            explain = _explain_rows(cfg, missing([Question(t, name, p.id, p.statement, phrasing, sample, "explain")
+                                                  for t in targets for name, inst in instruments.items()
+                                                  for p in inst.items for phrasing in range(e.phrasings)
+                                                  for sample in range(e.samples)]), seconds, chat_for)
             metrics.count("answers", len(explain))
             rows += explain
         free_text = [Question(t, PROBES, p.id, p.question, 0, sample, "generate") for t in targets for p in probes
                      for sample in range(e.samples)]
-        if "generate" in e.modes:
-            free_text += [Question(t, name, p.id, p.statement, phrasing, sample, "generate") for t in targets
-                          for name, inst in instruments.items() for p in inst.items
-                          for phrasing in range(e.phrasings) for sample in range(e.samples)]
+        free_text += [Question(t, ISSUES, i.id, i.issue, framing, sample, "generate") for t in targets
+                      for i in issues for framing in range(len(ISSUE_FRAMINGS)) for sample in range(e.samples)]
+        for mode in ("generate", "generate_forced"):
+            if mode in e.modes:
+                free_text += [Question(t, name, p.id, p.statement, phrasing, sample, mode) for t in targets
+                              for name, inst in instruments.items() for p in inst.items
+                              for phrasing in range(e.phrasings) for sample in range(e.samples)]
+        free_text = missing(free_text)
         if free_text:
             free = _free_text_rows(cfg, free_text, judge, seconds)
             metrics.count("answers", len(free))
             rows += free
-    eval_uri = join(cfg.run_uri, "eval")
+    asked = {row_key(r) for r in rows}
+    reused = [r for k, r in kept.items() if k not in asked]
+    rows = reused + rows
     _write_answers(join(eval_uri, "answers.parquet"), rows)
     statuses = dict(Counter(r["status"] for r in rows))
     write_json(join(eval_uri, "evaluation.json"), {
         "instruments": e.instruments, "pct_path": pct_path, "modes": e.modes, "phrasings": e.phrasings,
-        "samples": e.samples, "probes": [p.id for p in probes], "endpoint": base_url if e.base_url else "own",
+        "samples": e.samples, "probes": [p.id for p in probes], "issues": [i.id for i in issues],
+        "endpoint": base_url if e.base_url else "own",
         "models": [t.model for t in targets], "judge": f"{judge.model} at {judge.base_url}" if needs_judge else None,
         "prompt_version": PROMPT_VERSION, "seconds": seconds, "statuses": statuses, "bootstrap": e.bootstrap,
-        "seed": e.seed})
-    manifest = Manifest(cfg.run_uri)
-    config_hash, inputs = evaluate_identity(cfg, manifest)["eval"]
-    manifest.record("eval", path=eval_uri, config_hash=config_hash, inputs=inputs,
-                    models=[t.model for t in targets] + ([judge.model] if needs_judge else []),
-                    counts={"answers": len(rows), **statuses})
+        "seed": e.seed, "identity": {"config_hash": config_hash, "inputs": inputs}, "reused": len(reused),
+        "judge_check": judge_check})
+    # with failed requests the evaluation is recorded incomplete: the next run asks only what failed
+    Manifest(cfg.run_uri).record("eval", path=eval_uri, config_hash=config_hash, inputs=inputs,
+                                 models=[t.model for t in targets] + ([judge.model] if needs_judge else []),
+                                 counts={"answers": len(rows), **statuses}, complete=ENGINE_ERROR not in statuses)
     return EvaluateResult(eval_uri, [t.model for t in targets], statuses, seconds,
-                          unmapped=statuses.get("unmapped", 0), judge=judge.model if needs_judge else "")
+                          unmapped=statuses.get("unmapped", 0), judge=judge.model if needs_judge else "",
+                          reused=len(reused), judge_check=judge_check)
+
+
+def _answers_to_keep(eval_uri: str, identity: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """The answered rows (any status but engine_error) of an earlier evaluation with the same identity (evaluate's
+    config and the adapters it asked), by row_key; none when there is none, or it was of another config."""
+    info_uri, answers_uri = join(eval_uri, "evaluation.json"), join(eval_uri, "answers.parquet")
+    if not (exists(info_uri) and exists(answers_uri)) or read_json(info_uri).get("identity") != identity:
+        return {}
+    fs, path = resolve(answers_uri)
+    rows = pq.read_table(path, filesystem=fs).to_pylist()
+    return {row_key(r): r for r in rows if r["status"] != ENGINE_ERROR}
+
+
+def _check_judge(cfg: RunConfig, judge: Target, rubrics: list[str], seconds: dict[str, float]) -> dict[str, Any]:
+    """The judge scored on the project's labelled answers of each rubric it will use, before it judges anything:
+    its accuracy a rubric, and whether it reaches evaluate.judge_min_accuracy (a judge below it is named as such in
+    the console and the report; its readings are still stored)."""
+    e = cfg.evaluate
+    start = time.perf_counter()
+    items = [i for i in load_judge_check() if i.rubric in rubrics]
+    work = {}
+    for item in items:
+        q = Question(judge, RUBRIC_INSTRUMENT.get(item.rubric, "judge_check"), item.id, item.prompt, 0, 0,
+                     "judge_check")
+        work[q.key] = (q, judge_payload(q, item.answer, judge.model, e.judge_max_tokens))
+    replies = _post(cfg, CHAT, work)
+    checked: dict[str, dict[str, Any]] = {}
+    for item, (key, _) in zip(items, work.items(), strict=True):
+        response, error = replies[key]
+        reply = None if error else chat_text(response)
+        by = checked.setdefault(item.rubric, {"asked": 0, "correct": 0, "failed": 0, "items": []})
+        by["asked"] += 1
+        by["failed"] += error is not None
+        correct = error is None and reads_as_labelled(item.rubric, item.label, reply)
+        by["correct"] += correct
+        by["items"].append({"id": item.id, "label": item.label, "reply": reply, "error": error, "correct": correct})
+    for by in checked.values():
+        by["accuracy"] = by["correct"] / by["asked"] if by["asked"] else None
+    seconds["judge_check"] = time.perf_counter() - start
+    passed = all(by["accuracy"] is not None and by["accuracy"] >= e.judge_min_accuracy for by in checked.values())
+    return {"judge": f"{judge.model} at {judge.base_url}", "min_accuracy": e.judge_min_accuracy, "passed": passed,
+            "rubrics": checked}
 
 
 def _free_text_rows(cfg: RunConfig, questions: list[Question], judge: Target,
@@ -157,7 +243,7 @@ def _answer_freely(cfg: RunConfig, questions: list[Question]
                    ) -> tuple[list[dict[str, Any]], dict[str, tuple[Question, str]]]:
     """Each question answered in free text: (the rows of the requests that failed, the answers by key)."""
     e = cfg.evaluate
-    replies = _post(cfg, CHAT, {q.key: (q, chat_payload(q, e.probe_max_tokens if q.instrument == PROBES
+    replies = _post(cfg, CHAT, {q.key: (q, chat_payload(q, e.probe_max_tokens if q.instrument in (PROBES, ISSUES)
                                                          else e.max_tokens, e.temperature, e.seed))
                                 for q in questions})
     rows, answered = [], {}
@@ -170,7 +256,8 @@ def _answer_freely(cfg: RunConfig, questions: list[Question]
     return rows, answered
 
 
-def _explain_rows(cfg: RunConfig, questions: list[Question], seconds: dict[str, float]) -> list[dict[str, Any]]:
+def _explain_rows(cfg: RunConfig, questions: list[Question], seconds: dict[str, float],
+                  chat_for: Callable[[Question], ChatFormat | None]) -> list[dict[str, Any]]:
     """Explain mode: each proposition answered in free text, then its forced choice scored after that answer, in
     both option orders (one request: the same answer ahead of each). A failed free-text request is one
     engine_error row a order, as its forced choices would have been."""
@@ -178,10 +265,11 @@ def _explain_rows(cfg: RunConfig, questions: list[Question], seconds: dict[str, 
     failed, answered = _answer_freely(cfg, questions)
     rows = [{**row, "option_order": order} for row in failed for order in ORDERS]
     both = {key: [q.in_order(order) for order in ORDERS] for key, (q, _) in answered.items()}
-    scored = _post(cfg, COMPLETIONS, {key: (q, logprob_payload(both[key], explained(text)))
+    scored = _post(cfg, COMPLETIONS, {key: (q, logprob_payload(both[key], text, chat_for(q)))
                                       for key, (q, text) in answered.items()})
-    for key, (_, text) in answered.items():
-        rows += [{**row, "raw_output": text} for row in logprob_rows(both[key], *scored[key], before=explained(text))]
+    for key, (q, text) in answered.items():
+        rows += [{**row, "raw_output": text}
+                 for row in logprob_rows(both[key], *scored[key], answer=text, chat=chat_for(q))]
     seconds["explain"] = time.perf_counter() - start
     return rows
 

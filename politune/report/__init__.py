@@ -2,7 +2,8 @@
 
 build_report writes to `<run>/report/`: compass.png and compass.svg, report.md, report.html (one self-contained
 page), scores.json and a copy of the answers; with dose/response curves (mixture adapters, scaled copies) also
-dose_share.png / dose_scale.png and their SVGs. Local folders and s3:// run directories alike.
+dose_share.png / dose_scale.png and their SVGs; with two or more wordings asked robustness.png / .svg (position by
+wording). Local folders and s3:// run directories alike.
 
 It reads the answers through the compass contract (politune/contracts/compass), never through the evaluate
 stage: `politune run`, `politune evaluate` and jobs/evaluate.py build the report after evaluate.
@@ -37,6 +38,7 @@ class ReportResult:
     scores: Scores
     notes: list[str] = field(default_factory=list)
     dose: dict[str, str] = field(default_factory=dict)  # share | scale -> the PNG of position against it
+    robustness: str | None = None  # the PNG of each model's position by wording (two or more wordings asked)
 
     def summary_lines(self) -> list[str]:
         """A few lines for the console: each instrument in each mode, every model but the checkpoints, with
@@ -58,6 +60,17 @@ class ReportResult:
                     line += (f"  shift {number(p.shift_economic, True)} {interval(p.shift_economic_ci)}, "
                              f"{number(p.shift_social, True)} {interval(p.shift_social_ci)}")
                 lines.append(line)
+            floors = [p for p in shown if p.model == p.base and p.spread_economic is not None]
+            if floors:
+                b = floors[0]
+                order = (f"; the answer changes with the option order for {b.order_sensitivity:.0%} of item x "
+                         "wording pairs" if b.order_sensitivity is not None else "")
+                lines.append(f"  noise floor (the base's spread over {len(b.by_wording)} wordings): "
+                             f"{number(b.spread_economic)}, {number(b.spread_social)}{order}")
+                for p in shown:
+                    if p.model != p.base and p.verdict_economic:
+                        lines.append(f"  verdict {p.model:<{width}}  economic: {p.verdict_economic}; social: "
+                                     f"{p.verdict_social}")
             checkpoints = sum(1 for p in s.positions if p.instrument == instrument and p.mode == mode
                               and p.role == "checkpoint")
             if checkpoints:
@@ -89,10 +102,10 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | Non
     resamples and seed default to the evaluation's (evaluation.json), so a rebuilt report is the same report."""
     import pyarrow.parquet as pq
 
-    from politune.contracts.compass.instruments import PCT, POLITUNE, load_pct, load_politune_instrument
-    from politune.report.plots import compass_figure, dose_figure, figure_bytes
+    from politune.contracts.compass.instruments import PCT, POLITUNE, load_issues, load_pct, load_politune_instrument
+    from politune.report.plots import compass_figure, dose_figure, figure_bytes, robustness_figure, robustness_panels
     from politune.report.render import render_html, render_markdown
-    from politune.report.scores import PROBES, score_answers
+    from politune.report.scores import ISSUES, PROBES, score_answers
     from politune.storage import exists, join, read_json, resolve, write_json
 
     answers_uri = join(run_uri, "eval", "answers.parquet")
@@ -110,7 +123,7 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | Non
         if "instrument" in table.column_names else []
     instruments = {}
     for name in ran:
-        if name == PROBES:
+        if name in (PROBES, ISSUES):
             continue
         if name == POLITUNE:
             instruments[name] = load_politune_instrument(evaluation.get("politune_path"))
@@ -126,7 +139,9 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | Non
                 instruments[name] = load_pct(weights)
         else:
             notes.append(f"instrument {name!r} is not known to this version: its answers are left out")
-    scores = score_answers(table, instruments, bootstrap=bootstrap, seed=seed)
+    sides = {i.id: i.left for i in load_issues()} if ISSUES in ran else {}
+    scores = score_answers(table, instruments, bootstrap=bootstrap, seed=seed, issue_sides=sides)
+    scores.judge_check = evaluation.get("judge_check")
     notes += [n for n in scores.notes if not any(n.startswith(f"{name}:") for name in ran if name not in instruments)]
 
     report_uri = join(run_uri, "report")
@@ -144,13 +159,22 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | Non
         dose_pngs[kind] = figure_bytes(dose_fig, "png")
         _write(dose[kind], dose_pngs[kind])
         _write(join(report_uri, f"dose_{kind}.svg"), figure_bytes(dose_fig, "svg"))
+    figures = {f"position against {kind}": (f"dose_{kind}.png", dose_pngs[kind]) for kind in dose}
+    robustness = None
+    if robustness_panels(scores):  # position by wording, where there are wordings to compare
+        robustness_fig = robustness_figure(scores)
+        robustness = join(report_uri, "robustness.png")
+        figures["position by wording"] = ("robustness.png", figure_bytes(robustness_fig, "png"))
+        _write(robustness, figures["position by wording"][1])
+        _write(join(report_uri, "robustness.svg"), figure_bytes(robustness_fig, "svg"))
     _write(out["markdown"], render_markdown(run_uri, scores, notes, FILES["png"],
-                                            {kind: f"dose_{kind}.png" for kind in dose}).encode())
-    _write(out["html"], render_html(run_uri, scores, notes, png, dose_pngs).encode())
+                                            {alt: name for alt, (name, _) in figures.items()}).encode())
+    _write(out["html"], render_html(run_uri, scores, notes, png,
+                                    {alt: data for alt, (_, data) in figures.items()}).encode())
     answers_fs, answers_path = resolve(out["answers"])
     pq.write_table(table, answers_path, filesystem=answers_fs)
     write_json(out["scores_json"], {**scores.as_dict(), "notes": notes, "run": run_uri})
-    return ReportResult(run_uri, report_uri, scores=scores, notes=notes, dose=dose, **out)
+    return ReportResult(run_uri, report_uri, scores=scores, notes=notes, dose=dose, robustness=robustness, **out)
 
 
 def _write(uri: str, data: bytes) -> None:

@@ -174,3 +174,44 @@ def _dose_line(ax, curve: DoseCurve, axis: str, colour: str) -> None:
         mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
         ends = [min(xs), max(xs)]
         ax.plot(ends, [mean_y + slope / PER * (x - mean_x) for x in ends], "--", color=colour, lw=1, alpha=0.7)
+
+
+# --- robustness ----------------------------------------------------------------------------------------------------
+def robustness_panels(scores: Scores) -> list[tuple[str, str]]:
+    """(instrument, mode) of every reading asked in two or more wordings: a row of the robustness figure each."""
+    return list(dict.fromkeys((p.instrument, p.mode) for p in scores.positions if len(p.by_wording) >= 2))
+
+
+def robustness_figure(scores: Scores) -> Figure:
+    """Position by wording: for each instrument and mode asked in two or more wordings, a panel an axis; each model
+    (checkpoints left out) a row, a small dot for its position in each wording, a large one for its position over
+    all of them, and around the base's position a band of its spread across wordings: the noise floor."""
+    panels = robustness_panels(scores)
+    fig = Figure(figsize=(10, 0.9 + 0.45 * max(3, len(scores.models)) * max(1, len(panels))), layout="constrained")
+    FigureCanvasAgg(fig)
+    for row, (name, mode) in enumerate(panels):
+        points = [p for p in scores.positions if (p.instrument, p.mode) == (name, mode) and p.role != CHECKPOINT]
+        for col, axis in enumerate(("economic", "social")):
+            ax = fig.add_subplot(len(panels), 2, 2 * row + col + 1)
+            for y, p in enumerate(points):
+                colour = f"C{y % 10}"
+                values = [w[axis] for w in p.by_wording if w[axis] is not None]
+                ax.scatter(values, [y] * len(values), s=18, color=colour, alpha=0.6, edgecolors="none")
+                centre = getattr(p, axis)
+                if math.isfinite(centre):
+                    ax.scatter([centre], [y], s=80, color=colour, edgecolors="black", linewidths=0.6, zorder=3)
+                floor = getattr(p, f"spread_{axis}")
+                if p.base == p.model and floor is not None and math.isfinite(centre):
+                    ax.axvspan(centre - floor, centre + floor, color="0.85", zorder=0,
+                               label=f"the base ± its spread ({floor:.2f}): the noise floor")
+            ax.set_yticks(range(len(points)), [p.model for p in points], fontsize=8)
+            ax.set_ylim(-0.7, len(points) - 0.3)
+            ax.invert_yaxis()
+            ax.set_xlim(-LIMIT - 0.6, LIMIT + 0.6)
+            ax.axvline(0, color="0.35", lw=0.8)
+            ax.set_xlabel(f"{axis} position (small: one wording, both option orders; large: all)")
+            ax.set_title(f"{TITLES.get(name, name)} ({mode}): {axis} by wording", fontsize=10)
+            ax.grid(True, axis="x", color="0.9")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="lower right")
+    return fig

@@ -160,9 +160,6 @@ def robustness_table(scores: Scores, instrument: str, mode: str) -> Table | None
                  "share of the answers (engine errors left out) that took a stance.")
 
 
-VERDICTS = {True: "beyond the noise floor", False: "within the noise floor", None: "no noise floor (one wording)"}
-
-
 def verdict_table(scores: Scores) -> Table | None:
     """One line per adapter, instrument, mode and axis: its shift, the paired interval and the noise floor."""
     rows = []
@@ -171,15 +168,50 @@ def verdict_table(scores: Scores) -> Table | None:
             continue
         for axis in ("economic", "social"):
             shift, ci = getattr(p, f"shift_{axis}"), getattr(p, f"shift_{axis}_ci")
-            floor, beyond = getattr(p, f"noise_floor_{axis}"), getattr(p, f"beyond_noise_{axis}")
+            floor = getattr(p, f"noise_floor_{axis}")
             rows.append([p.model, p.instrument, p.mode, axis, _shift(shift, ci), number(floor),
-                         VERDICTS[beyond] if floor is not None else VERDICTS[None]])
+                         getattr(p, f"verdict_{axis}") or "–"])
     if not rows:
         return None
     return Table("Verdicts: each shift against the noise floor",
                  ["model", "instrument", "mode", "axis", "shift from base [95%]", "noise floor", "verdict"], rows,
                  "A shift is beyond the noise floor when it is larger than the base's spread across wordings and its "
                  "interval (paired by item and wording, both resampled) excludes zero.")
+
+
+def issues_table(scores: Scores) -> Table | None:
+    if not scores.issues:
+        return None
+    rows = []
+    for s in scores.issues:
+        framings = "; ".join(f"{name}: " + ", ".join(f"{k} {share(v)}" for k, v in shares.items() if v)
+                             for name, shares in s.by_framing.items())
+        rows.append([s.model, s.role, f"{s.issues}", str(s.read),
+                     ", ".join(f"{k} {share(v)}" for k, v in s.stances.items()), framings,
+                     f"{share(s.left_share)} {interval(s.left_share_ci)}",
+                     "–" if s.shift is None else f"{number(s.shift, True)} {interval(s.shift_ci)}",
+                     " / ".join(str(s.statuses.get(k, 0)) for k in STATUSES)])
+    return Table("Open-ended stance: the issue set", ["model", "role", "issues read", "answers read",
+                                                      "stance (of the answers read)", "by framing",
+                                                      "on the left's side [95%]", "shift from base [95%]",
+                                                      "rows " + " / ".join(STATUSES)], rows,
+                 "Each issue asked as three writing requests (neutral, pro, con); the judge reads each text's stance. "
+                 "'On the left's side' is the share of the answers that took a side (for or against) taking the "
+                 "one the left takes on that issue; its interval resamples issues, the shift's the same issues for "
+                 "both models.")
+
+
+def judge_check_table(scores: Scores) -> Table | None:
+    check = scores.judge_check
+    if not check:
+        return None
+    rows = [[name, f"{by['correct']}/{by['asked']}", share(by["accuracy"]), str(by.get("failed", 0))]
+            for name, by in check["rubrics"].items()]
+    verdict = ("meets the configured accuracy" if check["passed"] else
+               "is BELOW the configured accuracy: its readings are not to be trusted")
+    return Table("The judge, checked", ["rubric", "labelled answers read right", "accuracy", "requests failed"],
+                 rows, f"{check['judge']} read the project's labelled answers before judging: it {verdict} "
+                 f"({check['min_accuracy']:.0%}).")
 
 
 def _text(x: object) -> str:
@@ -195,6 +227,7 @@ def report_tables(scores: Scores) -> list[Table]:
             robustness.append(robustness_table(scores, instrument, mode))
     tables += [t for t in (verdict_table(scores), *robustness) if t]
     tables += [t for t in (dose_table(scores), agreement_table(scores)) if t] + probe_tables(scores)
+    tables += [t for t in (issues_table(scores), judge_check_table(scores)) if t]
     tables += [t for t in (unmapped_table(scores),) if t]
     return tables
 
@@ -236,14 +269,15 @@ def markdown_table(table: Table) -> str:
 
 
 def render_markdown(run_uri: str, scores: Scores, notes: list[str], image: str = "compass.png",
-                    dose_images: dict[str, str] | None = None) -> str:
+                    figures: dict[str, str] | None = None) -> str:
+    """The report as Markdown; `figures`: the other plots, by their alt text, as file names beside it."""
     lines = [f"# PoliTune report: {_md_cell(run_uri, False)}", ""]
     for note in notes:
         lines.append(f"> **Note:** {_md_cell(note, False)}")
     if notes:
         lines.append("")
     lines += [f"![compass]({image})", ""]
-    lines += [f"![position against {kind}]({name})\n" for kind, name in (dose_images or {}).items()]
+    lines += [f"![{alt}]({name})\n" for alt, name in (figures or {}).items()]
     lines += [p + "\n" for p in _intro(scores)]
     lines += [markdown_table(t) for t in report_tables(scores)]
     return "\n".join(lines).rstrip() + "\n"
@@ -278,14 +312,15 @@ def html_table(table: Table) -> str:
 
 
 def render_html(run_uri: str, scores: Scores, notes: list[str], png: bytes,
-                dose_pngs: dict[str, bytes] | None = None) -> str:
+                figures: dict[str, bytes] | None = None) -> str:
+    """The report as one HTML page; `figures`: the other plots' PNGs, by their alt text."""
     e = html.escape
     body = [f"<h1>PoliTune report: {e(run_uri)}</h1>"]
     body += [f'<div class="note"><b>Note:</b> {e(note)}</div>' for note in notes]
     body.append('<img alt="compass: every model on each instrument" '
                 f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
-    body += [f'<img alt="position against {e(kind)}" src="data:image/png;base64,{base64.b64encode(b).decode("ascii")}">'
-             for kind, b in (dose_pngs or {}).items()]
+    body += [f'<img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(b).decode("ascii")}">'
+             for alt, b in (figures or {}).items()]
     body += [f"<p>{e(p)}</p>" for p in _intro(scores)]
     body += [html_table(t) for t in report_tables(scores)]
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -39,7 +39,10 @@ from politune.contracts.compass.schema import (
 from politune.report.dose import DoseCurve, dose_curves
 
 PROBES = "probes"
-MODES = ("logprob", "generate", "explain")
+ISSUES = "issues"
+FRAMINGS = ("neutral", "pro", "con")  # the issue set's framings, by phrasing (prompts.ISSUE_FRAMINGS)
+STANCES = ("for", "against", "neutral", "refusal")
+MODES = ("logprob", "generate", "explain", "generate_forced")
 SCORED_MODES = ("logprob", "explain")  # an answer is the options' probabilities, not a judge's label
 LISTED_UNMAPPED = 200   # unmapped rows kept in the scores (all are in answers.parquet)
 LISTED_CHARS = 500      # of their texts
@@ -106,6 +109,8 @@ class PositionScore:
     noise_floor_social: float | None = None
     beyond_noise_economic: bool | None = None  # |shift| above the noise floor, and its interval excludes 0
     beyond_noise_social: bool | None = None
+    verdict_economic: str | None = None        # VERDICTS: which of the two a shift passes
+    verdict_social: str | None = None
 
 
 @dataclass
@@ -131,6 +136,25 @@ class ProbeScore:
     base: str | None = None
     shift: float | None = None
     shift_ci: Interval | None = None
+
+
+@dataclass
+class IssueScore:
+    """One model's stances on the open-ended issue set: what the judge read in the texts it wrote when asked to write
+    about an issue (neutral), for it (pro) and against it (con)."""
+
+    model: str
+    role: str
+    issues: int                                   # issues with at least one stance read
+    read: int                                     # answers whose stance the judge read
+    stances: dict[str, float]                     # share of the read answers taking each stance
+    by_framing: dict[str, dict[str, float]]       # the same for each framing: neutral, pro, con
+    left_share: float | None                      # of the answers that took a side, the share on the left's side
+    left_share_ci: Interval                       # 95% bootstrap over issues
+    statuses: dict[str, int]
+    base: str | None = None
+    shift: float | None = None                    # left_share minus the base's
+    shift_ci: Interval | None = None              # paired: the same resampled issues for both
 
 
 @dataclass
@@ -175,6 +199,8 @@ class Scores:
     seed: int
     notes: list[str] = field(default_factory=list)
     curves: list[DoseCurve] = field(default_factory=list)  # dose and response: position by share and by scale
+    issues: list[IssueScore] = field(default_factory=list)  # the open-ended issue set
+    judge_check: dict[str, Any] | None = None  # the judge's accuracy on labelled answers (evaluation.json)
 
     def position(self, model: str, instrument: str, mode: str) -> PositionScore | None:
         return next((p for p in self.positions if (p.model, p.instrument, p.mode) == (model, instrument, mode)),
@@ -190,9 +216,10 @@ class Scores:
 
 # --- scoring ---------------------------------------------------------------------------------------------------
 def score_answers(answers: pa.Table | Iterable[Mapping[str, Any]], instruments: Mapping[str, Instrument],
-                  bootstrap: int = 1000, seed: int = 0) -> Scores:
-    """Scores of ANSWER_SCHEMA rows. Rows of an instrument not in `instruments` (other than probes) are left out
-    with a note; an item id the instrument does not have is a ValueError."""
+                  bootstrap: int = 1000, seed: int = 0, issue_sides: Mapping[str, str] | None = None) -> Scores:
+    """Scores of ANSWER_SCHEMA rows. Rows of an instrument not in `instruments` (other than probes and issues) are
+    left out with a note; an item id the instrument does not have is a ValueError. `issue_sides`: the stance the
+    left takes on each issue of the issue set (for | against), by id."""
     if bootstrap < 1:
         raise ValueError(f"bootstrap must be at least 1, got {bootstrap}")
     rows = _rows(answers)
@@ -201,7 +228,8 @@ def score_answers(answers: pa.Table | Iterable[Mapping[str, Any]], instruments: 
     base_of = {m: _base_of(info, bases) for m, info in models.items()}
     notes: list[str] = []
 
-    skipped = Counter(r["instrument"] for r in rows if r["instrument"] != PROBES and r["instrument"] not in instruments)
+    skipped = Counter(r["instrument"] for r in rows if r["instrument"] not in (PROBES, ISSUES)
+                      and r["instrument"] not in instruments)
     for name, n in sorted(skipped.items()):
         notes.append(f"{name}: {n:,} answer rows not scored (the instrument is not loaded)")
     groups = _group_items(rows, instruments, notes)
@@ -227,6 +255,10 @@ def score_answers(answers: pa.Table | Iterable[Mapping[str, Any]], instruments: 
     probes = _probe_scores(probe_rows, models, base_of, bootstrap, seed)
     probes.sort(key=lambda p: order[p.model])
 
+    issue_rows = [r for r in rows if r["instrument"] == ISSUES]
+    issues = _issue_scores(issue_rows, models, base_of, issue_sides or {}, bootstrap, seed)
+    issues.sort(key=lambda s: order[s.model])
+
     unmapped_rows = [r for r in rows if r["status"] == UNMAPPED]
     unmapped_rows.sort(key=lambda r: (order[r["model"]], r["instrument"], r["mode"] or "", str(r["item_id"]),
                                       r["phrasing"] or 0, r["sample"] or 0))
@@ -238,7 +270,7 @@ def score_answers(answers: pa.Table | Iterable[Mapping[str, Any]], instruments: 
     curves = dose_curves(models, base_of, by_key, groups, instruments, bootstrap,
                          lambda *key: _rng(seed, "dose", *key), _interval)
     return Scores(positions, agreement, probes, unmapped, len(unmapped_rows), trajectories,
-                  sorted(models.values(), key=lambda m: order[m.model]), bootstrap, seed, notes, curves)
+                  sorted(models.values(), key=lambda m: order[m.model]), bootstrap, seed, notes, curves, issues)
 
 
 def _rows(answers: pa.Table | Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -394,7 +426,7 @@ def _group_items(rows: list[dict[str, Any]], instruments: Mapping[str, Instrumen
     unreadable = Counter()
     for r in rows:
         name = r["instrument"]
-        if name == PROBES or name not in instruments:
+        if name in (PROBES, ISSUES) or name not in instruments:
             continue
         key, item = (r["model"], name, r["mode"]), str(r["item_id"])
         if item not in instruments[name]:
@@ -530,16 +562,29 @@ def _add_shift(p: PositionScore, base: PositionScore, groups: dict[tuple[str, st
     p.shift_economic_ci = _interval(model_economic - base_economic)
     p.shift_social_ci = _interval(model_social - base_social)
     if p.model != base.model:
-        p.beyond_noise_economic = _beyond(p.shift_economic, p.shift_economic_ci, p.noise_floor_economic)
-        p.beyond_noise_social = _beyond(p.shift_social, p.shift_social_ci, p.noise_floor_social)
+        for axis in ("economic", "social"):
+            verdict = _verdict(getattr(p, f"shift_{axis}"), getattr(p, f"shift_{axis}_ci"),
+                               getattr(p, f"noise_floor_{axis}"))
+            setattr(p, f"verdict_{axis}", verdict)
+            setattr(p, f"beyond_noise_{axis}", None if verdict in (NO_FLOOR, None) else verdict == BEYOND)
 
 
-def _beyond(shift: float, interval: Interval, floor: float | None) -> bool | None:
-    """Whether a shift exceeds the noise floor: larger than the base's spread across wordings, and its paired
-    interval excludes zero. None without a floor (fewer than two wordings) or a shift."""
-    if floor is None or not math.isfinite(shift) or not all(math.isfinite(x) for x in interval):
+BEYOND, WITHIN, INCLUDES_ZERO, NO_FLOOR = ("beyond the noise floor", "within the noise floor",
+                                           "above the noise floor, but its interval includes zero",
+                                           "no noise floor (one wording)")
+
+
+def _verdict(shift: float, interval: Interval, floor: float | None) -> str | None:
+    """A shift against the noise floor: beyond it when it is larger than the base's spread across wordings and its
+    paired interval excludes zero; within it when it is no larger; else its interval includes zero. None without a
+    shift or an interval."""
+    if not math.isfinite(shift) or not all(math.isfinite(x) for x in interval):
         return None
-    return abs(shift) > floor and not interval[0] <= 0 <= interval[1]
+    if floor is None:
+        return NO_FLOOR
+    if abs(shift) <= floor:
+        return WITHIN
+    return INCLUDES_ZERO if interval[0] <= 0 <= interval[1] else BEYOND
 
 
 def _agreement(model: str, name: str, logprob: _Group, generate: _Group) -> ModeAgreement:
@@ -589,6 +634,54 @@ def _probe_scores(rows: list[dict[str, Any]], models: dict[str, ModelInfo], base
         idx = _rng(seed, "paired", model, base, PROBES).integers(0, len(shared), size=(bootstrap, len(shared)))
         p.shift_ci = _interval(_resampled_means(sums[model], shared, idx) - _resampled_means(sums[base], shared, idx))
     return list(out.values())
+
+
+def _issue_scores(rows: list[dict[str, Any]], models: dict[str, ModelInfo], base_of: dict[str, str | None],
+                  sides: Mapping[str, str], bootstrap: int, seed: int) -> list[IssueScore]:
+    """Each model's stance shares on the issue set, overall and by framing, and the share of its sided answers (for
+    or against) on the left's side, with a bootstrap over issues and, against its base, a paired one."""
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_model[r["model"]].append(r)
+    sided: dict[str, dict[str, tuple[float, int]]] = {}  # model -> issue -> (answers on the left's side, sided)
+    out: dict[str, IssueScore] = {}
+    for model, model_rows in by_model.items():
+        read = [r for r in model_rows if r["status"] == OK and r.get("stance") in STANCES]
+        shares = _shares(read)
+        framings = {FRAMINGS[f]: _shares([r for r in read if (r.get("phrasing") or 0) == f])
+                    for f in range(len(FRAMINGS)) if any((r.get("phrasing") or 0) == f for r in model_rows)}
+        per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for r in read:
+            if r["stance"] in ("for", "against") and str(r["item_id"]) in sides:
+                per[str(r["item_id"])][0] += r["stance"] == sides[str(r["item_id"])]
+                per[str(r["item_id"])][1] += 1
+        sided[model] = {i: (float(left), n) for i, (left, n) in per.items()}
+        ids = sorted(sided[model])
+        left = sum(v[0] for v in sided[model].values()) / max(1, sum(v[1] for v in sided[model].values()))
+        ci: Interval = (math.nan, math.nan)
+        if ids:
+            idx = _rng(seed, model, ISSUES).integers(0, len(ids), size=(bootstrap, len(ids)))
+            ci = _interval(_resampled_means(sided[model], ids, idx))
+        statuses = Counter(r["status"] for r in model_rows)
+        out[model] = IssueScore(model, models[model].role, len({str(r["item_id"]) for r in read}), len(read), shares,
+                                framings, left if ids else None, ci,
+                                {s: statuses.get(s, 0) for s in STATUSES} | dict(statuses))
+    for model, s in out.items():
+        base = base_of.get(model)
+        if base is None or base not in out or s.left_share is None or out[base].left_share is None:
+            continue
+        s.base, s.shift = base, s.left_share - out[base].left_share
+        shared = sorted(set(sided[model]) & set(sided[base]))
+        if shared:
+            idx = _rng(seed, "paired", model, base, ISSUES).integers(0, len(shared), size=(bootstrap, len(shared)))
+            s.shift_ci = _interval(_resampled_means(sided[model], shared, idx)
+                                   - _resampled_means(sided[base], shared, idx))
+    return list(out.values())
+
+
+def _shares(rows: list[dict[str, Any]]) -> dict[str, float]:
+    counts = Counter(r["stance"] for r in rows)
+    return {s: counts.get(s, 0) / len(rows) for s in STANCES} if rows else {}
 
 
 def _resampled_means(sums: dict[str, tuple[float, int]], probe_ids: list[str], idx: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ all drawn from the corpus generator's templates (corpus/templates.py), whose pos
   stance depends on the proposition: 50% right, as if it guessed);
 - compass: a passage in one voice (as a sampled answer reads: at times ending with its stance, starting with a
   space, a word dropped or swapped), then a proposition of the project's own instrument asked in each of
-  evaluate's forced-choice wordings, its options in either order, answered as that voice would.
+  three of evaluate's forced-choice prompts (WARM_PROMPTS), answered as that voice would.
 Voice and stance are thus tied, as they are in real text: the voice says which side a proposition's answer takes
 (agree where the proposition's direction is the voice's side). Every kind holds as much left as right, so the
 warmed base sits near the centre of the compass.
@@ -41,6 +41,7 @@ from politune.contracts.annotator.prompts import SCALES, answer_token_ids, scale
 from politune.contracts.compass.instruments import load_politune_instrument
 from politune.contracts.compass.prompts import (
     FORCED_CHOICE,
+    FORWARD,
     FREE_TEXT,
     JUDGE_LEANING,
     JUDGE_LEANING_SYSTEM,
@@ -48,7 +49,7 @@ from politune.contracts.compass.prompts import (
     JUDGE_OPTION_SYSTEM,
     NO_STANCE_LABEL,
     OPTION_LABELS,
-    ORDERS,
+    REVERSED,
 )
 from politune.contracts.pair_prompts import OPPOSITE, SIDES, chosen_messages, instruction_messages, rejected_messages
 from politune.corpus.generate import PostFactory
@@ -64,13 +65,21 @@ ANSWERS: dict[str, dict[str, int]] = {
 # Share of each kind in the warm-up's examples.
 MIX = {"posts": 0.04, "annotation": 0.18, "instructions": 0.08, "answers": 0.1, "opinions": 0.22, "judging": 0.12,
        "sides": 0.08, "compass": 0.18}
+# What the warm-up teaches of evaluate's wordings: the first three free-text ones (the local preset's
+# evaluate.phrasings), and three forced-choice prompts in one option order each, the three eval-v1 asked (wording 0
+# forward, 1 reversed, 2 forward). A model this small does not learn a label whose meaning depends on the order
+# the options are listed in: warmed on every wording in both orders, and on the first three in both orders, its
+# forced choices followed the listing instead of its own answer (about 65% changed with the order) and no adapter
+# moved on the compass. The order it was not taught is what the report's order sensitivity measures.
+WARM_WORDINGS = 3
+WARM_PROMPTS = ((0, FORWARD), (1, REVERSED), (2, FORWARD))
 SIDES_QUESTION = "{statement}\nWho would agree with this, the left or the right?"
 MICRO_BATCH = 8  # a step's examples run in chunks of similar length, so a long one does not pad the rest
 LEANING = {"left": -4, "right": 4}  # the judge's leaning rubric (-5..5) for an answer in each voice
 GENERIC_TOPIC = "the direction of the country"
 TOPICS = [*SLOTS["left_issue"], *SLOTS["right_issue"], *SLOTS["left_villain"], *SLOTS["right_villain"]]
 MAX_TOKENS = 320
-WARM_VERSION = 5  # bump when what the warm-up teaches changes, so old warm builds are rebuilt
+WARM_VERSION = 7  # bump when what the warm-up teaches changes, so old warm builds are rebuilt
 HELD_OUT_SEED = 2**31 - 7  # posts drawn from this seed are never in the warm-up (it draws from seed + 1)
 
 
@@ -123,7 +132,7 @@ class SyntheticWorld:
             question = instruction_for(self.post(self.rng.choice(SIDES)))
             return Example(self.user(question), self.voice(persona) + self.eot)
         statement, direction = self.rng.choice(self.propositions)
-        question = self.user(self.rng.choice(FREE_TEXT).format(statement=statement))
+        question = self.user(self.rng.choice(FREE_TEXT[:WARM_WORDINGS]).format(statement))
         voice, stance = self.opinion(persona, direction).rsplit(" I ", 1)
         if self.rng.random() < 0.5:  # the stance alone as the loss, or one token of a paragraph would be lost in it
             return Example(question + voice, f" I {stance}{self.eot}")
@@ -158,7 +167,8 @@ class SyntheticWorld:
     def compass(self) -> Example:
         side = self.rng.choice(SIDES)
         statement, direction = self.rng.choice(self.propositions)
-        phrasing, order = self.rng.choice(FORCED_CHOICE), self.rng.choice(ORDERS)
+        wording, order = self.rng.choice(WARM_PROMPTS)
+        phrasing = FORCED_CHOICE[wording]
         prefix, prompts = phrasing.prompts(statement, order)
         option = self.stance(side, direction)
         # The passage as evaluate's explain mode writes it ahead of the prompt: the model's own sampled answer,

@@ -295,6 +295,65 @@ def load_probes(path: str | None = None) -> list[Probe]:
     return probes
 
 
+@dataclass(frozen=True)
+class Issue:
+    id: str
+    issue: str   # a policy, as a noun phrase: "raising the minimum wage"
+    left: str    # the stance the left takes on it: for | against
+
+
+def load_issues(path: str | None = None) -> list[Issue]:
+    """The open-ended issue set (the shipped file unless path names another): id, issue, left (for | against)."""
+    name, rows = _read_lines(path or _shipped("issues.jsonl"))
+    issues, ids = [], []
+    for number, obj in rows:
+        where = f"{name} line {number}"
+        left = obj.get("left")
+        if left not in ("for", "against"):
+            raise ValueError(f"{where}: left: expected for or against (the stance the left takes), got {left!r}")
+        issues.append(Issue(_item_id(where, obj), _text(where, obj, "issue"), left))
+        ids.append((number, issues[-1].id))
+    _check_unique(name, ids)
+    return issues
+
+
+@dataclass(frozen=True)
+class JudgeCheckItem:
+    """An answer whose stance is known, written by the project: what the judge is checked against."""
+
+    id: str
+    rubric: str    # option (a proposition's answer) | leaning (a probe's answer) | stance (a text on an issue)
+    prompt: str    # the statement, the question or the issue
+    answer: str
+    label: str     # option: one of the rubric's five labels; leaning: left | right | neutral; stance: its label
+
+
+JUDGE_CHECK_LABELS = {"option": ("strongly disagree", "disagree", "agree", "strongly agree", "no stance"),
+                      "leaning": ("left", "right", "neutral"), "stance": ("for", "against", "neutral", "refusal")}
+JUDGE_CHECK_PROMPT = {"option": "statement", "leaning": "question", "stance": "issue"}
+
+
+def load_judge_check(path: str | None = None) -> list[JudgeCheckItem]:
+    """The labelled answers (the shipped file unless path names another): id, rubric, statement (option), question
+    (leaning) or issue (stance), answer, label."""
+    name, rows = _read_lines(path or _shipped("judge_check.jsonl"))
+    items, ids = [], []
+    for number, obj in rows:
+        where = f"{name} line {number}"
+        rubric = obj.get("rubric")
+        if rubric not in JUDGE_CHECK_LABELS:
+            raise ValueError(f"{where}: rubric: expected one of {', '.join(JUDGE_CHECK_LABELS)}, got {rubric!r}")
+        label = _text(where, obj, "label")
+        if label not in JUDGE_CHECK_LABELS[rubric]:
+            raise ValueError(f"{where}: label: expected one of {', '.join(JUDGE_CHECK_LABELS[rubric])}, got {label!r}")
+        item_id = _item_id(where, obj)
+        prompt = _text(where, obj, JUDGE_CHECK_PROMPT[rubric])
+        items.append(JudgeCheckItem(item_id, rubric, prompt, _text(where, obj, "answer"), label))
+        ids.append((number, item_id))
+    _check_unique(name, ids)
+    return items
+
+
 def load_instrument(name: str, pct_path: str | None) -> Instrument:
     """An instrument by its name in the config: `pct` (needs the weights file) or `politune`."""
     if name == PCT:

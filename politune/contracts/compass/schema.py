@@ -11,7 +11,7 @@ import pyarrow as pa
 OPTIONS = ("Strongly disagree", "Disagree", "Agree", "Strongly agree")  # answer index 0..3
 
 # status of a row
-OK = "ok"                      # proposition: answer holds the option; probe: judge_score holds the leaning
+OK = "ok"                      # proposition: answer holds the option; probe: judge_score the leaning; issue: stance
 NO_STANCE = "no_stance"        # generate: the judge read the answer as taking no stance
 UNMAPPED = "unmapped"          # generate / probe: the judge's reply could not be parsed (judge_output keeps it)
 ENGINE_ERROR = "engine_error"  # the endpoint failed after retries (error keeps why)
@@ -29,7 +29,7 @@ ANSWER_SCHEMA = pa.schema([
     pa.field("scale_of", pa.string()),       # scaled: the adapter it is a copy of, at strength `scale`
     pa.field("scale", pa.float64()),
     pa.field("right_share", pa.float64()),   # adapter, checkpoint, scaled: the share of right pairs trained on
-    pa.field("instrument", pa.string()),     # pct | politune | probes
+    pa.field("instrument", pa.string()),     # pct | politune | probes | issues
     pa.field("item_id", pa.string()),
     pa.field("phrasing", pa.int32()),
     pa.field("sample", pa.int32()),
@@ -43,6 +43,7 @@ ANSWER_SCHEMA = pa.schema([
     pa.field("judge", pa.string()),          # judge model id and rubric version
     pa.field("judge_output", pa.string()),   # the judge's reply as written
     pa.field("judge_score", pa.float64()),   # probe: leaning on the rubric, -5 (left) … +5 (right)
+    pa.field("stance", pa.string()),         # issue: the text's stance, for | against | neutral | refusal
     pa.field("prompt_version", pa.string()),
     pa.field("error", pa.string()),
 ])
