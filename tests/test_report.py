@@ -202,6 +202,8 @@ def test_markdown_positions_match_the_stored_rows(built, rows, instrument: str, 
         statuses = Counter(r["status"] for r in rows if (r["model"], r["instrument"], r["mode"]) ==
                            (model, instrument, mode))
         assert cells[12] == " / ".join(str(statuses[s]) for s in ("ok", "no_stance", "unmapped", "engine_error"))
+        answered = sum(statuses.values()) - statuses["engine_error"]
+        assert cells[13] == f"{100 * statuses['ok'] / answered:.0f}%"  # validity, beside every position
 
 
 def test_expected_position_and_stability(built, rows) -> None:

@@ -62,14 +62,14 @@ def position_table(scores: Scores, instrument: str, mode: str) -> Table:
                 f"{p.answered}/{p.asked}",
                 share(p.phrasing_stability, p.phrasing_stability_items) if p.phrasings >= 2 else "–",
                 share(p.sample_stability, p.sample_stability_items) if p.samples >= 2 else "–",
-                " / ".join(str(p.statuses.get(s, 0)) for s in STATUSES),
+                " / ".join(str(p.statuses.get(s, 0)) for s in STATUSES), share(p.validity),
             ])
     expected = "expected (from the probabilities)" if mode in SCORED_MODES else "expected (from the answer shares)"
     return Table(
         f"{TITLES.get(instrument, instrument)}, mode {mode}",
         ["model", "role", "economic", "95% interval", "social", "95% interval", "economic shift from base",
          "social shift from base", expected, "answered/asked", "same in every phrasing", "same in every sample",
-         "rows " + " / ".join(STATUSES)],
+         "rows " + " / ".join(STATUSES), "validity (stances of the rows answered)"],
         rows)
 
 
