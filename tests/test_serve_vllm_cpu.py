@@ -159,7 +159,7 @@ def test_base_and_adapter_answer_with_different_logprobs(server: Server) -> None
 def test_evaluate_places_base_and_adapters_by_forced_choice_through_it(server: Server, ray_local,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """`politune evaluate` against ray.serve.llm: vLLM scores the option prompts (echo, max_tokens 0), every
-    proposition of every model is one ok row, and the report is written beside the run on S3."""
+    proposition of every model is one ok row in each option order, and the report is written beside the run on S3."""
     import pyarrow.parquet as pq
 
     from politune.config import build_config
@@ -175,7 +175,7 @@ def test_evaluate_places_base_and_adapters_by_forced_choice_through_it(server: S
     assert sorted(result.models) == ["tiny", "tiny:left", "tiny:right"]
     fs, path = resolve(f"{server.run_uri}/eval/answers.parquet")
     rows = pq.read_table(path, filesystem=fs).to_pylist()
-    assert result.statuses == {"ok": 3 * 64}, next(r["error"] for r in rows if r["error"])[-3000:]
+    assert result.statuses == {"ok": 3 * 64 * 2}, next(r["error"] for r in rows if r["error"])[-3000:]
     by_model = {m: [r["option_probs"] for r in rows if r["model"] == m] for m in result.models}
     assert by_model["tiny"] != by_model["tiny:left"] != by_model["tiny:right"]
     assert all(abs(sum(p) - 1) < 1e-6 for probs in by_model.values() for p in probs)
