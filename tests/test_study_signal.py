@@ -11,10 +11,11 @@ evaluate.seed moves them by a point or two.
 What the compass must show: the right adapter right of and above the base on each axis, the left adapter's
 shift pointing left and down (economic + social below zero), and the right adapter right of and above the left
 one; the share curve through left, mixture and right, with its figure. Not asserted: the left adapter's sign on
-each axis alone, nor any interval. In six evaluations of one run's adapters (evaluate seeds 0-4, and seed 1 with
-two samples) each of its twelve per-axis shifts was negative, from -2.29 to -5.83, but four of its twelve
-intervals reached zero: the spread between propositions, which no seed or sample count removes
-(docs/embedded-default.md); the sum has not come within 3 of zero.
+each axis alone, nor any interval or verdict. With three wordings in both option orders (eval-v2, 2026-12-07) the
+left adapter's shifts were -3.54 and -4.17 and the right's +1.87 and +2.08, every interval including zero: none
+beyond the noise floor, the forced choice following the option order for 67% of item x wording pairs
+(docs/embedded-default.md). Before (eval-v1: two or three phrasings, one order each, intervals over propositions
+only) the left adapter's per-axis shifts ran from -2.29 to -5.83 over six evaluations.
 """
 
 from __future__ import annotations
