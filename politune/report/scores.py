@@ -474,8 +474,9 @@ def _position_score(info: ModelInfo, name: str, mode: str, group: _Group, instru
     economic, social, answered = instrument.score(ids, chosen)
     expected_economic, expected_social, _ = instrument.score(ids, combined)
     # two levels: the items and the wordings resampled, so the interval knows how much rewording moves the answer
+    by_wording = group.by_wording()
     item_idx, counts = _resamples(_rng(seed, info.model, name, mode), bootstrap, len(ids), len(group.wordings))
-    boot_economic, boot_social, _ = instrument.score(ids, _resampled_choice(group.by_wording(), counts), item_idx)
+    boot_economic, boot_social, _ = instrument.score(ids, _resampled_choice(by_wording, counts), item_idx)
     phrasing_share, phrasing_items = _stability(group, by=0)
     sample_share, sample_items = _stability(group, by=1)
     score = PositionScore(
@@ -486,14 +487,14 @@ def _position_score(info: ModelInfo, name: str, mode: str, group: _Group, instru
         statuses={s: group.statuses.get(s, 0) for s in STATUSES} | dict(group.statuses),
         adapter=info.adapter, checkpoint_of=info.checkpoint_of, step=info.step, scale_of=info.scale_of,
         scale=info.scale, right_share=info.right_share)
-    _add_robustness(score, group, instrument)
+    _add_robustness(score, group, by_wording, instrument)
     return score
 
 
-def _add_robustness(p: PositionScore, group: _Group, instrument: Instrument) -> None:
-    """The position in each wording and its spread across them, the order sensitivity and the position in each
-    order, and the validity of the answers."""
-    ids, by_wording = group.item_ids, group.by_wording()
+def _add_robustness(p: PositionScore, group: _Group, by_wording: np.ndarray, instrument: Instrument) -> None:
+    """The position in each wording (`by_wording`: group.by_wording()) and its spread across them, the order
+    sensitivity and the position in each order, and the validity of the answers."""
+    ids = group.item_ids
     for j, phrasing in enumerate(group.wordings):
         economic, social, _ = instrument.score(ids, _one_hot_argmax(by_wording[:, j]))
         p.by_wording.append({"phrasing": phrasing, "economic": _finite(economic[0]), "social": _finite(social[0])})
