@@ -23,6 +23,10 @@ class MemorySampler(threading.Thread):
         self.baseline_used = psutil.virtual_memory().used
         self.peak_used = 0
         self.peak_uss = 0
+        self.peak_driver_rss = 0  # the measured process itself
+        self.peak_worker_rss = 0  # the largest of any one Ray worker (a process Ray names ray::<task or actor>)
+        self.peak_worker_name = ""
+        self.peak_rss_by_name: dict[str, int] = {}  # by what the worker was running when sampled
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -35,11 +39,24 @@ class MemorySampler(threading.Thread):
                 break
             for proc in procs:
                 try:
-                    total += proc.memory_full_info().uss
+                    info = proc.memory_full_info()
+                    total += info.uss
+                    if proc.pid == self.root.pid:
+                        self.peak_driver_rss = max(self.peak_driver_rss, info.rss)
+                    elif is_ray_worker(proc):
+                        name = proc.name()
+                        self.peak_rss_by_name[name] = max(self.peak_rss_by_name.get(name, 0), info.rss)
+                        if info.rss > self.peak_worker_rss:
+                            self.peak_worker_rss, self.peak_worker_name = info.rss, name
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     pass
             self.peak_uss = max(self.peak_uss, total)
             self.stop.wait(self.interval)
+
+
+def is_ray_worker(proc: psutil.Process) -> bool:
+    """A Ray worker process: Ray renames it `ray::<what it runs>` (idle ones `ray::IDLE`)."""
+    return proc.name().startswith("ray::") or "default_worker.py" in " ".join(proc.cmdline()[:3])
 
 
 def run_measured(code: str, args: list[str], log_path: Path) -> dict[str, Any]:
@@ -61,5 +78,8 @@ def run_measured(code: str, args: list[str], log_path: Path) -> dict[str, Any]:
     if not lines:
         raise SystemExit(f"the measured run printed no result line; its stdout ended with:\n{out[-2000:]}")
     result = json.loads(lines[-1])
-    result.update(peak_used_mb=sampler.peak_used / MB, peak_uss_mb=sampler.peak_uss / MB)
+    result.update(peak_used_mb=sampler.peak_used / MB, peak_uss_mb=sampler.peak_uss / MB,
+                  peak_driver_rss_mb=sampler.peak_driver_rss / MB, peak_worker_rss_mb=sampler.peak_worker_rss / MB,
+                  peak_worker=sampler.peak_worker_name,
+                  peak_rss_mb_by_name={k: round(v / MB) for k, v in sampler.peak_rss_by_name.items()})
     return result

@@ -119,11 +119,15 @@ class IngestConfig(Section):
         8, gt=0, description="Input MiB per dedup bucket; bounds the memory of one dedup task."
     )
     read_batch_rows: int = Field(5_000, ge=1, description="Rows mapped at a time while reading a file.")
-    block_mb: float = Field(16, gt=0, description="Target size of a Ray Data block while reading.")
+    block_mb: float = Field(8, gt=0, description="Target size of a Ray Data block while reading.")
     read_task_mb: float = Field(
-        32, gt=0, description="Input MiB a read task takes: files are grouped into tasks of about this size (a larger "
-        "file is a task alone), with at least 4 tasks a CPU of the cluster while there are files for them. Each task "
-        "costs Ray a scheduling round, and holds what it read in memory until it writes it.")
+        32, gt=0, description="Input MiB a read task takes: files are grouped into tasks of about this size, and a "
+        "larger file is cut into pieces of about this size, each a task (uncompressed JSON lines, CSV and TSV by "
+        "byte range, Parquet by row groups; a compressed file is one task), with at least 4 tasks a CPU of the "
+        "cluster while there are pieces for them. Each task costs Ray a scheduling round.")
+    write_rows: int = Field(
+        50_000, ge=1, description="Staged rows a write task takes at a time (about 0.5 KB each in memory): more "
+        "means fewer, larger staging files for the dedup tasks to read, and more memory a write task.")
 
 
 class VLLMFields(Section):

@@ -46,6 +46,12 @@ _FORWARDED_ENV = (
 )
 
 
+# Set in every Ray worker unless the driver's environment says otherwise. Arrow's default allocator (jemalloc) keeps
+# what a task freed for later: an ingest worker reading pieces of a 250 MB file then writing them held 518 MB
+# RSS with it and 374 MB with the system allocator, which was 13% faster too (docs/benchmarks.md).
+WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+
+
 def ray_temp_dir(cfg: RunConfig) -> Path:
     """Local folder for Ray's session files: `<run>/_ray`, or `<work_dir>/<run_id>/_ray` when the
     run lives on S3. A path too long for Ray's sockets is replaced by a short one under the system
@@ -75,7 +81,8 @@ def init_ray(cfg: RunConfig) -> str:
     if ray.is_initialized():
         return "already-initialized"
     env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-    runtime_env = {"env_vars": env_vars} if env_vars else None
+    env_vars.update({k: os.environ.get(k, v) for k, v in WORKER_ENV.items()})
+    runtime_env = {"env_vars": env_vars}
     address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose(), logging_level=_ray_log_level())

@@ -266,3 +266,33 @@ def _base36(value: int) -> str:
 
 def _html_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+BIG_FILE_BASE_POSTS = 20_000  # one copy's posts; a big file is this set again and again, each copy's texts its own
+
+
+def write_big_jsonl(path: str | Path, target_bytes: int, seed: int = 0) -> dict[str, int]:
+    """One JSON-lines file of Politosphere comments of about `target_bytes`, written fast enough for files of many
+    GB: a base set of posts (with the generator's reposts and deleted comments) is written again and again, each
+    copy's ids and texts suffixed with its number, and two bad lines a copy (one not JSON, one blank). Returns the
+    file's lines and what ingest must make of them, counted as it was written: `bad_lines`, `deleted` (bodies
+    "[deleted]") and `repeated` (a text already written; ingest's exact duplicates)."""
+    factory = PostFactory(seed)
+    templates, seen, deleted, repeated = [], set(), 0, 0
+    for _ in range(BIG_FILE_BASE_POSTS):
+        record = politosphere_record(factory, factory.label())
+        record["id"] += "-@K@"
+        if record["body"] == "[deleted]":
+            deleted += 1
+        else:
+            repeated += record["body"] in seen
+            seen.add(record["body"])
+            record["body"] += " (@K@)"
+        templates.append(json.dumps(record, ensure_ascii=False).encode())
+    copy_template = b"\n".join([*templates, b"{not json @K@", b""]) + b"\n"
+    copies = max(1, round(target_bytes / len(copy_template)))
+    with open(path, "wb") as out:
+        for k in range(copies):
+            out.write(copy_template.replace(b"@K@", b"%d" % k))
+    return {"lines": copies * (len(templates) + 2), "bad_lines": 2 * copies, "deleted": copies * deleted,
+            "repeated": copies * repeated, "copies": copies}

@@ -28,18 +28,28 @@ import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from ray.data.datasource import FileBasedDatasource
+from ray.data._internal.util import iterate_with_retry
+from ray.data.block import BlockMetadata
+from ray.data.context import DataContext
+from ray.data.datasource import Datasource, ReadTask
+from ray.data.datasource.file_based_datasource import (
+    _unwrap_s3_serialization_workaround,
+    _wrap_s3_serialization_workaround,
+)
 
 from politune.config import SourceConfig
 from politune.engines.metrics import StageMetrics
+from politune.ingest.pieces import ByteRange, Piece
 from politune.ingest.schema import QUARANTINE_PART, RAW_MAX_CHARS, REPOST_PART, STAGING_SCHEMA
 from politune.ingest.shapes import BadRow, RecordMapper, Repost, make_doc_id, text_hash
-from politune.storage import is_outage, resolve
+from politune.storage import OUTAGE_MARKERS, is_outage, resolve
 
 FORMAT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
                    ".pq": "parquet"}
@@ -155,12 +165,14 @@ class Position:
     byte: int | None = None
     notes: list[str] = field(default_factory=list)  # the text encoding, when not UTF-8
     codec: str | None = None  # the compression, when compressed
+    byte_base: int = 0  # a byte range's: where its own bytes (after the header it is read with) sit in the file
 
     def where(self) -> str:
         at = f"row {self.row + 1}"
         if self.byte is None:
             return at
-        return f"{at} (byte {self.byte:,}{f' of the {self.codec}-decompressed stream' if self.codec else ''})"
+        stream = f" of the {self.codec}-decompressed stream" if self.codec else ""
+        return f"{at} (byte {self.byte + self.byte_base:,}{stream})"
 
 
 def text_encoding(stream: io.BufferedIOBase) -> tuple[str, int]:
@@ -276,10 +288,11 @@ def iter_text(f: Any, path: str, fmt: str, at: Position, rejoin_tsv: bool = Fals
         yield from iter_csv(stream, at) if fmt == "csv" else iter_jsonl(stream, at)
 
 
-def iter_tsv(f: Any, at: Position, rejoin: bool) -> Iterator[Record]:
+def iter_tsv(f: Any, at: Position, rejoin: bool, first_line: int = 2) -> Iterator[Record]:
     """Tab-separated lines without quoting, the first a header; `row` is the file line a record starts on. With
     `rejoin` (the Truth Social dataset), a line that does not start a record (TSV_RECORD_START) continues the one
-    before it, joined by the line break it lost; a record still short of fields is quarantined with its lines."""
+    before it, joined by the line break it lost; a record still short of fields is quarantined with its lines.
+    `first_line`: the file line of the first line after the header (a later piece's, pieces.py)."""
     stream = buffered(f)
     encoding, bom = text_encoding(stream)
     if encoding != "utf-8":
@@ -304,7 +317,7 @@ def iter_tsv(f: Any, at: Position, rejoin: bool) -> Iterator[Record]:
             row["_rejoined_lines"] = last - first + 1
         return first, row, text, None
 
-    for number, raw in enumerate(lines, start=2):
+    for number, raw in enumerate(lines, start=first_line):
         at.byte = (at.byte or 0) + len(raw)
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
@@ -326,9 +339,9 @@ def iter_tsv(f: Any, at: Position, rejoin: bool) -> Iterator[Record]:
         yield record(*pending)
 
 
-def iter_parquet(f: Any, at: Position, batch_rows: int) -> Iterator[Record]:
+def iter_parquet(f: Any, at: Position, batch_rows: int, row_groups: tuple[int, ...] | None = None) -> Iterator[Record]:
     row = 0
-    for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+    for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, row_groups=row_groups):
         for record in batch.to_pylist():
             row += 1
             at.row = row
@@ -348,57 +361,98 @@ class UnreadableFile:
         return None
 
 
-class CorpusDatasource(FileBasedDatasource):
-    """Ray Data source over the files of one or more corpus sources on one filesystem: files in,
-    staging rows out. One datasource for all of them (rather than a union of one per source) lets
-    Ray Data fuse each file's read with its write, so a read task never waits on a full queue."""
+class CorpusDatasource(Datasource):
+    """Ray Data source over the files of one or more corpus sources on one filesystem: pieces of files in (a
+    whole file, or a byte range or row groups of a big one: pieces.py), staging rows out, in tables of
+    `batch_rows` handed on as they are read. Read tasks take runs of consecutive pieces."""
 
     def __init__(self, sources: list[SourceConfig], files: list[CorpusFile], filesystem: pafs.FileSystem,
-                 max_text_chars: int, num_buckets: int, batch_rows: int, run_id: str = "") -> None:
-        # a file gone by now is not dropped: vanished_files() names it, and the stage quarantines it
-        super().__init__([f.path for f in files], filesystem=filesystem, ignore_missing_paths=True)
+                 max_text_chars: int, num_buckets: int, batch_rows: int, run_id: str = "",
+                 pieces: list[Piece] | None = None) -> None:
+        super().__init__()
         self.files = {f.path: f for f in files}
         self.mappers = {s.name: RecordMapper(s, max_text_chars) for s in sources}
         self.num_buckets = num_buckets
         self.batch_rows = batch_rows
         self.run_id = run_id
+        # a file gone by now is not dropped: vanished_files() names it, and the stage quarantines it
+        infos = filesystem.get_file_info([f.path for f in files])
+        self.found = {i.path for i in infos if i.type != pafs.FileType.NotFound}
+        self.pieces = [p for p in (pieces or [Piece(f.path, f.size) for f in files]) if p.path in self.found]
+        self.filesystem = _wrap_s3_serialization_workaround(filesystem)
 
     def vanished_files(self) -> list[CorpusFile]:
         """Listed files that were gone when the datasource looked them up (before any read task ran)."""
-        found = set(self._paths())
-        return [f for f in self.files.values() if f.path not in found]
+        return [f for f in self.files.values() if f.path not in self.found]
 
-    def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> pa.NativeFile | UnreadableFile:
+    def estimate_inmemory_data_size(self) -> int:
+        return sum(p.size for p in self.pieces)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: DataContext | None = None) -> list[ReadTask]:
+        retried = [*(data_context or DataContext.get_current()).retried_io_errors, *OUTAGE_MARKERS]
+        tasks = []
+        for run in np.array_split(np.arange(len(self.pieces)), max(1, min(parallelism, len(self.pieces)))):
+            pieces = [self.pieces[i] for i in run]
+            if pieces:
+                meta = BlockMetadata(num_rows=None, size_bytes=sum(p.size for p in pieces), exec_stats=None,
+                                     input_files=tuple(dict.fromkeys(p.path for p in pieces)))
+                tasks.append(ReadTask(partial(self._read_pieces, pieces, retried), meta,
+                                      per_task_row_limit=per_task_row_limit))
+        return tasks
+
+    def _read_pieces(self, pieces: list[Piece], retried: list[str]) -> Iterator[pa.Table]:
+        fs = _unwrap_s3_serialization_workaround(self.filesystem)
+        metrics = StageMetrics(self.run_id, "ingest")
+        for piece in pieces:
+            # a storage outage is raised and the piece read again, skipping the tables already handed on
+            for table in iterate_with_retry(partial(self._read_piece, fs, piece), f"read {piece.path}",
+                                            match=retried):
+                metrics.count("rows_read", len(table))
+                yield table
+
+    def _read_piece(self, fs: pafs.FileSystem, piece: Piece) -> Iterator[pa.Table]:
+        f = self._open(fs, piece)
         try:
-            if self.files[path].format == "parquet":  # Parquet needs random access, not a stream
-                return filesystem.open_input_file(path)
-            # the compressed bytes as they are: _read_stream decompresses (see there why)
-            return filesystem.open_input_stream(path, compression=None,
-                                               buffer_size=self._resolve_buffer_size(open_args))
+            yield from self._read_rows(f, piece)
+        finally:
+            if not isinstance(f, UnreadableFile):
+                f.close()
+
+    def _open(self, fs: pafs.FileSystem, piece: Piece) -> pa.NativeFile | UnreadableFile:
+        try:
+            if self.files[piece.path].format == "parquet" or not piece.whole:  # random access: a footer, a range
+                return fs.open_input_file(piece.path)
+            # the compressed bytes as they are: iter_text decompresses (see decompressed() why)
+            return fs.open_input_stream(piece.path, compression=None, buffer_size=1 << 20)
         except OSError as err:
             if is_outage(err):
-                raise  # Ray Data retries the read
+                raise  # the read is retried
             if isinstance(err, FileNotFoundError):
                 return UnreadableFile(f"vanished after it was listed: {_error_text(err)}")
             return UnreadableFile(f"could not be opened: {_error_text(err)}")
 
-    def _read_stream(self, f: pa.NativeFile | UnreadableFile, path: str) -> Iterator[pa.Table]:
-        metrics = StageMetrics(self.run_id, "ingest")
-        for table in self._read_rows(f, path):
-            metrics.count("rows_read", len(table))
-            yield table
-
-    def _read_rows(self, f: pa.NativeFile | UnreadableFile, path: str) -> Iterator[pa.Table]:
+    def _read_rows(self, f: pa.NativeFile | UnreadableFile, piece: Piece) -> Iterator[pa.Table]:
+        path = piece.path
         corpus_file = self.files[path]
         mapper = self.mappers[corpus_file.source]
         if isinstance(f, UnreadableFile) or corpus_file.size == 0:
             reason = f.reason if isinstance(f, UnreadableFile) else "empty file (0 bytes)"
             yield pa.Table.from_pylist([file_row(corpus_file, 1, reason)], schema=STAGING_SCHEMA)
             return
-        at = Position()
-        fmt = corpus_file.format
-        records = (iter_parquet(f, at, self.batch_rows) if fmt == "parquet"
-                   else iter_text(f, path, fmt, at, rejoin_tsv=mapper.source.shape == "truthsocial_tsv"))
+        at = Position(byte_base=piece.start - piece.header_end if piece.start else 0)
+        fmt, offset = corpus_file.format, piece.row_offset
+        rejoin = mapper.source.shape == "truthsocial_tsv"
+        if fmt == "parquet":
+            records = iter_parquet(f, at, self.batch_rows, piece.row_groups)
+        elif piece.whole:
+            records = iter_text(f, path, fmt, at, rejoin_tsv=rejoin)
+        else:  # a byte range of an uncompressed UTF-8 file
+            stream = io.BufferedReader(ByteRange(f, piece), buffer_size=1 << 20)
+            if fmt == "tsv":  # numbers its lines itself: they are in its reasons
+                records, offset = iter_tsv(stream, at, rejoin, first_line=2 + offset), 0
+            else:
+                records = iter_csv(stream, at) if fmt == "csv" else iter_jsonl(stream, at)
         batch: list[dict[str, Any]] = []
         while True:
             try:
@@ -409,12 +463,13 @@ class CorpusDatasource(FileBasedDatasource):
                 if not is_file_damage(err):
                     raise  # a defect of ours, not of the file
                 if is_outage(err):
-                    raise  # not the file's fault: Ray Data retries the read, skipping the blocks already yielded
+                    raise  # not the file's fault: the read is retried, skipping the tables already handed on
                 encoding = "".join(f", read as {n}" for n in at.notes)
+                at.row += offset
                 batch.append(file_row(corpus_file, at.row + 1,
-                                           f"damaged: reading stopped at {at.where()}{encoding}: {_error_text(err)}"))
+                                      f"damaged: reading stopped at {at.where()}{encoding}: {_error_text(err)}"))
                 break
-            batch.append(self.stage(mapper, path, row, record, raw, error))
+            batch.append(self.stage(mapper, path, row + offset, record, raw, error))
             if len(batch) >= self.batch_rows:
                 yield pa.Table.from_pylist(batch, schema=STAGING_SCHEMA)
                 batch = []
