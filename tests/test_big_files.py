@@ -132,6 +132,10 @@ def test_a_big_file_is_read_by_many_tasks_and_every_row_accounted_for(ray_local,
                         "ingest": {"read_task_mb": 1, "write_rows": 20_000}})
     result = ingest_corpus(cfg)
     assert len(planned) >= 12  # a piece of about 1 MiB each
+    # the read tasks hand their rows to separate write tasks: fused, a task's writer would take all its rows at once
+    log = Path(ray_local._private.worker._global_node.get_logs_dir_path()) / "ray-data" / "ray-data.log"
+    [plan] = [line for line in log.read_text().splitlines() if "Execution plan" in line and "ReadCorpus" in line][-1:]
+    assert "TaskPoolMapOperator[ReadCorpus] -> TaskPoolMapOperator[Write]" in plan, plan
 
     c = result.counts["reddit"]
     assert c["read"] == lines == c["kept"] + c["duplicates"] + c["reposts"] + c["quarantined"]

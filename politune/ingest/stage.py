@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,10 +117,14 @@ def _ingest(cfg: RunConfig, run: str) -> IngestResult:
                 tasks = read_task_count([p.size for p in datasource.pieces], _cluster_cpus(), cfg.ingest.read_task_mb)
                 # min_rows_per_file keeps Ray Data from fusing each read task with a write (whose Parquet writer
                 # takes all of a task's blocks at once): the read tasks hand their blocks on as they read, and
-                # write tasks take them `write_rows` at a time
-                ray.data.read_datasource(datasource, override_num_blocks=tasks).write_parquet(
-                    staging_path, filesystem=out_fs, partition_cols=["part"], mode=SaveMode.APPEND,
-                    min_rows_per_file=cfg.ingest.write_rows)
+                # write tasks take them `write_rows` at a time. Ray 2.60 warns that it means to drop the option
+                # beside partition_cols in 2027 (for a hash shuffle, which would hold every row in its actors);
+                # tests/test_big_files.py fails if the read and the write are fused again.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Using `min_rows_per_file` with non-empty", DeprecationWarning)
+                    ray.data.read_datasource(datasource, override_num_blocks=tasks).write_parquet(
+                        staging_path, filesystem=out_fs, partition_cols=["part"], mode=SaveMode.APPEND,
+                        min_rows_per_file=cfg.ingest.write_rows)
 
     counts, damaged = _dedup_and_collect(out_fs, staging_path, documents_uri, quarantine_uri, reposts_uri, cfg)
     delete_dir(join(run, "_staging"))
@@ -158,8 +163,9 @@ READ_TASKS_PER_CPU = 4  # a few each, so the last tasks do not leave all but one
 
 
 def read_task_count(sizes: list[int], cpus: int, task_mb: float) -> int:
-    """Read tasks for files of these sizes (bytes): about `task_mb` of input each, at least READ_TASKS_PER_CPU a
-    CPU, never more than one a file (Ray Data cuts the file list into this many runs of consecutive files).
+    """Read tasks for pieces of these sizes (bytes; a piece is a file, or a part of a big one): about `task_mb` of
+    input each, at least READ_TASKS_PER_CPU a CPU, never more than one a piece (the datasource cuts the list of
+    pieces into this many runs of consecutive pieces).
 
     Measured on 2 cores: a task of one 1.8 MB file does 0.35 s of work, and each CPU then waits about 0.2 s for
     its next task, so two read slots went no faster than one. Fewer, larger tasks pay that wait less often."""
