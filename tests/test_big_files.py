@@ -146,3 +146,24 @@ def test_a_big_file_is_read_by_many_tasks_and_every_row_accounted_for(ray_local,
     assert sorted(r["row"] for r in quarantined if r["reason"].startswith("not valid JSON")) == bad_rows
     blank = [r["row"] for r in quarantined if r["reason"] == "blank line"]
     assert all(data.split(b"\n")[row - 1] == b"" for row in blank) and len(blank) == written["copies"]
+
+
+@pytest.mark.integration
+def test_a_big_file_on_s3_is_read_in_pieces_too(ray_local, s3_bucket: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    path = tmp_path / "comments.jsonl"
+    written = write_big_jsonl(path, 3 * 2**20)
+    boto3.client("s3").upload_file(str(path), s3_bucket, "big/comments.jsonl")
+    planned = []
+    cut = ingest_stage.cut_big_files
+    monkeypatch.setattr(ingest_stage, "cut_big_files", lambda *a: planned.extend(cut(*a)) or planned)
+    cfg = build_config({"run_id": "big-s3", "storage_root": str(tmp_path / "runs"),
+                        "sources": [{"name": "reddit", "paths": [f"s3://{s3_bucket}/big/comments.jsonl"],
+                                     "shape": "politosphere"}],
+                        "ingest": {"read_task_mb": 0.5}})
+    c = ingest_corpus(cfg).counts["reddit"]
+    assert len(planned) >= 6 and planned[1].start > 0  # byte ranges read from S3
+    assert c["read"] == written["lines"] == c["kept"] + c["duplicates"] + c["quarantined"]
+    assert (c["quarantined"], c["duplicates"]) == (written["bad_lines"] + written["deleted"], written["repeated"])
