@@ -70,7 +70,8 @@ def ingest_one_file(path: Path, workdir: Path, cpus: int) -> dict:
     return run_measured(code, overrides, workdir / "ingest-big.log", uss=False, interval=0.5)
 
 
-def big_files(sizes_gb: list[float], ratio_gb: float, zst_gb: float, workdir: Path) -> None:
+def big_files(sizes_gb: list[float], ratio_gb: float, zst_gb: float, workdir: Path,
+              cpu_breakdown: bool = False) -> None:
     """One generated JSON-lines file a size (and one compressed with zstd, unless zst_gb is 0), each ingested on 2
     CPUs; the file of `ratio_gb` on 1 CPU too. Every count is checked against what the generator wrote."""
     from politune.corpus.generate import write_big_jsonl
@@ -106,6 +107,10 @@ def big_files(sizes_gb: list[float], ratio_gb: float, zst_gb: float, workdir: Pa
         print(f"{path.name:>24} {cpus:>4} {c['read']:>11,} {r['seconds']:>8.1f} {c['read'] / r['seconds']:>8,.0f} "
               f"{path.stat().st_size / 2**20 / r['seconds']:>6.1f} {r['peak_worker_rss_mb']:>13.0f} "
               f"{r['peak_driver_rss_mb']:>13.0f}  ({r['peak_worker']})", flush=True)
+        if cpu_breakdown:
+            cpu = r["cpu_s_by_name"]
+            print("    CPU seconds by process: " + ", ".join(f"{k} {v:.0f}" for k, v in list(cpu.items())[:8])
+                  + f"; all {sum(cpu.values()):.0f} in {r['seconds']:.0f} s", flush=True)
     if ratio_gb in sizes_gb:
         ratio = speeds[(ratio_gb, "jsonl", 2)] / speeds[(ratio_gb, "jsonl", 1)]
         print(f"\n{ratio_gb:g} GB JSON lines, 2 CPUs against 1: {ratio:.2f}x the rows/s (goal: at least 1.6)")
@@ -121,6 +126,7 @@ def main() -> None:
     parser.add_argument("--big-gb", type=float, nargs="+", default=[0.25, 1, 4], help="JSON-lines files' GB")
     parser.add_argument("--ratio-gb", type=float, default=1, help="the JSON-lines file read on 1 CPU against 2")
     parser.add_argument("--zst-gb", type=float, default=1, help="GB (before compression) of the zstd file; 0: none")
+    parser.add_argument("--cpu", action="store_true", help="--big: where each run's CPU went, by process")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="politune-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +135,7 @@ def main() -> None:
         codecs_bench(args.sizes[0] if args.sizes != parser.get_default("sizes") else 200_000, workdir)
         return
     if args.big:
-        big_files(args.big_gb, args.ratio_gb, args.zst_gb, workdir)
+        big_files(args.big_gb, args.ratio_gb, args.zst_gb, workdir, args.cpu)
         return
 
     rows = []
