@@ -81,7 +81,7 @@ def big_files(sizes_gb: list[float], ratio_gb: float, zst_gb: float, workdir: Pa
         runs.insert(sizes_gb.index(ratio_gb) + 1, (ratio_gb, "jsonl", 1))
     if zst_gb:
         runs.append((zst_gb, "zst", 2))
-    print(f"{'file':>24} {'CPUs':>4} {'rows':>11} {'seconds':>8} {'rows/s':>8} {'MB/s':>6} "
+    print(f"{'file':>26} {'CPUs':>4} {'rows':>11} {'seconds':>8} {'rows/s':>8} {'MB/s':>6} "
           f"{'worker RSS MB':>13} {'driver RSS MB':>13}  (peak; the worker is the largest of any one Ray worker)")
     speeds = {}
     for gb, kind, cpus in runs:
@@ -104,7 +104,7 @@ def big_files(sizes_gb: list[float], ratio_gb: float, zst_gb: float, workdir: Pa
         assert c["quarantined"] == written["bad_lines"] + written["deleted"], (c, written)
         assert c["duplicates"] == written["repeated"], (c, written)
         speeds[(gb, kind, cpus)] = c["read"] / r["seconds"]
-        print(f"{path.name:>24} {cpus:>4} {c['read']:>11,} {r['seconds']:>8.1f} {c['read'] / r['seconds']:>8,.0f} "
+        print(f"{path.name:>26} {cpus:>4} {c['read']:>11,} {r['seconds']:>8.1f} {c['read'] / r['seconds']:>8,.0f} "
               f"{path.stat().st_size / 2**20 / r['seconds']:>6.1f} {r['peak_worker_rss_mb']:>13.0f} "
               f"{r['peak_driver_rss_mb']:>13.0f}  ({r['peak_worker']})", flush=True)
         if cpu_breakdown:
