@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from politune.storage import is_outage
+
 SCAN_CHUNK_BYTES = 4 << 20
 # A candidate boundary of the Truth Social TSV is checked against the start of the line after it: that many bytes
 # of it must be in the chunk (TSV_RECORD_START needs about 30).
@@ -69,8 +71,6 @@ def plan_pieces(fs: pafs.FileSystem, path: str, size: int, fmt: str, piece_bytes
         with fs.open_input_stream(path, compression=None) as f:
             return text_pieces(path, size, fmt, f, piece_bytes, record_start) or whole
     except (OSError, ValueError, pa.ArrowException) as err:
-        from politune.storage import is_outage
-
         if is_outage(err):
             raise
         return whole
