@@ -410,6 +410,9 @@ class ServeConfig(Section):
         "POLITUNE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding the bearer token clients must send; when that "
         "variable is unset or empty, no token is asked. The token itself never goes in a config.")
+    allow_unauthenticated: bool = Field(
+        False, description="Serve on an address beyond loopback with no token set (api_key_env's variable unset or "
+        "empty). Refused at start otherwise; when allowed, the console says so as a warning.")
     max_prompt_tokens: int = Field(1024, ge=1, description="hf: longer prompts get a 400 (vllm: a prompt over "
                                    "max_model_len gets vLLM's 400).")
     max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask; more gets a 400.")

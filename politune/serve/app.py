@@ -3,6 +3,8 @@ and the KubeRay RayService all come through here."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +13,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from politune.config import RunConfig, resolve_config
+from politune.config import RunConfig, ServeConfig, resolve_config
 from politune.prepare import prepares
 from politune.serve.guard import ModelCatalog
 
@@ -42,11 +44,13 @@ class Serving:
     model_ids: list[str]
     backend: str = ""     # serve.backend
     run_uri: str = ""     # the run whose adapters it serves
+    warning: str | None = None  # said first: served beyond this machine without a token, as the config allows
 
 
 def serve_summary(serving: Serving) -> list[str]:
     """Where the app serves, what, and how to ask it."""
-    return [f"serving at {serving.base_url}  (backend {serving.backend}, run {serving.run_uri})",
+    return [*([f"WARNING: {serving.warning}"] if serving.warning else []),
+            f"serving at {serving.base_url}  (backend {serving.backend}, run {serving.run_uri})",
             *(f"  model: {model_id}" for model_id in serving.model_ids),
             f'probe:   politune probe "What do you think of taxes?" --url {serving.base_url} '
             f"--model {serving.model_ids[-1]}"]
@@ -57,10 +61,40 @@ def serve_models(cfg: RunConfig) -> list[tuple[str, str]]:
     return [("serve.base_model", cfg.serve.base_model)]
 
 
-@prepares(serve_models)
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def exposure(s: ServeConfig) -> str | None:
+    """Refuse to serve beyond this machine without a token: a ValueError naming the variable to set, unless
+    `serve.allow_unauthenticated` says so, in which case the warning to repeat. None on loopback or with a token."""
+    if is_loopback(s.host) or os.environ.get(s.api_key_env):
+        return None
+    open_to = f"serve.host={s.host} serves beyond this machine, and ${s.api_key_env} is unset or empty"
+    if not s.allow_unauthenticated:
+        raise ValueError(f"{open_to}: anyone who reaches it could use every model. Set {s.api_key_env} to a token "
+                         "(clients send it as their API key), serve on 127.0.0.1, or set "
+                         "serve.allow_unauthenticated: true to serve it open on purpose")
+    return f"{open_to}: anyone who reaches it can use every model (serve.allow_unauthenticated: true)"
+
+
 def start_serving(cfg: RunConfig) -> Serving:
     """Deploy the app on the configured Ray (a local one on 127.0.0.1 unless RAY_ADDRESS is set), its HTTP proxy
-    bound to serve.host:serve.port; returns once every replica is up."""
+    bound to serve.host:serve.port; returns once every replica is up. Serving beyond this machine without a token
+    is refused first, before any model is built or Ray started (exposure)."""
+    warning = exposure(cfg.serve)
+    serving = _start_serving(cfg)
+    serving.warning = warning
+    return serving
+
+
+@prepares(serve_models)
+def _start_serving(cfg: RunConfig) -> Serving:
     from ray import serve
 
     from politune.ray_runtime import init_ray
