@@ -108,9 +108,9 @@ def text_pieces(path: str, size: int, fmt: str, f: Any, piece_bytes: int, record
         data = np.frombuffer(chunk, dtype=np.uint8)
         breaks = np.flatnonzero(data == LINE_BREAK)
         if fmt == "csv":  # a line break ends a record where the quotes before it pair up
-            quotes_before = np.cumsum(data == QUOTE, dtype=np.uint8)[breaks]  # parity survives the wrap at 256
-            ends = breaks[(quotes_before + in_quotes) % 2 == 0]
-            in_quotes = bool((int(np.count_nonzero(data == QUOTE)) + in_quotes) % 2)
+            quotes_so_far = np.cumsum(data == QUOTE, dtype=np.uint8)  # parity survives the wrap at 256
+            ends = breaks[(quotes_so_far[breaks] + in_quotes) % 2 == 0]
+            in_quotes = bool((int(quotes_so_far[-1]) + in_quotes) % 2)
         else:
             ends = breaks
         if header_end is None and len(ends):
