@@ -431,7 +431,10 @@ class ServeConfig(Section):
     min_replicas: int = Field(1, ge=0, description="Model replicas kept up (autoscaling floor).")
     max_replicas: int = Field(1, ge=1, description="Model replicas at most (autoscaling ceiling).")
     target_ongoing_requests: float = Field(8, gt=0, description="Autoscaling: requests a replica should hold.")
-    max_ongoing_requests: int = Field(16, ge=1, description="Requests a model replica takes at once.")
+    max_ongoing_requests: int = Field(
+        128, ge=1, description="Requests a model replica takes at once: it runs max_batch_size of them a pass and "
+        "the rest wait inside it, at no cost. More wait in Serve's router, which retries a full replica with back-off "
+        "(up to 0.5 s) and so serves them far slower: keep this above the requests you expect open at once.")
     max_queued_requests: int = Field(
         64, ge=0, description="Requests waiting for a replica; more get a 503 (overload), never a hang.")
     request_timeout_s: float = Field(300, gt=0, description="A request running longer gets a 408/503.")

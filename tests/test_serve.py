@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -181,7 +182,9 @@ def test_unknown_or_path_like_model_ids_are_404_listing_the_known_ones(server: d
     ({"model": "tiny", "prompt": "hi", "max_tokenz": 3}, 400, "max_tokenz: unknown"),
     ({"model": "tiny"}, 400, "prompt"),
     ({"model": "tiny", "prompt": "hi", "temperature": 9}, 400, "temperature"),
-    ({"model": "tiny", "prompt": "hi", "stream": True}, 400, "stream"),
+    ({"model": "tiny", "prompt": "hi", "stream_options": {"include_usage": True}}, 400, "stream_options"),
+    (b'{"model": "tiny", "prompt": "a \\ud800 b"}', 400, "prompt: not valid Unicode"),
+    (b'{"model": "tiny", "prompt": ["ok", "\\udc00"]}', 400, "prompt.1: not valid Unicode"),
     ({"model": "tiny", "prompt": "hi", "max_tokens": 1001}, 400, "serve.max_tokens"),
     ({"model": "tiny", "prompt": "hi", "n": 3}, 400, "serve.max_n"),
     ({"model": "tiny", "prompt": "word " * 60}, 400, "serve.max_prompt_tokens"),
@@ -191,6 +194,72 @@ def test_bad_requests_are_400_naming_the_problem(server: dict, body, status: int
     got, answer = call(f"{server['url']}/completions", body)
     assert got == status, answer
     assert names in answer["error"]["message"] and answer["error"]["type"] == "invalid_request_error"
+
+
+def test_text_a_tokenizer_cannot_take_is_400_and_an_empty_prompt_is_answered(server: dict) -> None:
+    """Both routes: a lone surrogate anywhere is a 400 naming the field (never the replica's 503); an empty prompt
+    starts from the model's start-of-text token."""
+    status, body = call(f"{server['url']}/chat/completions", b'{"model": "tiny:left", "messages": [{"role": "user", '
+                        b'"content": "\\ud83d"}], "max_tokens": 2}')
+    assert status == 400 and body["error"]["message"].startswith("messages.0.content: not valid Unicode"), body
+    for route in ("completions", "chat/completions"):
+        status, body = call(f"{server['url']}/{route}", b'{"model": "tiny", "stop": ["\\udfff"], ' + (
+            b'"prompt": "x"}' if route == "completions" else b'"messages": [{"role": "user", "content": "x"}]}'))
+        assert status == 400 and body["error"]["param"] == "stop", body
+    status, body = call(f"{server['url']}/completions", {"model": "tiny:right", "prompt": "", "max_tokens": 3,
+                                                          "temperature": 0})
+    assert status == 200 and body["usage"]["prompt_tokens"] == 1, body
+    status, body = call(f"{server['url']}/completions", {"model": "tiny", "prompt": "", "max_tokens": 0, "echo": True,
+                                                          "logprobs": 0})
+    assert status == 200 and body["choices"][0]["logprobs"]["token_logprobs"] == [None], body
+    status, body = call(f"{server['url']}/chat/completions", {"model": "tiny", "max_tokens": 2,
+                                                               "messages": [{"role": "user", "content": ""}]})
+    assert status == 200, body
+
+
+def test_openai_client_streams_completions_and_chat(server: dict) -> None:
+    """stream=True through the openai SDK: the chunks put together are the answer the same request gets whole,
+    with usage last when asked, and log-probabilities in the chunks when asked."""
+    api = client(server)
+    whole = api.completions.create(model="tiny:left", prompt=["Taxes are", "Borders"], max_tokens=12, temperature=0)
+    chunks = list(api.completions.create(model="tiny:left", prompt=["Taxes are", "Borders"], max_tokens=12,
+                                         temperature=0, stream=True, stream_options={"include_usage": True}))
+    texts = {0: "", 1: ""}
+    for chunk in chunks[:-1]:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert [texts[0], texts[1]] == [c.text for c in whole.choices]
+    assert len(chunks) > 4  # token by token, not one chunk a choice
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    ends = [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
+    assert sorted(ends) == sorted(c.finish_reason for c in whole.choices)
+
+    scored = api.completions.create(model="tiny", prompt="vote", max_tokens=4, temperature=0, logprobs=2, echo=True)
+    streamed = [c for chunk in api.completions.create(model="tiny", prompt="vote", max_tokens=4, temperature=0,
+                                                      logprobs=2, echo=True, stream=True) for c in chunk.choices]
+    assert "".join(c.text for c in streamed) == scored.choices[0].text
+    assert [c.logprobs.token_logprobs for c in streamed if c.logprobs] == [scored.choices[0].logprobs.token_logprobs]
+
+    messages = [{"role": "user", "content": "What about healthcare?"}]
+    chat = api.chat.completions.create(model="tiny:right", messages=messages, max_tokens=10, temperature=0)
+    parts = list(api.chat.completions.create(model="tiny:right", messages=messages, max_tokens=10, temperature=0,
+                                             stream=True))
+    assert parts[0].choices[0].delta.role == "assistant" and parts[-1].choices[0].finish_reason
+    assert "".join(p.choices[0].delta.content or "" for p in parts) == chat.choices[0].message.content
+    assert all(p.usage is None for p in parts)  # usage only when asked
+    with_lp = list(api.chat.completions.create(model="tiny:right", messages=messages, max_tokens=3, temperature=0,
+                                               stream=True, logprobs=True, top_logprobs=1,
+                                               stream_options={"include_usage": True}))
+    content = [t for p in with_lp for c in p.choices if c.logprobs for t in c.logprobs.content]
+    assert len(content) == with_lp[-1].usage.completion_tokens and all(t.top_logprobs for t in content)
+
+
+def test_a_stream_refused_before_its_first_chunk_is_an_http_error(server: dict) -> None:
+    api = client(server)
+    with pytest.raises(openai.BadRequestError, match="serve.max_prompt_tokens"):
+        list(api.completions.create(model="tiny", prompt="word " * 60, max_tokens=2, stream=True))
+    with pytest.raises(openai.NotFoundError):
+        list(api.chat.completions.create(model="tiny:nope", messages=[{"role": "user", "content": "x"}], stream=True))
 
 
 def test_chat_over_the_prompt_limit_is_400(server: dict) -> None:
@@ -246,10 +315,18 @@ def test_an_adapter_scaled_by_zero_answers_as_the_base_and_by_one_as_itself(serv
 
 
 def test_a_burst_gets_answers_or_503s_and_the_server_still_answers(server: dict) -> None:
-    """200 concurrent requests over 3 model ids against 4 running + 8 queued: the rest must be refused fast."""
-    ids = ["tiny", "tiny:left", "tiny:right"]
+    """200 concurrent requests over 3 model ids against 4 running + 8 queued: the rest must be refused fast, the
+    streamed ones (every other, through the openai SDK) with the same 503 before their first chunk."""
+    ids, api = ["tiny", "tiny:left", "tiny:right"], client(server)
 
     def one(i: int) -> tuple[int, dict]:
+        if i % 2:
+            try:
+                parts = list(api.completions.create(model=ids[i % 3], prompt=f"post {i}", max_tokens=8, stream=True,
+                                                    timeout=180))
+            except openai.APIStatusError as err:
+                return err.status_code, {"error": err.body}  # the SDK keeps the error object itself
+            return 200, {"text": "".join(c.text for p in parts for c in p.choices)}
         return call(f"{server['url']}/completions", {"model": ids[i % 3], "prompt": f"post {i}", "max_tokens": 8},
                     timeout=180)
 
@@ -257,6 +334,8 @@ def test_a_burst_gets_answers_or_503s_and_the_server_still_answers(server: dict)
         results = list(pool.map(one, range(200)))
     statuses = {status for status, _ in results}
     assert statuses <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    streamed = {status for i, (status, _) in enumerate(results) if i % 2}
+    assert streamed == {200, 503}, streamed
     refused = next(body for status, body in results if status == 503)
     assert refused["error"]["type"] == "overloaded_error"
     status, body = call(f"{server['url']}/completions", {"model": "tiny:left", "prompt": "after", "max_tokens": 2})
@@ -282,10 +361,27 @@ def test_a_cancelled_request_frees_its_slot_and_metrics_are_tagged_by_model(serv
     status, answer = call(f"{server['url']}/completions", {"model": "tiny", "prompt": "next", "max_tokens": 2})
     assert status == 200, answer
 
+    # a streaming client that hangs up after its first chunks: its rows stop (counted as cancelled, tiny:left)
+    stream = http.client.HTTPConnection(host, int(port), timeout=30)
+    stream.request("POST", "/v1/chat/completions", json.dumps({
+        "model": "tiny:left", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 1000,
+        "temperature": 0, "stream": True}), {"Content-Type": "application/json",
+                                             "Authorization": f"Bearer {SERVE_TOKEN}"})
+    response = stream.getresponse()
+    assert response.status == 200 and response.getheader("content-type").startswith("text/event-stream")
+    assert response.read(7) == b"data: {"  # the first chunk has come
+    stream.sock.shutdown(socket.SHUT_RDWR)  # close() alone waits for the response's file to let go of it
+    stream.close()
+    status, answer = call(f"{server['url']}/completions", {"model": "tiny", "prompt": "then", "max_tokens": 2})
+    assert status == 200, answer
+
     metrics_port = ray_local.nodes()[0]["MetricsExportPort"]
     wanted = ('status="499"', 'model="tiny:right"'), ("politune_serve_adapter_loads",), (
         "politune_serve_tokens_out", 'model="tiny:left"'), ("politune_serve_request_seconds", 'model="tiny"'), (
-        "politune_serve_cancelled_requests", 'model="tiny:right"')
+        "politune_serve_cancelled_requests", 'model="tiny:right"'), (
+        "politune_serve_cancelled_requests", 'model="tiny:left"'), ('status="499"', 'model="tiny:left"'), (
+        "politune_serve_queue_wait_seconds_bucket", 'model="tiny"'), (
+        "politune_serve_time_to_first_token_seconds_bucket", 'model="tiny:left"')
     deadline, lines = time.time() + 90, []
     while time.time() < deadline:  # Ray exports custom metrics every few seconds
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
@@ -297,6 +393,27 @@ def test_a_cancelled_request_frees_its_slot_and_metrics_are_tagged_by_model(serv
         assert any(all(w in line for w in want) for line in lines), (want, lines[:20])
     assert any('status="200"' in line and 'model="tiny:left"' in line and "politune_serve_requests" in line
                for line in lines)
+
+
+def test_a_failure_after_the_stream_began_is_an_error_event(server: dict) -> None:
+    """An adapter in the registry whose files are gone: the stream has begun (200) when its replica finds out, so
+    the failure comes as OpenAI's error event, with no [DONE] after it, and the SDK raises it."""
+    from politune.registry import AdapterEntry, register
+    from politune.storage import join
+
+    cfg = server["cfg"]
+    register(cfg.run_uri, AdapterEntry(name="unloadable", side="left", method="dpo", base_model="tiny",
+                                       path=join(cfg.run_uri, "adapters", "gone"), config_hash="x", metrics={}))
+    body = {"model": "tiny:unloadable", "prompt": "x", "max_tokens": 4, "stream": True}
+    request = urllib.request.Request(f"{server['url']}/completions", data=json.dumps(body).encode(), headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {SERVE_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200
+        events = [line for line in response.read().decode().split("\n\n") if line]
+    assert events[-1].startswith("data: {\"error\"") and "could not be loaded" in events[-1], events
+    assert "[DONE]" not in "".join(events)
+    with pytest.raises(openai.APIError, match="could not be loaded"):
+        list(client(server).completions.create(model="tiny:unloadable", prompt="x", max_tokens=4, stream=True))
 
 
 def test_no_token_in_the_logs_or_an_error_body(server: dict) -> None:

@@ -10,6 +10,7 @@ given `adapter_names=[...]`; each LoRA layer applies each adapter to its own row
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,11 @@ class Row:
     logprobs: int | None = None
     echo: bool = False
     prompt_text: str = ""  # put before the answer with echo
+    choice: int = 0        # which of its request's n choices
+    # set by whoever runs the row: called from the generating thread with the row's tokens so far, every step
+    on_tokens: Callable[[list[int]], None] | None = None
+    started: float | None = None      # time.perf_counter() when its forward pass began
+    first_token: float | None = None  # ... and when its first token was out
 
     def sampling(self) -> tuple:
         """Rows with the same temperature and top_p share one generate call (each row keeps its own seed)."""
@@ -89,14 +95,25 @@ class _SeededSampler(LogitsProcessor):
 
 
 class _RowLimits(StoppingCriteria):
-    """Per-row stop: a row is done at its own max_tokens, or as soon as its request was cancelled."""
+    """Per-row stop: a row is done at its own max_tokens, or as soon as its request was cancelled. Called after
+    every step, it also stamps each row's first token and hands streamed rows their tokens so far."""
 
     def __init__(self, rows: list[Row], prompt_len: int, is_cancelled: Callable[[str], bool]) -> None:
-        self.limits = torch.tensor([r.max_tokens for r in rows])
+        self.rows, self.limits = rows, torch.tensor([r.max_tokens for r in rows])
         self.ids, self.prompt_len, self.is_cancelled = [r.request_id for r in rows], prompt_len, is_cancelled
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        done = (input_ids.shape[1] - self.prompt_len) >= self.limits
+        made = input_ids.shape[1] - self.prompt_len
+        if made == 1:
+            now = time.perf_counter()
+            for row in self.rows:
+                row.first_token = now
+        streamed = [b for b, row in enumerate(self.rows) if row.on_tokens and made <= row.max_tokens]
+        if streamed:
+            new = input_ids[:, self.prompt_len:].tolist()
+            for b in streamed:
+                self.rows[b].on_tokens(new[b])
+        done = made >= self.limits
         cancelled = torch.tensor([self.is_cancelled(i) for i in self.ids])
         return (done | cancelled).to(input_ids.device)
 
@@ -142,7 +159,11 @@ class AdapterModel:
         if messages is not None:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(prompt)["input_ids"]
+        ids = self.tokenizer(prompt)["input_ids"]
+        if not ids:  # an empty prompt: the model starts from its start-of-text token, as a document does
+            start = self.tokenizer.bos_token_id
+            ids = [start if start is not None else self.tokenizer.eos_token_id]
+        return ids
 
     def token_text(self, token_id: int) -> str:
         """A token's own text (echoed prompts list every token: a decode call each would cost more than the model)."""
@@ -201,13 +222,34 @@ class AdapterModel:
                                [completions[i][: choices[i].completion_tokens] for i in scored])
         return choices
 
-    def _finish(self, row: Row, tokens: list[int]) -> GeneratedChoice:
-        """Cut a row's tokens at its end token or first stop string; say why it ended."""
-        reason = "length"
+    def _until_end(self, tokens: list[int]) -> tuple[list[int], bool]:
+        """A row's tokens up to its first end token, and whether it had one."""
         for k, token in enumerate(tokens):
             if token in self.eos_ids:
-                tokens, reason = tokens[:k], "stop"
-                break
+                return tokens[:k], True
+        return tokens, False
+
+    def streamed_text(self, row: Row, tokens: list[int]) -> str:
+        """The part of a row's answer so far that will not change as it goes on: its text up to the end token or
+        a stop string, less the last token (whose text the next may merge with), a partly decoded character, and
+        any tail that could be the start of a stop string. The answer's final text starts with it."""
+        tokens, ended = self._until_end(tokens)
+        text = self.tokenizer.decode(tokens if ended else tokens[:-1], skip_special_tokens=True)
+        cuts = [text.find(s) for s in row.stop if s in text]
+        if cuts:
+            return text[:min(cuts)]
+        text = text.rstrip("\ufffd")
+        for stop in row.stop:
+            for k in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:k]):
+                    text = text[:-k]
+                    break
+        return text
+
+    def _finish(self, row: Row, tokens: list[int]) -> GeneratedChoice:
+        """Cut a row's tokens at its end token or first stop string; say why it ended."""
+        tokens, ended = self._until_end(tokens)
+        reason = "stop" if ended else "length"
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         cuts = [text.find(s) for s in row.stop if s in text]
         if cuts:

@@ -10,9 +10,11 @@ is added back for that pass from its downloaded copy. So no forward pass ever lo
 from __future__ import annotations
 
 import asyncio
+import functools
 import tempfile
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from politune.serve.protocol import GeneratedChoice, Generation, GenerationReque
 from politune.storage import resolve
 
 COALESCED_BATCHES = 64
+StreamEvent = tuple  # ("accepted",) | ("error", status, message, param) | ("text", choice, delta) | ("done", [...])
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what PEFT's load_adapter reads
 
 
@@ -50,6 +53,15 @@ class ServeMetrics:
                                  "Requests whose client went away before the answer, by model id.", tag_keys=tags)
         self.adapter_evictions = Counter("politune_serve_adapter_evictions",
                                          "Adapters evicted from a replica (LRU), by model id.", tag_keys=tags)
+        self.queue_wait = Histogram("politune_serve_queue_wait_seconds",
+                                    "Time a request waited in a model replica before its forward pass, by model id.",
+                                    boundaries=[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+                                    tag_keys=tags)
+        self.first_token = Histogram("politune_serve_time_to_first_token_seconds",
+                                     "Time from a request's arrival at a model replica to its first generated "
+                                     "token, by model id.",
+                                     boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+                                     tag_keys=tags)
 
 
 class _HeldAdapter:
@@ -76,6 +88,7 @@ class HFModelServer:
         self.downloads = Path(tempfile.mkdtemp(prefix="politune-adapters-"))
         self.held: set[str] = set()
         self.cancelled: set[str] = set()
+        self.streams: dict[str, Callable[[Row, list[int]], None]] = {}  # request id -> its streamer
         self.lock = asyncio.Lock()  # the model: one forward pass, adapter load or removal at a time
         self.waiting: deque[tuple[list[Row], asyncio.Future]] = deque()
         self.metrics = ServeMetrics()
@@ -114,6 +127,9 @@ class HFModelServer:
     async def generate_many(self, requests: list[GenerationRequest]) -> list[Generation]:
         """Several requests in one call (a /completions request's prompts): one round trip from the ingress
         instead of one a prompt; they still enter the batcher one by one, and share a forward pass."""
+        arrived = time.perf_counter()
+        for request in requests:
+            request.arrived = request.arrived or arrived
         try:
             return list(await asyncio.gather(*(self._batched(r) for r in requests)))
         except asyncio.CancelledError:  # the client went away: stop its rows at the next token
@@ -121,6 +137,49 @@ class HFModelServer:
                 self.cancelled.add(request.request_id)
                 self.metrics.cancelled.inc(tags={"model": self.adapter_id(request.adapter)})
             raise
+
+    async def generate_stream(self, requests: list[GenerationRequest]) -> AsyncIterator[StreamEvent]:
+        """generate_many, streamed: first ("accepted",) or ("error", status, message, param) once the prompts are
+        checked, then ("text", choice, delta) as each choice's text grows, then ("done", generations). A choice
+        is prompt i's k-th of n: index i * n + k. Rows asking for logprobs send no deltas (their log-probabilities
+        come from a pass after generation): their text comes whole with the end."""
+        arrived = time.perf_counter()
+        for request in requests:
+            request.arrived = arrived
+            try:
+                self._rows(request, Generation())
+            except ValueError as err:
+                yield ("error", 400, str(err), "prompt" if request.prompt is not None else "messages")
+                return
+        yield ("accepted",)
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        for i, request in enumerate(requests):
+            if request.logprobs is None:
+                self.streams[request.request_id] = self._streamer(request, i, loop, events)
+        task = asyncio.ensure_future(self.generate_many(requests))
+        task.add_done_callback(lambda _: events.put_nowait(None))
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            yield ("done", task.result())
+        finally:
+            task.cancel()  # the client went away (this generator was closed): its rows stop at the next token
+            for request in requests:
+                self.streams.pop(request.request_id, None)
+
+    def _streamer(self, request: GenerationRequest, index: int, loop: asyncio.AbstractEventLoop,
+                  events: asyncio.Queue) -> Callable[[Row, list[int]], None]:
+        """Called from the generating thread with a row and its tokens so far: queues what its text gained."""
+        sent: dict[int, int] = {}
+        echo = request.prompt or "" if request.echo else ""
+
+        def on_tokens(row: Row, tokens: list[int]) -> None:
+            choice = index * request.n + row.choice
+            text = echo + self.engine.streamed_text(row, tokens)
+            if len(text) > sent.get(choice, 0):
+                loop.call_soon_threadsafe(events.put_nowait, ("text", choice, text[sent.get(choice, 0):]))
+                sent[choice] = len(text)
+        return on_tokens
 
     # Several batches may be in here at once (Serve's default is one, held for the whole call): they wait for the
     # model together and _generate_coalesced runs them as one pass
@@ -149,9 +208,17 @@ class HFModelServer:
         for req in requests:
             self.cancelled.discard(req.request_id)
         elapsed = time.perf_counter() - started
+        first_rows = {}
+        for _, row in rows:
+            first_rows.setdefault(row.request_id, row)
         for req, result in zip(requests, results, strict=True):
             if result.error is None:
                 model = self.adapter_id(req.adapter)
+                row = first_rows.get(req.request_id)
+                if row is not None and row.started is not None and req.arrived:
+                    self.metrics.queue_wait.observe(max(0.0, row.started - req.arrived), tags={"model": model})
+                    if row.first_token is not None:
+                        self.metrics.first_token.observe(row.first_token - req.arrived, tags={"model": model})
                 out = sum(c.completion_tokens for c in result.choices)
                 for counter, n in (self.metrics.tokens_in, result.prompt_tokens), (self.metrics.tokens_out, out):
                     if n:  # Ray's counters refuse 0
@@ -172,9 +239,15 @@ class HFModelServer:
         if limit and len(ids) + req.max_tokens > limit:
             raise ValueError(f"the prompt ({len(ids)} tokens) plus max_tokens ({req.max_tokens}) is over the "
                              f"model's context of {limit} tokens")
-        return [Row(request_id=req.request_id, prompt_ids=ids, adapter=req.adapter, max_tokens=req.max_tokens,
+        rows = [Row(request_id=req.request_id, prompt_ids=ids, adapter=req.adapter, max_tokens=req.max_tokens,
                     temperature=req.temperature, top_p=req.top_p, seed=choice_seed(req.seed, k), stop=req.stop,
-                    logprobs=req.logprobs, echo=req.echo, prompt_text=req.prompt or "") for k in range(req.n)]
+                    logprobs=req.logprobs, echo=req.echo, prompt_text=req.prompt or "", choice=k)
+                for k in range(req.n)]
+        streamer = self.streams.get(req.request_id)
+        if streamer is not None:
+            for row in rows:
+                row.on_tokens = functools.partial(streamer, row)
+        return rows
 
     async def _generate_coalesced(self, rows: list[Row]) -> list[GeneratedChoice]:
         """Generate a batch's rows together with every other batch waiting for the model.
@@ -222,6 +295,9 @@ class HFModelServer:
         adapters the multiplexer no longer holds."""
         for name in {r.adapter for r in rows if r.adapter} - self.engine.adapters:
             self.engine.add_adapter(name, self.downloads / name)  # evicted since it was fetched
+        started = time.perf_counter()
+        for row in rows:
+            row.started = started
         try:
             return self.engine.generate(rows, self.cancelled.__contains__)
         finally:

@@ -1,8 +1,9 @@
 """The OpenAI API as the hf back end speaks it: requests validated with pydantic, responses built from the
 `openai` package's own types, so a client cannot tell this server from ray.serve.llm's or OpenAI's.
 
-Only what the server does is accepted: an unknown field, or a feature this server does not have (streaming),
-is a 400 that names the field, rather than a request quietly answered some other way.
+Only what the server does is accepted: an unknown field, or a feature this server does not have, is a 400 that
+names the field, rather than a request quietly answered some other way. `stream: true` is answered as OpenAI
+streams: server-sent events of chunks (`StreamChunks`), then `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,28 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from openai.types import Completion, CompletionChoice, CompletionUsage
-from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionTokenLogprob
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ChatCompletionTokenLogprob
 from openai.types.chat.chat_completion import Choice as ChatChoice
 from openai.types.chat.chat_completion import ChoiceLogprobs
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_chunk import ChoiceLogprobs as ChunkLogprobs
 from openai.types.chat.chat_completion_token_logprob import TopLogprob
 from openai.types.completion_choice import Logprobs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from politune.serve.guard import APIError
 
 MAX_TOP_LOGPROBS = 20
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
 
 
 class _Request(BaseModel):
@@ -36,7 +46,8 @@ class _Request(BaseModel):
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = Field(None, validate_default=True)
     seed: int | None = None
-    stream: Literal[False] = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = None
 
     @field_validator("stop")
@@ -46,6 +57,12 @@ class _Request(BaseModel):
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("up to 4 non-empty stop strings")
         return stops
+
+    @model_validator(mode="after")
+    def _options_need_stream(self) -> _Request:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed with stream: true")
+        return self
 
 
 class CompletionRequest(_Request):
@@ -84,6 +101,10 @@ def parse_request(body: bytes, kind: type[_Request]) -> _Request:
         raise APIError(400, f"the request body is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(data).__name__}")
+    where = not_text(data)
+    if where is not None:
+        raise APIError(400, f"{where}: not valid Unicode text (a lone surrogate such as \\ud800); send UTF-8 text",
+                       param=where.split(".")[0])
     try:
         return kind.model_validate(data)
     except ValidationError as err:
@@ -91,12 +112,29 @@ def parse_request(body: bytes, kind: type[_Request]) -> _Request:
         path = ".".join(str(p) for p in first["loc"]) or "(body)"
         if first["type"] == "extra_forbidden":
             message = f"{path}: unknown or unsupported field"
-        elif first["type"] == "literal_error" and path == "stream":
-            message = "stream: streaming is not supported by this server; send stream: false"
         else:
             message = f"{path}: {first['msg'].removeprefix('Value error, ')}"
         more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
         raise APIError(400, message + more, param=path.split(".")[0]) from None
+
+
+def not_text(value: object, path: str = "") -> str | None:
+    """The path (`messages.0.content`) of the first string in a parsed JSON value that is not valid Unicode text,
+    or None. JSON's \\u escapes can spell a lone surrogate, which no tokenizer can encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(body)"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        here = f"{path}.{key}" if path else str(key)
+        found = not_text(key, path or "(body)") if isinstance(key, str) else None
+        found = found or not_text(item, here)
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass
@@ -115,6 +153,7 @@ class GenerationRequest:
     seed: int | None = None
     logprobs: int | None = None   # top alternatives a token; 0 = the chosen token's only; None = none
     echo: bool = False
+    arrived: float = 0.0          # set by the model replica: time.perf_counter() when it got the request
 
 
 @dataclass
@@ -147,34 +186,100 @@ def completion_response(model: str, generations: list[Generation], logprobs: boo
         prompt_tokens += gen.prompt_tokens
         for c in gen.choices:
             completion_tokens += c.completion_tokens
-            # model_construct: with echo the first token has no log-probability, which the API sends as null
-            # (as OpenAI and vLLM do) but the package's type, List[float], does not admit
-            lp = Logprobs.model_construct(tokens=c.tokens, token_logprobs=c.token_logprobs,
-                                          top_logprobs=c.top_logprobs, text_offset=c.text_offset) if logprobs else None
             choices.append(CompletionChoice(index=len(choices), text=c.text, finish_reason=c.finish_reason,
-                                            logprobs=lp))
+                                            logprobs=_completion_logprobs(c) if logprobs else None))
     return Completion(id=_new_id("cmpl"), object="text_completion", created=int(time.time()), model=model,
                       choices=choices, usage=CompletionUsage(prompt_tokens=prompt_tokens,
                                                              completion_tokens=completion_tokens,
                                                              total_tokens=prompt_tokens + completion_tokens))
 
 
+def _chat_logprobs(c: GeneratedChoice) -> list[ChatCompletionTokenLogprob]:
+    return [ChatCompletionTokenLogprob(
+        token=tok, logprob=lp if lp is not None else 0.0, bytes=list(tok.encode()),
+        top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(t.encode()))
+                      for t, v in (c.top_logprobs[k] if c.top_logprobs else {}).items()])
+        for k, (tok, lp) in enumerate(zip(c.tokens, c.token_logprobs, strict=True))]
+
+
+def _completion_logprobs(c: GeneratedChoice) -> Logprobs:
+    # model_construct: with echo the first token has no log-probability, which the API sends as null (as OpenAI
+    # and vLLM do) but the package's type, List[float], does not admit
+    return Logprobs.model_construct(tokens=c.tokens, token_logprobs=c.token_logprobs, top_logprobs=c.top_logprobs,
+                                    text_offset=c.text_offset)
+
+
 def chat_response(model: str, gen: Generation, logprobs: bool) -> ChatCompletion:
     choices, completion_tokens = [], 0
     for i, c in enumerate(gen.choices):
         completion_tokens += c.completion_tokens
-        content = None
-        if logprobs:
-            content = [ChatCompletionTokenLogprob(
-                token=tok, logprob=lp if lp is not None else 0.0, bytes=list(tok.encode()),
-                top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(t.encode()))
-                              for t, v in (c.top_logprobs[k] if c.top_logprobs else {}).items()])
-                for k, (tok, lp) in enumerate(zip(c.tokens, c.token_logprobs, strict=True))]
         choices.append(ChatChoice(
             index=i, finish_reason=c.finish_reason,
             message=ChatCompletionMessage(role="assistant", content=c.text),
-            logprobs=ChoiceLogprobs(content=content) if logprobs else None))
+            logprobs=ChoiceLogprobs(content=_chat_logprobs(c)) if logprobs else None))
     return ChatCompletion(id=_new_id("chatcmpl"), object="chat.completion", created=int(time.time()), model=model,
                           choices=choices, usage=CompletionUsage(prompt_tokens=gen.prompt_tokens,
                                                                  completion_tokens=completion_tokens,
                                                                  total_tokens=gen.prompt_tokens + completion_tokens))
+
+
+class StreamChunks:
+    """One streamed answer's chunks in OpenAI's shapes (`text_completion` chunks for /completions,
+    `chat.completion.chunk` for chat), each an SSE `data:` line. Keeps what each choice has been sent, so the
+    last chunk of a choice carries the rest of its final text."""
+
+    def __init__(self, model: str, chat: bool, logprobs: bool) -> None:
+        self.model, self.chat, self.logprobs = model, chat, logprobs
+        self.id, self.created = _new_id("chatcmpl" if chat else "cmpl"), int(time.time())
+        self.sent: dict[int, str] = {}
+
+    @staticmethod
+    def event(data: dict | str) -> str:
+        return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+    def _chunk(self, choices: list, usage: CompletionUsage | None = None) -> str:
+        if self.chat:
+            chunk: Any = ChatCompletionChunk(id=self.id, object="chat.completion.chunk", created=self.created,
+                                             model=self.model, choices=choices, usage=usage)
+        else:  # model_construct: a choice's finish_reason is null until its last chunk, which the type does not admit
+            chunk = Completion.model_construct(id=self.id, object="text_completion", created=self.created,
+                                               model=self.model, choices=choices, usage=usage)
+        return self.event(chunk.model_dump(exclude_unset=not self.chat, exclude_none=False))
+
+    def _choice(self, index: int, text: str | None, finish_reason: str | None = None, choice: Any = None) -> Any:
+        if self.chat:
+            delta = ChoiceDelta(role="assistant", content="") if text is None else ChoiceDelta(content=text)
+            return ChunkChoice(index=index, delta=delta, finish_reason=finish_reason,
+                               logprobs=ChunkLogprobs(content=_chat_logprobs(choice))
+                               if choice is not None and self.logprobs else None)
+        return CompletionChoice.model_construct(
+            index=index, text=text or "", finish_reason=finish_reason,
+            logprobs=_completion_logprobs(choice) if choice is not None and self.logprobs else None)
+
+    def start(self, choices: int) -> list[str]:
+        """Chat's first chunks: each choice's role."""
+        return [self._chunk([self._choice(i, None)]) for i in range(choices)] if self.chat else []
+
+    def text(self, index: int, delta: str) -> str:
+        self.sent[index] = self.sent.get(index, "") + delta
+        return self._chunk([self._choice(index, delta)])
+
+    def finish(self, generations: list[Generation], usage: bool) -> list[str]:
+        """Each choice's last chunk (the rest of its text, why it ended, its logprobs when asked), the usage
+        chunk when asked, and [DONE]."""
+        out, index, prompt_tokens, completion_tokens = [], 0, 0, 0
+        for gen in generations:
+            prompt_tokens += gen.prompt_tokens
+            for c in gen.choices:
+                completion_tokens += c.completion_tokens
+                rest = c.text[len(self.sent.get(index, "")):]  # what was sent is a prefix of it (streamed_text)
+                out.append(self._chunk([self._choice(index, rest, c.finish_reason, c)]))
+                index += 1
+        if usage:
+            out.append(self._chunk([], CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                                       total_tokens=prompt_tokens + completion_tokens)))
+        return [*out, self.event("[DONE]")]
+
+    def error(self, err: APIError) -> str:
+        """An error after the stream began: OpenAI's error object as an event, and no [DONE] after it."""
+        return self.event(err.body())
