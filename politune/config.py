@@ -421,7 +421,8 @@ class ServeConfig(Section):
     max_adapters_per_replica: int = Field(
         4, ge=1, description="Adapters a model replica holds at once (@serve.multiplexed LRU; vllm: "
         "max_num_adapters_per_replica).")
-    max_batch_size: int = Field(8, ge=1, description="hf: requests a forward pass serves at most (@serve.batch).")
+    max_batch_size: int = Field(32, ge=1, description="hf: prompts a forward pass serves at most (@serve.batch and "
+                                "the replica's coalescing; a forced-choice request is 4). bench/serve.py --sweep.")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="hf: how long a batch waits to fill.")
     adapter_batching: Literal["mixed", "per_adapter"] = Field(
         "mixed", description="hf: mixed runs requests for different adapters in one forward pass (PEFT "
@@ -541,8 +542,9 @@ class EvaluateConfig(Section):
         1, ge=1, le=16, description="logprob: propositions of one model scored in one /completions request (4 "
         "prompts each); fewer requests, less HTTP overhead. A failed request fails its propositions.")
     concurrency: int = Field(2, ge=1, description="HTTP request actors (ray.data.llm) a pass.")
-    batch_size: int = Field(2, ge=1, description="Requests an HTTP actor keeps open at once: concurrency x batch_size "
-                            "is what the endpoint is sent at a time (the tiny model's hf app is fastest at about 4).")
+    batch_size: int = Field(8, ge=1, description="Requests an HTTP actor keeps open at once: concurrency x batch_size "
+                            "is what the endpoint is sent at a time (16: the fastest evaluate on the tiny model's hf "
+                            "app, whose throughput holds from 16 to 64 open; docs/benchmarks.md).")
     qps: int | None = Field(None, ge=1, description="Requests a second per actor; null: no limit.")
     max_retries: int = Field(3, ge=0, description="Retries of a request on 429/5xx or a lost connection.")
     request_num_cpus: float = Field(0.25, gt=0, description="CPUs an HTTP request actor asks Ray for.")

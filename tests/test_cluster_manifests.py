@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sys
 from pathlib import Path
@@ -208,3 +209,22 @@ def test_every_cluster_asks_for_rays_token_auth() -> None:
     for path in RAYJOBS:
         job = yaml.safe_load(path.read_text())
         assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}, path.name
+
+
+def test_the_grafana_dashboard_is_checked_whole_against_real_runs() -> None:
+    """Every panel target queries a metric of a family a real run's test checks (test_serve: Serve's; test_pipeline_job:
+    the stages', annotate's, training's), through the dashboard's Prometheus variable; panel ids are unique."""
+    from dashboard_check import DASHBOARD, FAMILIES, dashboard_queries
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    targets = [t for p in panels for t in p.get("targets", [])]
+    assert targets and len(dashboard_queries()) == len(targets)
+    for target in targets:
+        assert any(family in target["expr"] for family in FAMILIES), target["expr"]
+        assert target["datasource"]["uid"] == "${datasource}"
+    titles = " ".join(p["title"] for p in panels)
+    for wanted in ("Stage progress", "Annotation statuses", "Training loss", "Requests a second", "Queue wait",
+                   "Time to first token", "Adapter loads and evictions"):
+        assert wanted in titles, wanted

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import RAY, REPO, two_node_cluster
+from dashboard_check import dashboard_queries, series, unmatched
 from test_train import assert_checkpoint_folders, assert_checkpoints_registered
 
 pytestmark = pytest.mark.e2e
@@ -77,14 +78,17 @@ def job_status(head, job_id: str) -> str:
         return json.loads(response.read())["status"]
 
 
-def stage_items(urls: list[str]) -> dict[tuple[str, str], float]:
-    """politune_stage_items by (stage, kind), summed over the nodes' Prometheus endpoints."""
+def stage_items(urls: list[str], emitted: dict | None = None) -> dict[tuple[str, str], float]:
+    """politune_stage_items by (stage, kind), summed over the nodes' Prometheus endpoints; every politune series
+    seen goes into `emitted` too (the dashboard check)."""
     seen: dict[tuple[str, str], float] = {}
     for url in urls:
         try:
             text = urllib.request.urlopen(url, timeout=5).read().decode()
         except OSError:
             continue
+        if emitted is not None:
+            series(text, emitted)
         for line in text.splitlines():
             if line.startswith("ray_politune_stage_items") and 'run="job"' in line:
                 stage, kind = re.search(r'stage="(\w+)"', line)[1], re.search(r'kind="(\w+)"', line)[1]
@@ -92,14 +96,14 @@ def stage_items(urls: list[str]) -> dict[tuple[str, str], float]:
     return seen
 
 
-def watch(head, job_id: str, timeout_s: float, until: Callable[[], bool] | None = None
+def watch(head, job_id: str, timeout_s: float, until: Callable[[], bool] | None = None, emitted: dict | None = None
           ) -> tuple[str, dict[tuple[str, str], float]]:
     """Wait for a job to end (or `until()` to hold while it runs), reading the stage metrics meanwhile; the job's
     status then and the metrics seen."""
     seen: dict[tuple[str, str], float] = {}
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        for key, value in stage_items(head.metrics).items():
+        for key, value in stage_items(head.metrics, emitted).items():
             seen[key] = max(seen.get(key, 0), value)
         status = job_status(head, job_id)
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
@@ -129,7 +133,8 @@ def test_the_study_as_a_submitted_job_on_two_nodes_stopped_while_training_and_re
         def trained_two_saves() -> bool:  # the first save is surely reported to Ray Train once the second is on disk
             return len(list(checkpoints.glob("left-*/adapter_steps/step-*/adapter_model.safetensors"))) >= 2
 
-        status, seen = watch(head, job_id, timeout_s=1200, until=trained_two_saves)
+        emitted: dict = {}  # every politune series the nodes' endpoints showed during both jobs
+        status, seen = watch(head, job_id, timeout_s=1200, until=trained_two_saves, emitted=emitted)
         assert status == "RUNNING", job_logs(head, job_id)[-5000:]
         stopped = subprocess.run([RAY, "job", "stop", "--address", head.dashboard, job_id], env=head.env,
                                  capture_output=True, text=True, timeout=180)
@@ -146,7 +151,7 @@ def test_the_study_as_a_submitted_job_on_two_nodes_stopped_while_training_and_re
 
         # submitted again: the stages that were done are skipped, training resumes from its last save
         job_id = submit_no_wait(head, entrypoint)
-        status, seen_again = watch(head, job_id, timeout_s=1200)
+        status, seen_again = watch(head, job_id, timeout_s=1200, emitted=emitted)
         log = job_logs(head, job_id)
         assert status == "SUCCEEDED", log[-5000:]
         # every stage published its progress on the nodes' metrics endpoints, tagged by run and stage
@@ -155,6 +160,9 @@ def test_the_study_as_a_submitted_job_on_two_nodes_stopped_while_training_and_re
         for stage, kind in (("ingest", "rows_read"), ("annotate", "documents"), ("synthesize", "pair_drafts"),
                             ("train", "steps"), ("serve", "requests"), ("evaluate", "answers")):
             assert seen.get((stage, kind), 0) > 0, (stage, kind, seen)
+        # the Grafana dashboard's stage, annotation and training panels query what this run emitted
+        stage_panels = dashboard_queries("ray_politune_stage_") + dashboard_queries("ray_politune_annotate_")
+        assert not unmatched(stage_panels, emitted), unmatched(stage_panels, emitted)
         for line in ("train:      adapter 'left'", "evaluate:   ", "compass:    "):
             assert line in log, line  # the job log is the console's summary
         assert re.search(r"^train:\s+done in \d+ s · .*steps", log, re.M)

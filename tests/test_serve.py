@@ -18,6 +18,7 @@ from pathlib import Path
 import openai
 import pytest
 from conftest import SERVE_TOKEN, SERVE_TOKEN_ENV, free_port
+from dashboard_check import dashboard_queries, series, unmatched
 
 from politune.config import TinyModelConfig, build_config
 from politune.models.random_adapters import register_random_adapters
@@ -375,8 +376,13 @@ def test_a_cancelled_request_frees_its_slot_and_metrics_are_tagged_by_model(serv
     status, answer = call(f"{server['url']}/completions", {"model": "tiny", "prompt": "then", "max_tokens": 2})
     assert status == 200, answer
 
+    # a third adapter on a replica that holds two: one is evicted
+    register_random_adapters(server["cfg"].run_uri, server["tiny"], ["third"], seed=300)
+    for model in ("tiny:left", "tiny:right", "tiny:third"):
+        assert call(f"{server['url']}/completions", {"model": model, "prompt": "x", "max_tokens": 1})[0] == 200
+
     metrics_port = ray_local.nodes()[0]["MetricsExportPort"]
-    wanted = ('status="499"', 'model="tiny:right"'), ("politune_serve_adapter_loads",), (
+    wanted = ("politune_serve_adapter_evictions",), ('status="499"', 'model="tiny:right"'), ("politune_serve_adapter_loads",), (
         "politune_serve_tokens_out", 'model="tiny:left"'), ("politune_serve_request_seconds", 'model="tiny"'), (
         "politune_serve_cancelled_requests", 'model="tiny:right"'), (
         "politune_serve_cancelled_requests", 'model="tiny:left"'), ('status="499"', 'model="tiny:left"'), (
@@ -393,6 +399,8 @@ def test_a_cancelled_request_frees_its_slot_and_metrics_are_tagged_by_model(serv
         assert any(all(w in line for w in want) for line in lines), (want, lines[:20])
     assert any('status="200"' in line and 'model="tiny:left"' in line and "politune_serve_requests" in line
                for line in lines)
+    # the Grafana dashboard's Serve panels query what this run emitted (names, labels, label values)
+    assert not unmatched(dashboard_queries("ray_politune_serve_"), series(text))
 
 
 def test_a_failure_after_the_stream_began_is_an_error_event(server: dict) -> None:

@@ -76,7 +76,8 @@ class ReportCheckpoints(TrainerCallback):
 
 
 class StageProgress(TrainerCallback):
-    """Rank 0's steps and latest loss on Ray's metrics endpoint (engines/metrics.py), tagged by run and stage."""
+    """Rank 0's steps and latest loss on Ray's metrics endpoint (engines/metrics.py), tagged by run and stage; the
+    loss and the step reached also by adapter (`loss:<adapter>`, `step:<adapter>`: the dashboard's training panels)."""
 
     def __init__(self, run_id: str, adapter: str) -> None:
         self.metrics = StageMetrics(run_id, "train")
@@ -85,6 +86,7 @@ class StageProgress(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if ray.train.get_context().get_world_rank() == 0:
             self.metrics.count("steps")
+            self.metrics.set(f"step:{self.adapter}", state.global_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if ray.train.get_context().get_world_rank() == 0 and logs and "loss" in logs:
