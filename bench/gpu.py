@@ -15,13 +15,16 @@ In one run:
    pairs) through plain TRL (the trainer a Ray worker builds, in this process) and through Ray Train (1 worker):
    tokens/s (TRL's own count over its train_runtime), 6 x parameters FLOPs a token as a share of the ceiling,
    peak memory, and Ray Train / plain TRL;
-6. with --sweep, the training levers (LEVERS: Liger's kernels and flash-attention against sdpa, larger per-device
+6. with --serve, the Serve hf app on the same model (bf16 on the GPU, one replica of one GPU, two random LoRA
+   adapters): bench/serve.py's concurrency sweep, forced-choice scoring and 64-token generations, one adapter and a
+   mix of three, requests/s, tokens/s and p50/p99 latency from 1 to 64 open requests;
+7. with --sweep, the training levers (LEVERS: Liger's kernels and flash-attention against sdpa, larger per-device
    batches at the same effective batch, activation checkpointing) in short plain-TRL runs, each as a share of the
    ceiling; with --profile, plain TRL under torch's profiler, its time summarised by kernel.
 
 It prints a table and writes JSON (`--json`; on a GPU with the 8B shape, bench/results/gpu.json by default: what
-`politune plan` reads its measured MFUs from). Not measured here: the Serve hf app under concurrency (bench/serve.py
-on CPU) and the vllm engines (vLLM cannot travel to the GPU machine).
+`politune plan` reads its measured MFUs from). Not measured here: the vllm engines (vLLM cannot travel to the GPU
+machine).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import json
 import os
 import platform
 import re
+import socket
 import tempfile
 import time
 from datetime import date
@@ -254,6 +258,37 @@ def bench_ray_train(raw: dict[str, Any]) -> dict[str, Any]:
             "losses": [e["loss"] for e in log if "loss" in e], "wall": time.perf_counter() - start}
 
 
+def bench_serve(model: Path, workdir: Path, device: str, dtype: str, concurrencies: list[int]) -> dict[str, Any]:
+    """bench/serve.py's sweep against the hf Serve app on this model: one replica (a GPU on cuda), two adapters."""
+    import sys
+
+    from ray import serve
+
+    from politune.models.random_adapters import register_random_adapters
+    from politune.serve.app import APP_NAME, start_serving
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serve import print_sweep, sweep  # bench/serve.py
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    on_gpu = device.startswith("cuda")
+    cfg = build_config({"run_id": "bench-serve", "storage_root": str(workdir / "runs"), "dtype": dtype,
+                        "serve": {"base_model": str(model), "model_id": "bench", "port": port, "max_tokens": 64,
+                                  "gpus_per_replica": 1 if on_gpu else 0}})
+    register_random_adapters(cfg.run_uri, model, ["left", "right"], base_model=str(model))
+    serving = start_serving(cfg)
+    try:
+        rows = sweep(f"{serving.base_url}/completions", {"one adapter": ["bench:left"],
+                                                         "mix of three": ["bench:left", "bench:right", "bench"]},
+                     tuple(concurrencies), scale=1.0 if on_gpu else 0.25)
+    finally:
+        serve.delete(APP_NAME)
+    print_sweep(rows, f"Serve hf app on this model ({dtype}), one replica")
+    return {"rows": rows}
+
+
 def shares(run: dict[str, Any], params: float, ceiling: float) -> None:
     """A training run's tokens/s, its TFLOP/s at 6 x parameters FLOPs a token, and that as a share of the ceiling."""
     run["tokens_per_s"] = run["tokens"] / run["train_runtime"]
@@ -270,6 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sweep", action="store_true",
                         help="also compare the training levers (LEVERS: kernels, per-device batch, checkpointing) in "
                         "short plain-TRL runs (about 4 more minutes on the 8B shape)")
+    parser.add_argument("--serve", action="store_true",
+                        help="also sweep the Serve hf app on the model from 1 to 64 open requests (bench/serve.py)")
+    parser.add_argument("--serve-concurrency", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64])
     parser.add_argument("--profile", action="store_true",
                         help="run plain TRL under torch's profiler and summarise where its time went, by kernel")
     parser.add_argument("--json", type=Path, default=None,
@@ -296,6 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         annotate["share_of_ceiling"] = annotate["tflops"] / figures["ceiling_tflops"]
         figures["annotate"] = annotate
         figures["synthesize"] = bench_writer(model, args.device, args.dtype, texts[:w["pairs_posts"]])
+        if args.serve:
+            figures["serve"] = bench_serve(model, workdir, args.device, args.dtype, args.serve_concurrency)
         raw = train_config(workdir, model, args.size, args.device)
         from politune.synthesize import synthesize_preferences
 

@@ -21,13 +21,18 @@ def test_the_gpu_bench_runs_on_cpu_and_leaves_the_plans_mfus_assumed(ray_local, 
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "gpu.json"
-    figures = bench.main(["--device", "cpu", "--size", "tiny", "--json", str(out), "--sweep", "--profile"])
+    figures = bench.main(["--device", "cpu", "--size", "tiny", "--json", str(out), "--sweep", "--profile", "--serve",
+                          "--serve-concurrency", "1", "4"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(figures))
     assert figures["dtype"] == "float32" and figures["ceiling_tflops"] > 0 and figures["parameters"] > 2e5
     annotate = figures["annotate"]
     assert annotate["posts"] == bench.WORK["tiny"]["posts"] and annotate["posts_per_s"] > 0
     assert 0 < annotate["share_of_ceiling"] < 1 and annotate["prompt_tokens"] > 3 * annotate["posts"]
     assert figures["synthesize"]["pairs"] == bench.WORK["tiny"]["pairs_posts"]
+    served = figures["serve"]["rows"]  # every kind x model set x concurrency, every request answered
+    assert {(r["kind"], r["set"], r["concurrency"]) for r in served} == {
+        (k, m, c) for k in ("score", "generate") for m in ("one adapter", "mix of three") for c in (1, 4)}
+    assert all(r["ok"] == r["requests"] and not r["failed"] and r["tokens_per_s"] > 0 for r in served)
     plain, ray = figures["train"]["plain_trl"], figures["train"]["ray_train"]
     for run in (plain, ray):
         assert run["steps"] == bench.WORK["tiny"]["steps"] and run["tokens"] > 0 and 0 < run["share_of_ceiling"] < 1

@@ -382,7 +382,8 @@ def test_a_cancelled_request_frees_its_slot_and_metrics_are_tagged_by_model(serv
         assert call(f"{server['url']}/completions", {"model": model, "prompt": "x", "max_tokens": 1})[0] == 200
 
     metrics_port = ray_local.nodes()[0]["MetricsExportPort"]
-    wanted = ("politune_serve_adapter_evictions",), ('status="499"', 'model="tiny:right"'), ("politune_serve_adapter_loads",), (
+    wanted = ("politune_serve_adapter_evictions",), ('status="499"', 'model="tiny:right"'), (
+        "politune_serve_adapter_loads",), (
         "politune_serve_tokens_out", 'model="tiny:left"'), ("politune_serve_request_seconds", 'model="tiny"'), (
         "politune_serve_cancelled_requests", 'model="tiny:right"'), (
         "politune_serve_cancelled_requests", 'model="tiny:left"'), ('status="499"', 'model="tiny:left"'), (

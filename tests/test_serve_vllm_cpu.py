@@ -271,6 +271,14 @@ def test_errors_come_in_openai_shape(server: Server) -> None:
     assert status == 400 and body["error"]["param"] == "max_tokens"
     status, body = call(server, "GET", "/no-such-route")
     assert status == 404 and set(body["error"]) == {"message", "type", "param", "code"}
+    # what no tokenizer can take never reaches vLLM: a lone surrogate (either route), an empty prompt
+    status, body = call(server, "POST", "/completions", raw=b'{"model": "tiny", "prompt": "a \\ud800"}')
+    assert status == 400 and body["error"]["param"] == "prompt", body
+    status, body = call(server, "POST", "/chat/completions", raw=b'{"model": "tiny", "messages": [{"role": "user", '
+                        b'"content": "\\udc00"}]}')
+    assert status == 400 and body["error"]["message"].startswith("messages.0.content"), body
+    status, body = call(server, "POST", "/completions", {**ok, "prompt": ""})
+    assert status == 400 and body["error"]["param"] == "prompt", body
     # vLLM's own refusal: a prompt over max_model_len (256 tokens)
     status, body = call(server, "POST", "/completions", {**ok, "prompt": "budget reform " * 400})
     assert status == 400 and "256" in body["error"]["message"] and "detail" not in body
@@ -288,6 +296,18 @@ def test_the_openai_client_works_against_it(server: Server) -> None:
     assert chat.choices[0].message.content is not None
     with pytest.raises(NotFoundError, match="known ids"):
         client.completions.create(model="tiny:../right", prompt=PROMPT, max_tokens=2)
+    # streamed (ray.serve.llm's own streaming, behind the guard): the chunks make the answer, usage last when asked
+    whole = client.completions.create(model="tiny:left", prompt=PROMPT, max_tokens=6, temperature=0)
+    chunks = list(client.completions.create(model="tiny:left", prompt=PROMPT, max_tokens=6, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.text for chunk in chunks for c in chunk.choices) == whole.choices[0].text
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    parts = list(client.chat.completions.create(model="tiny:right", messages=[{"role": "user", "content": PROMPT}],
+                                                max_tokens=4, temperature=0, stream=True, logprobs=True))
+    assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
+    assert any(p.choices and p.choices[0].logprobs for p in parts)
+    with pytest.raises(NotFoundError):
+        list(client.completions.create(model="tiny:nope", prompt=PROMPT, max_tokens=2, stream=True))
 
 
 def test_gpu_presets_make_configs_ray_serve_llm_accepts() -> None:
