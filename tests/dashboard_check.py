@@ -1,7 +1,7 @@
 """The Grafana dashboard (cluster/grafana-dashboard.json) against what a real run emits: every metric a panel
 queries must be one the code exports, with the labels and label values the query selects on. The series come from
-the Prometheus text of Ray's metrics endpoints during a real run (test_serve: Serve's metrics; test_pipeline_job:
-the stages', annotate's and training's)."""
+the Prometheus text of Ray's metrics endpoints during a real run (test_serve: Serve's metrics; test_annotate:
+annotation's, in generate mode; test_pipeline_job: the stages' and training's)."""
 
 from __future__ import annotations
 

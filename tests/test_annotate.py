@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from dashboard_check import dashboard_queries, series, unmatched
 
 from politune.annotate import annotate_documents
 from politune.config import build_config
@@ -70,22 +71,26 @@ def test_logprob_mode_scores_every_document_once(ray_local, tiny_model: Path, tm
 
 
 def test_metrics_reach_the_ray_metrics_endpoint(ray_local, tiny_model: Path, tmp_path: Path) -> None:
+    """In generate mode (the one that emits every annotate metric, generated tokens too); the Grafana dashboard's
+    annotation panels query what this run emitted."""
     import urllib.request
 
-    cfg = run_config(tmp_path, tiny_model, 40, mode="logprob")
+    cfg = run_config(tmp_path, tiny_model, 16, mode="generate")
     ingest_corpus(cfg)
     annotate_documents(cfg)
     port = ray_local.nodes()[0]["MetricsExportPort"]
     deadline, text = time.time() + 90, ""
+    wanted = ("politune_annotate_posts", "politune_annotate_batch_seconds", "politune_annotate_tokens_out")
     while time.time() < deadline:  # Ray exports custom metrics every few seconds
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        if "politune_annotate_posts" in text and "politune_annotate_batch_seconds" in text:
+        if all(name in text for name in wanted):
             break
         time.sleep(3)
     lines = [line for line in text.splitlines() if line.startswith("ray_politune_annotate_posts")
              or line.startswith("politune_annotate_posts")]
-    assert any('status="ok"' in line and 'model="tiny"' in line for line in lines), lines[:5]
+    assert any('status="' in line and 'model="tiny"' in line and 'run="a"' in line for line in lines), lines[:5]
     assert "politune_annotate_tokens_in" in text
+    assert not unmatched(dashboard_queries("ray_politune_annotate_"), series(text))
 
 
 def test_a_watched_stage_shows_its_live_counts(ray_local, tiny_model: Path, tmp_path: Path, monkeypatch) -> None:

@@ -212,8 +212,9 @@ def test_every_cluster_asks_for_rays_token_auth() -> None:
 
 
 def test_the_grafana_dashboard_is_checked_whole_against_real_runs() -> None:
-    """Every panel target queries a metric of a family a real run's test checks (test_serve: Serve's; test_pipeline_job:
-    the stages', annotate's, training's), through the dashboard's Prometheus variable; panel ids are unique."""
+    """Every panel target queries a metric of a family a real run's test checks (test_serve: Serve's; test_annotate:
+    annotation's; test_pipeline_job: the stages' and training's), through the dashboard's Prometheus variable; panel
+    ids are unique."""
     from dashboard_check import DASHBOARD, FAMILIES, dashboard_queries
 
     dashboard = json.loads(DASHBOARD.read_text())

@@ -160,9 +160,9 @@ def test_the_study_as_a_submitted_job_on_two_nodes_stopped_while_training_and_re
         for stage, kind in (("ingest", "rows_read"), ("annotate", "documents"), ("synthesize", "pair_drafts"),
                             ("train", "steps"), ("serve", "requests"), ("evaluate", "answers")):
             assert seen.get((stage, kind), 0) > 0, (stage, kind, seen)
-        # the Grafana dashboard's stage, annotation and training panels query what this run emitted
-        stage_panels = dashboard_queries("ray_politune_stage_") + dashboard_queries("ray_politune_annotate_")
-        assert not unmatched(stage_panels, emitted), unmatched(stage_panels, emitted)
+        # the Grafana dashboard's stage and training panels query what this run emitted (annotation's: test_annotate,
+        # in generate mode)
+        assert not unmatched(dashboard_queries("ray_politune_stage_"), emitted)
         for line in ("train:      adapter 'left'", "evaluate:   ", "compass:    "):
             assert line in log, line  # the job log is the console's summary
         assert re.search(r"^train:\s+done in \d+ s · .*steps", log, re.M)
