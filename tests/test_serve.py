@@ -218,6 +218,32 @@ def test_text_a_tokenizer_cannot_take_is_400_and_an_empty_prompt_is_answered(ser
     assert status == 200, body
 
 
+def test_token_id_prompts_score_as_their_text_does(server: dict) -> None:
+    """A list of ints is one prompt, a list of lists many (what lm-evaluation-harness sends); with echo and logprobs
+    they score as the same text does; an id outside the vocabulary is a 400 naming its index."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(server["tiny"])
+    texts = ["Taxes should be lower", "The border should be open"]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    body = {"model": "tiny:left", "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
+    status, by_text = call(f"{server['url']}/completions", {**body, "prompt": texts})
+    assert status == 200, by_text
+    status, by_ids = call(f"{server['url']}/completions", {**body, "prompt": ids})
+    assert status == 200, by_ids
+    for a, b in zip(by_text["choices"], by_ids["choices"], strict=True):
+        assert a["text"] == b["text"] and a["logprobs"]["tokens"] == b["logprobs"]["tokens"]
+        assert a["logprobs"]["token_logprobs"][1:] == pytest.approx(b["logprobs"]["token_logprobs"][1:], abs=1e-5)
+    status, one = call(f"{server['url']}/completions", {**body, "prompt": ids[1]})
+    assert status == 200 and one["choices"][0]["text"] == by_ids["choices"][1]["text"], one
+    status, refused = call(f"{server['url']}/completions", {**body, "prompt": [ids[0], [5, 99_999]]})
+    assert status == 400 and refused["error"]["message"].startswith("prompt.1.1: token id 99999 is outside"), refused
+    status, refused = call(f"{server['url']}/completions", {**body, "prompt": [[1, 2], []]})
+    assert status == 400 and "prompt.1: empty" in refused["error"]["message"], refused
+    status, refused = call(f"{server['url']}/completions", {**body, "prompt": [1, -2]})
+    assert status == 400 and refused["error"]["param"] == "prompt", refused
+
+
 def test_openai_client_streams_completions_and_chat(server: dict) -> None:
     """stream=True through the openai SDK: the chunks put together are the answer the same request gets whole,
     with usage last when asked, and log-probabilities in the chunks when asked."""
@@ -413,6 +439,7 @@ def test_a_failure_after_the_stream_began_is_an_error_event(server: dict) -> Non
     cfg = server["cfg"]
     register(cfg.run_uri, AdapterEntry(name="unloadable", side="left", method="dpo", base_model="tiny",
                                        path=join(cfg.run_uri, "adapters", "gone"), config_hash="x", metrics={}))
+    time.sleep(1.1)  # the server re-reads the registry at most once a second
     body = {"model": "tiny:unloadable", "prompt": "x", "max_tokens": 4, "stream": True}
     request = urllib.request.Request(f"{server['url']}/completions", data=json.dumps(body).encode(), headers={
         "Content-Type": "application/json", "Authorization": f"Bearer {SERVE_TOKEN}"})

@@ -140,11 +140,11 @@ class OpenAIIngress:
         served, max_tokens = self._resolve(data, data.max_tokens, 16, tags)
         if max_tokens == 0 and not data.echo:
             raise APIError(400, "max_tokens: 0 needs echo: true (to score the prompt)", param="max_tokens")
-        prompts = [data.prompt] if isinstance(data.prompt, str) else data.prompt
         requests = [GenerationRequest(
-            request_id=uuid.uuid4().hex, adapter=served.adapter_name, prompt=prompt, max_tokens=max_tokens,
-            temperature=data.temperature, top_p=data.top_p, n=data.n, stop=data.stop, seed=data.seed,
-            logprobs=data.logprobs, echo=data.echo) for prompt in prompts]
+            request_id=uuid.uuid4().hex, adapter=served.adapter_name, where=field,
+            prompt=prompt if isinstance(prompt, str) else None, prompt_ids=None if isinstance(prompt, str) else prompt,
+            max_tokens=max_tokens, temperature=data.temperature, top_p=data.top_p, n=data.n, stop=data.stop,
+            seed=data.seed, logprobs=data.logprobs, echo=data.echo) for field, prompt in data.prompts()]
         if data.stream:
             chunks = StreamChunks(served.model_id, False, data.logprobs is not None)
             return await self._stream(request, served, requests, chunks, data, tags)
@@ -157,7 +157,8 @@ class OpenAIIngress:
                                            tags)
         top = data.top_logprobs if data.logprobs else None
         requests = [GenerationRequest(
-            request_id=uuid.uuid4().hex, adapter=served.adapter_name, messages=[m.model_dump(exclude_none=True)
+            request_id=uuid.uuid4().hex, adapter=served.adapter_name, where="messages",
+            messages=[m.model_dump(exclude_none=True)
                                                                              for m in data.messages],
             max_tokens=max_tokens, temperature=data.temperature, top_p=data.top_p, n=data.n, stop=data.stop,
             seed=data.seed, logprobs=(top or 0) if data.logprobs else None)]

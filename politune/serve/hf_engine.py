@@ -165,6 +165,15 @@ class AdapterModel:
             ids = [start if start is not None else self.tokenizer.eos_token_id]
         return ids
 
+    def check_ids(self, ids: list[int], field: str) -> None:
+        """ValueError naming the field and index of the first token id the model has no embedding for."""
+        if not ids:
+            raise ValueError(f"{field}: empty; send at least one token")
+        vocab = self.base.get_input_embeddings().num_embeddings
+        for k, token in enumerate(ids):
+            if token >= vocab:
+                raise ValueError(f"{field}.{k}: token id {token} is outside the vocabulary (0 to {vocab - 1})")
+
     def token_text(self, token_id: int) -> str:
         """A token's own text (echoed prompts list every token: a decode call each would cost more than the model)."""
         text = self._token_texts.get(token_id)

@@ -149,7 +149,7 @@ class HFModelServer:
             try:
                 self._rows(request, Generation())
             except ValueError as err:
-                yield ("error", 400, str(err), "prompt" if request.prompt is not None else "messages")
+                yield ("error", 400, str(err), request.where.split(".")[0])
                 return
         yield ("accepted",)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -171,7 +171,7 @@ class HFModelServer:
                   events: asyncio.Queue) -> Callable[[Row, list[int]], None]:
         """Called from the generating thread with a row and its tokens so far: queues what its text gained."""
         sent: dict[int, int] = {}
-        echo = request.prompt or "" if request.echo else ""
+        echo = self._prompt_text(request) if request.echo else ""
 
         def on_tokens(row: Row, tokens: list[int]) -> None:
             choice = index * request.n + row.choice
@@ -192,7 +192,7 @@ class HFModelServer:
             try:
                 rows.extend((i, row) for row in self._rows(req, results[i]))
             except ValueError as err:
-                results[i].error = (400, str(err), "prompt" if req.prompt is not None else "messages")
+                results[i].error = (400, str(err), req.where.split(".")[0])
         for name in sorted({row.adapter for _, row in rows if row.adapter}):
             try:
                 await self.get_adapter(name)
@@ -227,10 +227,17 @@ class HFModelServer:
         self.stage_metrics.count("requests", sum(1 for r in results if r.error is None))
         return results
 
+    def _prompt_text(self, req: GenerationRequest) -> str:
+        """What echo puts before the answer: the prompt as sent, or its token ids decoded."""
+        if req.prompt_ids is not None:
+            return self.engine.tokenizer.decode(req.prompt_ids)
+        return req.prompt or ""
+
     def _rows(self, req: GenerationRequest, result: Generation) -> list[Row]:
         """A request's n rows; ValueError when its prompt is over the limits."""
         s = self.serve_cfg
-        ids = self.engine.prompt_ids(req.prompt, req.messages)
+        ids = self.engine.prompt_ids(req.prompt, req.messages) if req.prompt_ids is None else req.prompt_ids
+        self.engine.check_ids(ids, req.where)
         result.prompt_tokens = len(ids)
         if len(ids) > s.max_prompt_tokens:
             raise ValueError(f"the prompt is {len(ids)} tokens; this server takes at most {s.max_prompt_tokens} "
@@ -241,7 +248,8 @@ class HFModelServer:
                              f"model's context of {limit} tokens")
         rows = [Row(request_id=req.request_id, prompt_ids=ids, adapter=req.adapter, max_tokens=req.max_tokens,
                     temperature=req.temperature, top_p=req.top_p, seed=choice_seed(req.seed, k), stop=req.stop,
-                    logprobs=req.logprobs, echo=req.echo, prompt_text=req.prompt or "", choice=k)
+                    logprobs=req.logprobs, echo=req.echo, choice=k,
+                    prompt_text=self._prompt_text(req))
                 for k in range(req.n)]
         streamer = self.streams.get(req.request_id)
         if streamer is not None:

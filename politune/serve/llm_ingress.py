@@ -6,8 +6,9 @@ What it adds to ray.serve.llm's `OpenAiIngress`, which routes any `<base>:<anyth
   reaches an LLMServer: `tiny:../x` or `tiny:s3://...` is a 404 listing the served ids, never an S3 lookup;
 - /v1/models lists the base and every registered adapter, with the registry's side, method and metrics;
 - the bearer token ($<serve.api_key_env>, read in the replica) is checked before anything else runs (401);
-- max_tokens and n over the serve section's limits are a 400; malformed JSON and bad fields a 400; so are text no
-  tokenizer can take (a lone surrogate, anywhere in the request) and an empty prompt, before they reach vLLM;
+- max_tokens and n over the serve section's limits are a 400; malformed JSON and bad fields a 400; so is text no
+  tokenizer can take (a lone surrogate, anywhere in the request), before it reaches vLLM (an empty prompt is
+  vLLM's own 400);
 - every error is OpenAI's `{"error": {message, type, param, code}}`, not `{"detail": ...}`.
 """
 
@@ -54,9 +55,6 @@ class GuardedIngress(OpenAiIngress):
         if where is not None:
             raise APIError(400, f"{where}: not valid Unicode text (a lone surrogate such as \\ud800); send UTF-8 text",
                            param=where.split(".")[0])
-        prompt = sent.get("prompt")
-        if prompt == "" or (isinstance(prompt, list) and "" in prompt):
-            raise APIError(400, "prompt: empty; send at least one character (or token)", param="prompt")
         for field, limit, setting in (("max_tokens", self.max_tokens, "max_tokens"),
                                       ("max_completion_tokens", self.max_tokens, "max_tokens"),
                                       ("n", self.max_n, "max_n")):

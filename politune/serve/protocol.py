@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from openai.types import Completion, CompletionChoice, CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ChatCompletionTokenLogprob
@@ -65,17 +65,28 @@ class _Request(BaseModel):
         return self
 
 
+TokenIds = list[Annotated[int, Field(ge=0)]]
+
+
 class CompletionRequest(_Request):
-    prompt: str | list[str] = Field(..., description="A prompt, or a list of prompts (one choice each).")
+    prompt: str | list[str] | TokenIds | list[TokenIds] = Field(
+        ..., description="A prompt, a list of prompts (one choice each), or the same as token ids: a list of ints "
+        "is one prompt, a list of such lists many.")
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @field_validator("prompt")
     @classmethod
-    def _prompts(cls, prompt: str | list[str]) -> str | list[str]:
+    def _prompts(cls, prompt: str | list) -> str | list:
         if isinstance(prompt, list) and not prompt:
             raise ValueError("at least one prompt")
         return prompt
+
+    def prompts(self) -> list[tuple[str, str | list[int]]]:
+        """Each prompt with the field that holds it (`prompt`, `prompt.2`): text, or token ids."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [("prompt", self.prompt)]
+        return [(f"prompt.{i}", p) for i, p in enumerate(self.prompt)]
 
 
 class ChatMessage(BaseModel):
@@ -144,6 +155,8 @@ class GenerationRequest:
     request_id: str
     adapter: str | None           # a registry name, or None for the base
     prompt: str | None = None
+    prompt_ids: list[int] | None = None  # a prompt sent as token ids
+    where: str = "prompt"         # the field that holds it, for errors: prompt, prompt.2, messages
     messages: list[dict] | None = None
     max_tokens: int = 16
     temperature: float = 1.0
