@@ -478,11 +478,26 @@ class ExternalModel(Section):
                              description="Environment variable holding its API key (the key never goes in a config).")
 
 
+class CapabilityConfig(Section):
+    """General capability beside the compass: lm-evaluation-harness tasks asked of every model of the run through
+    the same endpoint (its `local-completions` model), scored by log-likelihood. Needs `politune[capability]`."""
+
+    tasks: list[str] = Field(
+        default_factory=list, description="Harness task names, e.g. [hellaswag, arc_easy] (their data from the "
+        "Hugging Face hub or cache), or the project's own offline politune_sides. Empty: no capability pass.")
+    limit: int | None = Field(None, ge=1, description="Documents a task at most (the harness's limit); null: all.")
+    batch_size: int = Field(16, ge=1, description="Prompts the harness sends in one /completions request.")
+    num_concurrent: int = Field(4, ge=1, description="Requests the harness keeps open at once.")
+    tokenizer: str | None = Field(None, description="The tokenizer the harness counts tokens with; default: the "
+                                  "served base model's.")
+
+
 class EvaluateConfig(Section):
     """Where the models stand: the Political Compass Test and the project's own instrument, answered by forced
     choice (logprob) or free text mapped by a judge (generate), and open probe questions scored by the judge.
     Every model of the run (the base and each registered adapter) is asked through an OpenAI-compatible endpoint."""
 
+    capability: CapabilityConfig = Field(default_factory=CapabilityConfig)
     instruments: list[Literal["politune", "pct"]] = Field(
         default_factory=lambda: ["politune"], min_length=1,
         description="politune: the project's own 64 propositions (shipped); pct: the Political Compass Test, "

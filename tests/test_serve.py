@@ -25,7 +25,7 @@ from politune.models.random_adapters import register_random_adapters
 from politune.world.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
-LIMITS = {"max_prompt_tokens": 48, "max_tokens": 1000, "max_n": 2, "max_batch_size": 8, "max_ongoing_requests": 4,
+LIMITS = {"max_prompt_tokens": 160, "max_tokens": 1000, "max_n": 2, "max_batch_size": 8, "max_ongoing_requests": 4,
           "max_queued_requests": 8, "max_adapters_per_replica": 2}
 
 
@@ -188,7 +188,7 @@ def test_unknown_or_path_like_model_ids_are_404_listing_the_known_ones(server: d
     (b'{"model": "tiny", "prompt": ["ok", "\\udc00"]}', 400, "prompt.1: not valid Unicode"),
     ({"model": "tiny", "prompt": "hi", "max_tokens": 1001}, 400, "serve.max_tokens"),
     ({"model": "tiny", "prompt": "hi", "n": 3}, 400, "serve.max_n"),
-    ({"model": "tiny", "prompt": "word " * 60}, 400, "serve.max_prompt_tokens"),
+    ({"model": "tiny", "prompt": "word " * 200}, 400, "serve.max_prompt_tokens"),
     ({"model": 7, "prompt": "hi"}, 400, "model"),
 ])
 def test_bad_requests_are_400_naming_the_problem(server: dict, body, status: int, names: str) -> None:
@@ -244,6 +244,50 @@ def test_token_id_prompts_score_as_their_text_does(server: dict) -> None:
     assert status == 400 and refused["error"]["param"] == "prompt", refused
 
 
+def test_the_harness_scores_base_and_adapter_through_it_as_a_direct_computation_does(server: dict,
+                                                                                     tmp_path: Path) -> None:
+    """lm-evaluation-harness's local-completions (token-id prompts, echo, logprobs) on the project's offline task,
+    for the base and an adapter, against the same task scored directly with transformers and PEFT."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from politune.config import CapabilityConfig
+    from politune.evaluate.capability import load_tasks, measure_capability
+    from politune.storage import resolve
+
+    limit = 16
+    found = measure_capability(CapabilityConfig(tasks=["politune_sides"], limit=limit, batch_size=8),
+                               ["tiny", "tiny:left"], server["url"], str(server["tiny"]), SERVE_TOKEN_ENV)
+    assert found["harness"] and found["task_versions"]["politune_sides"] == 1.0 and found["documents"]
+    [task] = load_tasks(["politune_sides"]).values()
+    docs = list(task.eval_docs)[:limit]
+    tokenizer = AutoTokenizer.from_pretrained(server["tiny"])
+    adapter = tmp_path / "left"
+    adapter.mkdir()
+    fs, path = resolve(f"{server['cfg'].run_uri}/adapters/left")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        with fs.open_input_stream(f"{path}/{name}") as src:
+            (adapter / name).write_bytes(src.read())
+    base = AutoModelForCausalLM.from_pretrained(server["tiny"])
+    models = {"tiny": base, "tiny:left": PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(
+        server["tiny"]), str(adapter))}
+    for model_id, model in models.items():
+        right = 0
+        for doc in docs:
+            context = task.doc_to_text(doc)
+            logliks = []
+            for choice in task.doc_to_choice(doc):
+                whole = tokenizer(context + " " + choice)["input_ids"]
+                n_context = len(tokenizer(context)["input_ids"])
+                with torch.no_grad():
+                    logits = model(torch.tensor([whole])).logits[0].log_softmax(-1)
+                logliks.append(sum(logits[t - 1, whole[t]].item() for t in range(n_context, len(whole))))
+            right += int(max(range(len(logliks)), key=logliks.__getitem__) == task.doc_to_target(doc))
+        assert found["scores"][model_id]["politune_sides"]["acc"] == pytest.approx(right / limit), model_id
+        assert "acc_stderr" in found["scores"][model_id]["politune_sides"]
+
+
 def test_openai_client_streams_completions_and_chat(server: dict) -> None:
     """stream=True through the openai SDK: the chunks put together are the answer the same request gets whole,
     with usage last when asked, and log-probabilities in the chunks when asked."""
@@ -284,14 +328,14 @@ def test_openai_client_streams_completions_and_chat(server: dict) -> None:
 def test_a_stream_refused_before_its_first_chunk_is_an_http_error(server: dict) -> None:
     api = client(server)
     with pytest.raises(openai.BadRequestError, match="serve.max_prompt_tokens"):
-        list(api.completions.create(model="tiny", prompt="word " * 60, max_tokens=2, stream=True))
+        list(api.completions.create(model="tiny", prompt="word " * 200, max_tokens=2, stream=True))
     with pytest.raises(openai.NotFoundError):
         list(api.chat.completions.create(model="tiny:nope", messages=[{"role": "user", "content": "x"}], stream=True))
 
 
 def test_chat_over_the_prompt_limit_is_400(server: dict) -> None:
     status, body = call(f"{server['url']}/chat/completions", {
-        "model": "tiny:left", "messages": [{"role": "user", "content": "word " * 60}], "max_tokens": 2})
+        "model": "tiny:left", "messages": [{"role": "user", "content": "word " * 200}], "max_tokens": 2})
     assert status == 400 and "serve.max_prompt_tokens" in body["error"]["message"]
 
 
