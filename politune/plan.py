@@ -208,6 +208,9 @@ def _stage_plan(stage: str, model: str, cfg: RunConfig, gpu: Gpu, mfus: Mfus, to
     return StagePlan(stage, model, tokens_in, tokens_out, gpus, hours, wall, basis, note)
 
 
+CAPABILITY_REQUEST_TOKENS = 120  # a harness document and one choice, prompt tokens (standard tasks run 50-400)
+
+
 def _evaluate_plan(cfg: RunConfig, gpu: Gpu, mfus: Mfus, measured: dict[str, Any]) -> StagePlan:
     from politune.contracts.compass.instruments import load_instrument, load_probes
 
@@ -255,10 +258,22 @@ def _evaluate_plan(cfg: RunConfig, gpu: Gpu, mfus: Mfus, measured: dict[str, Any
         questions += 2 * texts
     tokens_in += judged  # the judge reads each free-text answer (generate, probes, issues), writes a label or score
     questions += judged_modes * free + (probes if e.probes else 0)
+    capability = ""
+    if e.capability.tasks:  # lm-evaluation-harness: a log-likelihood request a document and choice, a model
+        from politune.evaluate.capability import requests_per_model
+
+        try:
+            per_model = requests_per_model(e.capability.tasks, e.capability.limit)
+        except (ImportError, ValueError) as err:
+            capability = f"; capability pass not counted: {err}"
+        else:
+            tokens_in += models * per_model * CAPABILITY_REQUEST_TOKENS
+            capability = (f"; capability: {models * per_model:,} log-likelihood requests ({per_model:,} a model, "
+                          f"{', '.join(e.capability.tasks)})")
     gpus = s.max_replicas * s.tensor_parallel_size * s.pipeline_parallel_size if s.backend == "vllm" else 0
     return _stage_plan("evaluate", s.base_model, cfg, gpu, mfus, tokens_in, tokens_out, gpus, measured, None, "",
                        note=f"{models} models x {items} propositions x {e.phrasings} wording(s), forced choice in "
-                       f"both option orders: {questions:,} questions with the judge's")
+                       f"both option orders: {questions:,} questions with the judge's{capability}")
 
 
 def _measured(cfg: RunConfig) -> dict[str, Any]:

@@ -78,6 +78,11 @@ def test_main_command_runs_the_pipeline_on_the_embedded_default(default_run: Def
     assert artifacts["eval"]["counts"]["answers"] == len(answers)
     report = default_run.run / "report"
     assert (report / "compass.png").read_bytes()[:4] == b"\x89PNG" and (report / "report.html").is_file()
+    # the capability pass (lm-evaluation-harness, the offline politune_sides task) beside each model's shift
+    capability = json.loads((default_run.run / "eval" / "capability.json").read_text())
+    assert set(capability["scores"]) == {"tiny", *(f"tiny:{name}" for name in finals)}
+    assert all(0 <= s["politune_sides"]["acc"] <= 1 for s in capability["scores"].values())
+    assert (report / "capability.png").is_file() and "What the steering costs" in (report / "report.md").read_text()
     assert f"compass:    {report.absolute()}/compass.png" in done.stdout.replace("\n", "")
     assert "Traceback" not in done.stdout + done.stderr
     for stage, did in (("ingest", "2,000 rows read"), ("annotate", "documents scored"), ("select", "posts selected"),

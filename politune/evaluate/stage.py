@@ -1,8 +1,10 @@
 """The evaluate stage: every model of the run (the base, each adapter; with `checkpoints: all` each saved
 checkpoint; with `adapter_scales` each adapter at those strengths) and the config's extra models answer the
 instruments' propositions and the probe questions through an OpenAI-compatible endpoint; the answers go to
-`eval/answers.parquet` (contracts/compass/schema.py); the report is built from them afterwards (politune/report,
-which `politune run`, `politune evaluate` and jobs/evaluate.py call after this stage).
+`eval/answers.parquet` (contracts/compass/schema.py); with `capability.tasks`, the run's models are also scored on
+lm-evaluation-harness tasks through the same endpoint (capability.py, `eval/capability.json`); the report is built
+from them afterwards (politune/report, which `politune run`, `politune evaluate` and jobs/evaluate.py call after
+this stage).
 
 The endpoint is the run's own Serve app unless evaluate.base_url names another; the requests flow through
 ray.data.llm's HTTP processor (bounded concurrency, retries with back-off), and a request that still fails is an
@@ -42,6 +44,8 @@ from politune.evaluate.asking import (
     logprob_rows,
     row_key,
 )
+from politune.evaluate.capability import FILE as CAPABILITY_FILE
+from politune.evaluate.capability import load_tasks, measure_capability
 from politune.evaluate.endpoint import ServeRun, Target, check_targets, key_env, run_endpoint, run_targets
 from politune.evaluate.judge import reads_as_labelled
 from politune.models import resolve_model
@@ -94,6 +98,8 @@ def evaluate_models(cfg: RunConfig, serve_run: ServeRun | None = None) -> Evalua
     probes = load_probes() if e.probes else []
     issues = load_issues()[:e.issues]
     seconds: dict[str, float] = {}
+    if e.capability.tasks:  # every task loads (its data found) before any model is asked
+        load_tasks(e.capability.tasks)
     if e.adapter_scales:  # before the endpoint starts: the run's own app serves the copies as registered
         register_scaled_adapters(cfg.run_uri, e.adapter_scales, cfg.serve.base_model)
     eval_uri = join(cfg.run_uri, "eval")
@@ -157,6 +163,12 @@ def evaluate_models(cfg: RunConfig, serve_run: ServeRun | None = None) -> Evalua
             free = _free_text_rows(cfg, free_text, judge, seconds)
             metrics.count("answers", len(free))
             rows += free
+        if e.capability.tasks:  # the run's own models only: an external model's tokenizer is not known here
+            capability = measure_capability(e.capability, [t.model for t in targets if t.role != EXTERNAL], base_url,
+                                            e.capability.tokenizer or resolve_model(cfg.serve.base_model, cfg),
+                                            key_env(cfg))
+            write_json(join(eval_uri, CAPABILITY_FILE), capability)
+            seconds["capability"] = capability["seconds"]
     asked = {row_key(r) for r in rows}
     reused = [r for k, r in kept.items() if k not in asked]
     rows = reused + rows
@@ -165,6 +177,7 @@ def evaluate_models(cfg: RunConfig, serve_run: ServeRun | None = None) -> Evalua
     write_json(join(eval_uri, "evaluation.json"), {
         "instruments": e.instruments, "pct_path": pct_path, "modes": e.modes, "phrasings": e.phrasings,
         "samples": e.samples, "probes": [p.id for p in probes], "issues": [i.id for i in issues],
+        "capability": e.capability.tasks,
         "endpoint": base_url if e.base_url else "own",
         "models": [t.model for t in targets], "judge": f"{judge.model} at {judge.base_url}" if needs_judge else None,
         "prompt_version": PROMPT_VERSION, "seconds": seconds, "statuses": statuses, "bootstrap": e.bootstrap,

@@ -103,7 +103,14 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | Non
     import pyarrow.parquet as pq
 
     from politune.contracts.compass.instruments import PCT, POLITUNE, load_issues, load_pct, load_politune_instrument
-    from politune.report.plots import compass_figure, dose_figure, figure_bytes, robustness_figure, robustness_panels
+    from politune.report.plots import (
+        capability_figure,
+        compass_figure,
+        dose_figure,
+        figure_bytes,
+        robustness_figure,
+        robustness_panels,
+    )
     from politune.report.render import render_html, render_markdown
     from politune.report.scores import ISSUES, PROBES, score_answers
     from politune.storage import exists, join, read_json, resolve, write_json
@@ -142,6 +149,9 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | Non
     sides = {i.id: i.left for i in load_issues()} if ISSUES in ran else {}
     scores = score_answers(table, instruments, bootstrap=bootstrap, seed=seed, issue_sides=sides)
     scores.judge_check = evaluation.get("judge_check")
+    capability_uri = join(run_uri, "eval", "capability.json")
+    if evaluation.get("capability") and exists(capability_uri):  # written by this evaluation, not a stale one
+        scores.capability = read_json(capability_uri)
     notes += [n for n in scores.notes if not any(n.startswith(f"{name}:") for name in ran if name not in instruments)]
 
     report_uri = join(run_uri, "report")
@@ -160,6 +170,10 @@ def build_report(run_uri: str, pct_path: str | None = None, bootstrap: int | Non
         _write(dose[kind], dose_pngs[kind])
         _write(join(report_uri, f"dose_{kind}.svg"), figure_bytes(dose_fig, "svg"))
     figures = {f"position against {kind}": (f"dose_{kind}.png", dose_pngs[kind]) for kind in dose}
+    capability_fig = capability_figure(scores)
+    if capability_fig is not None:
+        figures["compass shift against capability change"] = ("capability.png", figure_bytes(capability_fig, "png"))
+        _write(join(report_uri, "capability.png"), figures["compass shift against capability change"][1])
     robustness = None
     if robustness_panels(scores):  # position by wording, where there are wordings to compare
         robustness_fig = robustness_figure(scores)

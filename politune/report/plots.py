@@ -177,6 +177,32 @@ def _dose_line(ax, curve: DoseCurve, axis: str, colour: str) -> None:
 
 
 # --- robustness ----------------------------------------------------------------------------------------------------
+def capability_figure(scores: Scores) -> Figure | None:
+    """Each steered model's compass shift (its length, economic and social together) against its change in each
+    capability task from the base, with the harness's standard errors: what moving costs."""
+    rows = [r for r in scores.capability_rows() if r["change"] is not None and r["shift_economic"] is not None]
+    if not rows:
+        return None
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, task in enumerate(dict.fromkeys(r["task"] for r in rows)):
+        chosen = [r for r in rows if r["task"] == task]
+        x = [r["change"] for r in chosen]
+        y = [math.hypot(r["shift_economic"], r["shift_social"]) for r in chosen]
+        ax.errorbar(x, y, xerr=[r["change_stderr"] or 0 for r in chosen], fmt="o", color=f"C{i % 10}", capsize=3,
+                    label=task)
+        for r, xi, yi in zip(chosen, x, y, strict=True):
+            ax.annotate(r["model"], (xi, yi), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.axvline(0, color="0.35", lw=0.8)
+    ax.set_xlabel("capability change from the base (score, ± standard error)")
+    ax.set_ylabel(f"compass shift from the base ({rows[0]['instrument']}, {rows[0]['mode']})")
+    ax.set_title("What the steering costs", fontsize=10)
+    ax.grid(True, color="0.9")
+    ax.legend(fontsize=7)
+    return fig
+
+
 def robustness_panels(scores: Scores) -> list[tuple[str, str]]:
     """(instrument, mode) of every reading asked in two or more wordings: a row of the robustness figure each."""
     return list(dict.fromkeys((p.instrument, p.mode) for p in scores.positions if len(p.by_wording) >= 2))

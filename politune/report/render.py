@@ -214,6 +214,24 @@ def judge_check_table(scores: Scores) -> Table | None:
                  f"({check['min_accuracy']:.0%}).")
 
 
+def capability_table(scores: Scores) -> Table | None:
+    rows = scores.capability_rows()
+    if not rows:
+        return None
+    c = scores.capability
+    body = [[r["model"], r["task"], f"{r['score']:.3f}" + (f" ± {r['stderr']:.3f}" if r["stderr"] is not None else ""),
+             "" if r["change"] is None else f"{r['change']:+.3f}" + (
+                 f" ± {r['change_stderr']:.3f}" if r["change_stderr"] is not None else ""),
+             "" if r["shift_economic"] is None else f"{number(r['shift_economic'], True)}, "
+             f"{number(r['shift_social'], True)}"] for r in rows]
+    first = rows[0]
+    return Table("What the steering costs: capability beside the compass shift",
+                 ["model", "task", "score ± standard error", "change from the base", "shift (economic, social)"],
+                 body, f"lm-evaluation-harness {c['harness']} through the same endpoint (local-completions; "
+                 f"limit {c['limit'] or 'none'}); task versions {c['task_versions']}. The shift is on "
+                 f"{first['instrument']} ({first['mode']}). A change's error combines the model's and the base's.")
+
+
 def _text(x: object) -> str:
     return "" if x is None else str(x)
 
@@ -227,7 +245,7 @@ def report_tables(scores: Scores) -> list[Table]:
             robustness.append(robustness_table(scores, instrument, mode))
     tables += [t for t in (verdict_table(scores), *robustness) if t]
     tables += [t for t in (dose_table(scores), agreement_table(scores)) if t] + probe_tables(scores)
-    tables += [t for t in (issues_table(scores), judge_check_table(scores)) if t]
+    tables += [t for t in (issues_table(scores), judge_check_table(scores), capability_table(scores)) if t]
     tables += [t for t in (unmapped_table(scores),) if t]
     return tables
 

@@ -201,6 +201,7 @@ class Scores:
     curves: list[DoseCurve] = field(default_factory=list)  # dose and response: position by share and by scale
     issues: list[IssueScore] = field(default_factory=list)  # the open-ended issue set
     judge_check: dict[str, Any] | None = None  # the judge's accuracy on labelled answers (evaluation.json)
+    capability: dict[str, Any] | None = None   # lm-evaluation-harness scores by model and task (capability.json)
 
     def position(self, model: str, instrument: str, mode: str) -> PositionScore | None:
         return next((p for p in self.positions if (p.model, p.instrument, p.mode) == (model, instrument, mode)),
@@ -208,6 +209,31 @@ class Scores:
 
     def instruments(self) -> list[str]:
         return list(dict.fromkeys(p.instrument for p in self.positions))
+
+    def capability_rows(self) -> list[dict[str, Any]]:
+        """A row a model and capability task: its score and standard error, the change from the base's score with
+        the two errors combined, and the model's compass shift on the first instrument and mode scored."""
+        if not self.capability or not self.positions:
+            return []
+        first = self.positions[0]
+        rows = []
+        for model, tasks in self.capability["scores"].items():
+            p = self.position(model, first.instrument, first.mode)
+            for task, figures in tasks.items():
+                metric = next((m for m in ("acc", "acc_norm", "exact_match") if m in figures), None)
+                if metric is None:
+                    continue
+                base = self.capability["scores"].get(p.base if p and p.base else "", {}).get(task, {})
+                err, base_err = figures.get(f"{metric}_stderr"), base.get(f"{metric}_stderr")
+                change = figures[metric] - base[metric] if metric in base and p and p.model != p.base else None
+                rows.append({"model": model, "role": p.role if p else "", "task": task, "metric": metric,
+                             "score": figures[metric], "stderr": err, "change": change,
+                             "change_stderr": math.hypot(err, base_err) if change is not None and err is not None
+                             and base_err is not None else None,
+                             "instrument": first.instrument, "mode": first.mode,
+                             "shift_economic": p.shift_economic if p else None,
+                             "shift_social": p.shift_social if p else None})
+        return rows
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: tuples as lists, NaN as null."""
