@@ -29,7 +29,7 @@ def test_gpu_presets_serve_the_train_base_with_its_adapters_from_s3(preset: str,
     assert kwargs["placement_group_config"] == {"bundle_per_worker": {"GPU": 1}, "strategy": "STRICT_PACK"}
     assert kwargs["deployment_config"] == {
         "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
-        "max_ongoing_requests": 16, "max_queued_requests": 64}
+        "max_ongoing_requests": 128, "max_queued_requests": 64}
     assert kwargs["runtime_env"] == {"env_vars": {}}
     assert "log_engine_metrics" not in kwargs  # GPU replicas export vLLM's metrics
 
