@@ -11,6 +11,7 @@ task's, go to `eval/capability.json`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -38,9 +39,9 @@ def load_tasks(names: list[str]) -> dict[str, Any]:
     """The harness's task objects by name (the project's own tasks found too); ValueError naming each task that
     cannot be loaded, and why, before any model is asked."""
     _harness()
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
-    manager = TaskManager(include_path=str(TASKS_DIR), verbosity="ERROR")
+    manager = _manager(tuple(names))
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
         raise ValueError(f"evaluate.capability.tasks: {', '.join(unknown)} not known to lm-evaluation-harness "
@@ -90,7 +91,7 @@ def measure_capability(c: CapabilityConfig, models: list[str], base_url: str, to
                                  num_concurrent=c.num_concurrent, max_retries=3,
                                  header={"Authorization": f"Bearer {token}"} if token else {})
         results = lm_eval.simple_evaluate(model=lm, tasks=c.tasks, limit=c.limit, log_samples=False,
-                                          task_manager=_manager(), bootstrap_iters=1000, random_seed=0,
+                                          task_manager=_manager(tuple(c.tasks)), bootstrap_iters=1000, random_seed=0,
                                           numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
         scores[model] = {task: {k.removesuffix(",none"): float(v) for k, v in figures.items()
                                 if k.endswith(",none") and isinstance(v, (int, float))}
@@ -102,7 +103,14 @@ def measure_capability(c: CapabilityConfig, models: list[str], base_url: str, to
             "documents": samples, "scores": scores, "seconds": time.perf_counter() - start}
 
 
-def _manager() -> Any:
+def own_tasks() -> set[str]:
+    return {path.stem for path in TASKS_DIR.glob("*.yaml")}
+
+
+@functools.lru_cache(maxsize=4)
+def _manager(names: tuple[str, ...]) -> Any:
+    """The harness's task index, once a process (indexing its thousands of task files takes seconds); only the
+    project's own when those are all the run asks for."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR), verbosity="ERROR")
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=not set(names) <= own_tasks())

@@ -89,6 +89,16 @@ class ReportResult:
                 if p.shift is not None and p.model != p.base and math.isfinite(p.shift):
                     line += f"  shift {number(p.shift, True)}"
                 lines.append(line)
+        rows = [r for r in s.capability_rows() if r["role"] != "checkpoint"]
+        if rows:
+            lines.append(f"capability: lm-evaluation-harness {s.capability['harness']}, score ± standard error; "
+                         "change from base")
+            width = max(len(f"{r['model']} {r['task']}") for r in rows)
+            for r in rows:
+                line = f"  {r['model'] + ' ' + r['task']:<{width}}  {r['score']:.3f} ± {r['stderr'] or 0:.3f}"
+                if r["change"] is not None:
+                    line += f"  change {r['change']:+.3f} ± {r['change_stderr'] or 0:.3f}"
+                lines.append(line)
         if s.unmapped_total:
             lines.append(f"unmapped:   {s.unmapped_total:,} answers the judge could not read (listed in the report)")
         lines += [f"note:       {note}" for note in self.notes]
