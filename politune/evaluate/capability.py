@@ -27,8 +27,11 @@ FILE = "capability.json"
 def _harness() -> Any:
     try:
         import lm_eval
+        import lm_eval.api.task
+        from tqdm import tqdm
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notices are not the console's
+        lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)  # nor its bar a task, a model
     except ImportError as err:
         raise ImportError("evaluate.capability needs lm-evaluation-harness: pip install 'politune[capability]' "
                           "(make install includes it)") from err
