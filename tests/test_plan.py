@@ -61,6 +61,19 @@ def test_mixtures_and_adapter_scales_are_more_adapters_to_train_and_models_to_as
     assert more["evaluate"].tokens_in == pytest.approx(22 / 11 * plain["evaluate"].tokens_in)
 
 
+def test_the_capability_pass_is_counted_a_request_a_document_and_choice_a_model() -> None:
+    """politune_sides: 64 propositions x 2 choices, 32 with limit 16; 11 models on the 8B preset."""
+    plain = by_stage(plan_study(gpu_preset(), 100_000, GPUS["h100"])[0])
+    asked = by_stage(plan_study(resolve_config(None, "llama3-8b", [
+        *S3_PRESET_SETS, "evaluate.capability.tasks=[politune_sides]", "evaluate.capability.limit=16"]),
+        100_000, GPUS["h100"])[0])
+    assert "capability: 352 log-likelihood requests (32 a model, politune_sides)" in asked["evaluate"].note
+    assert asked["evaluate"].tokens_in > plain["evaluate"].tokens_in
+    unknown = by_stage(plan_study(resolve_config(None, "llama3-8b", [
+        *S3_PRESET_SETS, "evaluate.capability.tasks=[no_such_task]"]), 100_000, GPUS["h100"])[0])
+    assert "capability pass not counted: evaluate.capability.tasks: no_such_task not known" in unknown["evaluate"].note
+
+
 def readme_worked_estimate() -> dict[str, tuple[float, str]]:
     """The rows of the `politune plan` example in docs/plan.md: stage -> (GPU-hours, wall)."""
     readme = (REPO / "docs" / "plan.md").read_text()
