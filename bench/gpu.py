@@ -265,7 +265,7 @@ def bench_serve(model: Path, workdir: Path, device: str, dtype: str, concurrenci
     from ray import serve
 
     from politune.models.random_adapters import register_random_adapters
-    from politune.serve.app import APP_NAME, start_serving
+    from politune.serve.app import start_serving
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from serve import print_sweep, sweep  # bench/serve.py
@@ -283,8 +283,8 @@ def bench_serve(model: Path, workdir: Path, device: str, dtype: str, concurrenci
         rows = sweep(f"{serving.base_url}/completions", {"one adapter": ["bench:left"],
                                                          "mix of three": ["bench:left", "bench:right", "bench"]},
                      tuple(concurrencies), scale=1.0 if on_gpu else 0.25)
-    finally:
-        serve.delete(APP_NAME)
+    finally:  # Serve whole, its HTTP proxy too: one left bound to this port would take the next app's requests
+        serve.shutdown()
     print_sweep(rows, f"Serve hf app on this model ({dtype}), one replica")
     return {"rows": rows}
 
