@@ -279,6 +279,12 @@ def test_errors_come_in_openai_shape(server: Server) -> None:
     assert status == 400 and body["error"]["message"].startswith("messages.0.content"), body
     status, body = call(server, "POST", "/completions", {**ok, "prompt": ""})
     assert status == 400 and "prompt" in body["error"]["message"], body
+    # token-id prompts, as lm-evaluation-harness sends them: a list of lists; an id outside the vocabulary named
+    status, body = call(server, "POST", "/completions", {"model": "tiny:left", "prompt": [[5, 6, 7], [8, 9]],
+                                                         "max_tokens": 1, "echo": True, "logprobs": 1})
+    assert status == 200 and len(body["choices"]) == 2 and body["choices"][0]["logprobs"]["token_logprobs"], body
+    status, body = call(server, "POST", "/completions", {**ok, "prompt": [[5, 6], [7, 99_999]]})
+    assert status == 400 and body["error"]["message"].startswith("prompt.1.1: token id 99999 is outside"), body
     # vLLM's own refusal: a prompt over max_model_len (256 tokens)
     status, body = call(server, "POST", "/completions", {**ok, "prompt": "budget reform " * 400})
     assert status == 400 and "256" in body["error"]["message"] and "detail" not in body

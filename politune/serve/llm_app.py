@@ -103,4 +103,16 @@ def build_llm_app(cfg: RunConfig) -> Application:
     return serve.deployment(ingress, **options).bind(
         llm_deployments={llm.model_id: build_llm_deployment(llm)},
         model_cards={llm.model_id: to_model_metadata(llm.model_id, llm)},
-        run_uri=cfg.run_uri, base_model=s.base_model, max_tokens=s.max_tokens, max_n=s.max_n)
+        run_uri=cfg.run_uri, base_model=s.base_model, max_tokens=s.max_tokens, max_n=s.max_n,
+        vocab_size=vocab_size(resolve_model(s.base_model, cfg)))
+
+
+def vocab_size(model_source: str) -> int | None:
+    """The base's vocabulary (its config's embedding rows), for the guard's check of token-id prompts; None when
+    its config cannot be read here (a hub id with no hub): vLLM's own check then answers."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(model_source).vocab_size)
+    except (OSError, ValueError):
+        return None

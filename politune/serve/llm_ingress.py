@@ -38,12 +38,12 @@ class GuardedIngress(OpenAiIngress):
     """ray.serve.llm's OpenAI ingress for one base model, serving only the registry's adapters."""
 
     def __init__(self, llm_deployments: dict[str, Any], model_cards: dict[str, ModelCard], *, run_uri: str,
-                 base_model: str, max_tokens: int, max_n: int) -> None:
+                 base_model: str, max_tokens: int, max_n: int, vocab_size: int | None = None) -> None:
         # no lora_paths: which adapters exist is the registry's word, not a listing of the S3 folder
         super().__init__(llm_deployments, model_cards)
         (base_id,) = model_cards
         self.catalog = ModelCatalog(run_uri, base_id, base_model)
-        self.max_tokens, self.max_n = max_tokens, max_n
+        self.max_tokens, self.max_n, self.vocab_size = max_tokens, max_n, vocab_size
 
     async def _get_model_id(self, model: str | None) -> str:
         # an unknown id re-reads the registry (from S3): off the event loop
@@ -55,6 +55,7 @@ class GuardedIngress(OpenAiIngress):
         if where is not None:
             raise APIError(400, f"{where}: not valid Unicode text (a lone surrogate such as \\ud800); send UTF-8 text",
                            param=where.split(".")[0])
+        self._check_token_ids(sent.get("prompt"))
         for field, limit, setting in (("max_tokens", self.max_tokens, "max_tokens"),
                                       ("max_completion_tokens", self.max_tokens, "max_tokens"),
                                       ("n", self.max_n, "max_n")):
@@ -64,6 +65,18 @@ class GuardedIngress(OpenAiIngress):
                                param=field)
         async for response in super()._get_response(body=body, call_method=call_method, raw_request=raw_request):
             yield response
+
+    def _check_token_ids(self, prompt: Any) -> None:
+        """Token-id prompts (a list of ints, or a list of such lists): an id the model has no embedding for is a
+        400 naming its index, as on the hf back end."""
+        if not self.vocab_size or not isinstance(prompt, list) or not prompt or isinstance(prompt[0], str):
+            return
+        for where, ids in [("prompt", prompt)] if isinstance(prompt[0], int) else [
+                (f"prompt.{i}", p) for i, p in enumerate(prompt)]:
+            for k, token in enumerate(ids):
+                if isinstance(token, int) and not 0 <= token < self.vocab_size:
+                    raise APIError(400, f"{where}.{k}: token id {token} is outside the vocabulary (0 to "
+                                   f"{self.vocab_size - 1})", param="prompt")
 
     def _card(self, model_id: str, adapter: AdapterEntry | None) -> ModelCard:
         base = self._model_cards[self.catalog.base_id]
