@@ -237,7 +237,8 @@ class HFModelServer:
         """A request's n rows; ValueError when its prompt is over the limits."""
         s = self.serve_cfg
         ids = self.engine.prompt_ids(req.prompt, req.messages) if req.prompt_ids is None else req.prompt_ids
-        self.engine.check_ids(ids, req.where)
+        if req.prompt_ids is not None:  # text the tokenizer made is in the vocabulary
+            self.engine.check_ids(ids, req.where)
         result.prompt_tokens = len(ids)
         if len(ids) > s.max_prompt_tokens:
             raise ValueError(f"the prompt is {len(ids)} tokens; this server takes at most {s.max_prompt_tokens} "
